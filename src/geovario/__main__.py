@@ -1,0 +1,3 @@
+from geovario.cli import main
+
+raise SystemExit(main())

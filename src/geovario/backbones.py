@@ -1,0 +1,149 @@
+"""Frozen image backbones: a Hugging Face CLIP vision tower and CLIP preprocessing without torchvision.
+
+The feature a GeoCLIP head expects is CLIP's projected image embedding (``get_image_features``,
+768-d for ViT-L/14), taken before any normalisation. ``CLIPVisionModelWithProjection`` computes
+exactly that without loading the text tower.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from geovario.errors import GeovarioError
+from geovario.images import load_rgb
+
+# OpenAI CLIP's normalisation statistics (transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD). GeoCLIP
+# trains with ImageNet statistics but predicts with these; geovario uses CLIP's everywhere.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """CLIP preprocessing: shortest side to ``resize`` (bicubic), centre crop, scale, normalise."""
+
+    resize: int = 224
+    crop: int = 224
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """RGB PIL image -> (3, crop, crop) float32 array, as transformers' CLIPImageProcessor does."""
+        width, height = image.size
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(self.resize * long / short)  # transformers truncates, like torchvision
+        size = (self.resize, new_long) if width <= height else (new_long, self.resize)
+        if image.size != size:
+            image = image.resize(size, Image.Resampling.BICUBIC)
+        array = np.asarray(image, dtype=np.float32)
+        height, width = array.shape[:2]
+        if height < self.crop or width < self.crop:  # only when resize < crop: pad like transformers
+            padded = np.zeros((max(height, self.crop), max(width, self.crop), 3), dtype=np.float32)
+            top, left = (padded.shape[0] - height) // 2, (padded.shape[1] - width) // 2
+            padded[top : top + height, left : left + width] = array
+            array, height, width = padded, *padded.shape[:2]
+        top, left = int((height - self.crop) / 2.0), int((width - self.crop) / 2.0)
+        array = array[top : top + self.crop, left : left + self.crop]
+        array = (array * np.float32(1 / 255) - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+    @classmethod
+    def for_model_dir(cls, folder: Path, image_size: int) -> "Preprocess":
+        """Read ``preprocessor_config.json`` when the checkpoint ships one; else CLIP's defaults."""
+        config_path = folder / "preprocessor_config.json"
+        if not config_path.is_file():
+            return cls(resize=image_size, crop=image_size)
+        config = json.loads(config_path.read_text())
+        size = config.get("size", image_size)
+        crop = config.get("crop_size", image_size)
+        return cls(
+            resize=size.get("shortest_edge", image_size) if isinstance(size, dict) else int(size),
+            crop=crop.get("height", image_size) if isinstance(crop, dict) else int(crop),
+            mean=tuple(config.get("image_mean", CLIP_MEAN)),
+            std=tuple(config.get("image_std", CLIP_STD)),
+        )
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class ClipBackbone:
+    """A frozen CLIP vision tower returning projected image embeddings (N, feature_dim)."""
+
+    def __init__(self, model, preprocess: Preprocess, name: str, device: torch.device):
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.preprocess = preprocess
+        self.name = name
+        self.device = device
+        self.feature_dim = int(model.config.projection_dim)
+
+    @classmethod
+    def load(cls, name_or_dir: str, device: str | torch.device | None = None) -> "ClipBackbone":
+        """Load from a local directory or a Hugging Face hub id (e.g. ``openai/clip-vit-large-patch14``).
+
+        A full ``CLIPModel`` checkpoint works too: only its vision tower and projection are read.
+        """
+        from transformers import AutoConfig, CLIPConfig, CLIPVisionModelWithProjection
+        from transformers.utils import logging as hf_logging
+
+        device = torch.device(device) if device else default_device()
+        local = Path(name_or_dir)
+        if local.exists() and not (local / "config.json").is_file():
+            raise GeovarioError(f"{local}: no config.json; not a transformers CLIP checkpoint")
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a full CLIPModel checkpoint has text weights we skip on purpose
+        try:
+            config = AutoConfig.from_pretrained(name_or_dir)
+            if isinstance(config, CLIPConfig):
+                # CLIPModel sizes its visual projection by the top-level projection_dim; the nested
+                # vision config may carry a stale default, so take the one the weights were made with.
+                projection_dim = config.projection_dim
+                config = config.vision_config
+                config.projection_dim = projection_dim
+            model = CLIPVisionModelWithProjection.from_pretrained(name_or_dir, config=config)
+        except (OSError, ValueError, RuntimeError) as e:
+            where = "local directory" if local.exists() else "Hugging Face hub id (is the hub reachable?)"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise GeovarioError(f"cannot load backbone {name_or_dir!r} as a {where}: {first}") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        image_size = int(model.config.image_size)
+        if local.is_dir():
+            preprocess = Preprocess.for_model_dir(local, image_size)
+        else:
+            preprocess = Preprocess(resize=image_size, crop=image_size)
+        return cls(model, preprocess, str(name_or_dir), device)
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) normalised pixels -> (N, feature_dim) float32 features."""
+        pixels = pixels.to(self.device)
+        autocast = torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda")
+        with autocast:
+            out = self.model(pixel_values=pixels).image_embeds
+        return out.float()
+
+    def encode_images(self, images: Iterable[Image.Image], batch_size: int = 32) -> Iterator[torch.Tensor]:
+        """Yield feature batches for RGB PIL images, ``batch_size`` at a time."""
+        batch: list[np.ndarray] = []
+        for image in images:
+            batch.append(self.preprocess(image))
+            if len(batch) == batch_size:
+                yield self.encode_pixels(torch.from_numpy(np.stack(batch)))
+                batch = []
+        if batch:
+            yield self.encode_pixels(torch.from_numpy(np.stack(batch)))
+
+    def encode_paths(self, paths: Iterable[str | os.PathLike], batch_size: int = 32) -> torch.Tensor:
+        """Features for image files, in order; a bad file raises :class:`GeovarioError` naming it."""
+        chunks = list(self.encode_images((load_rgb(p) for p in paths), batch_size))
+        return torch.cat(chunks) if chunks else torch.zeros(0, self.feature_dim)

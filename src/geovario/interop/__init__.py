@@ -1,0 +1,1 @@
+"""Bridges to other geolocalization codebases' released weights."""

@@ -1,0 +1,236 @@
+"""Import the released GeoCLIP 1.3.0 weights and gallery into a geovario model directory.
+
+Sources, tried in this order unless one is named: a folder of release files (``--from``), a wheel
+(``--wheel``), an installed ``geoclip`` package, and finally ``pip download geoclip==1.3.0``.
+Every file is checked against the sha256 of the published release before it is used, and the
+``.pth`` files are read with ``weights_only=True``, so nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import importlib.util
+import io
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from geovario.errors import GeovarioError
+from geovario.hashing import sha256_bytes
+from geovario.model import GeoLocModel, ModelConfig
+from geovario.modeldir import DEFAULT_BACKBONE, GALLERY_FILE, atomic_write_bytes, read_gallery, save_model_dir
+
+GEOCLIP_VERSION = "1.3.0"
+
+# sha256 of the files inside geoclip-1.3.0-py3-none-any.whl (PyPI), the published release.
+RELEASE_SHA256 = {
+    "location_encoder_weights.pth": "94b80ae3af89fca78539e129dd2929d321247f5ceeeb0a31bc2c31041a253394",
+    "image_encoder_mlp_weights.pth": "5342c391eec961796d04d02f2bd670bfa97b34ce32c656d0e0676581103c2c14",
+    "logit_scale_weights.pth": "9568e2e09dd19083082bf285b2c0c126867e40dbd275a8ee8c621888b861904e",
+    "coordinates_100K.csv": "3a00b1ba58f13443db726533b6399b39609e292df09d4e58792fa5949d1838b1",
+}
+
+# Where each file sits inside the geoclip package (and so inside the wheel, under geoclip/).
+PACKAGE_PATHS = {
+    "location_encoder_weights.pth": "model/weights/location_encoder_weights.pth",
+    "image_encoder_mlp_weights.pth": "model/weights/image_encoder_mlp_weights.pth",
+    "logit_scale_weights.pth": "model/weights/logit_scale_weights.pth",
+    "coordinates_100K.csv": "model/gps_gallery/coordinates_100K.csv",
+}
+
+
+@dataclass
+class Release:
+    files: dict[str, bytes]
+    source: str
+
+
+def _verified(files: dict[str, bytes], source: str) -> Release:
+    for name, expected in RELEASE_SHA256.items():
+        digest = sha256_bytes(files[name])
+        if digest != expected:
+            raise GeovarioError(
+                f"{source}: {name} has sha256 {digest[:12]}…, not GeoCLIP {GEOCLIP_VERSION}'s {expected[:12]}…; "
+                "refusing modified or corrupt weights"
+            )
+    return Release(files, source)
+
+
+def read_release_folder(folder: str | Path) -> Release:
+    """A flat folder of the release files, or a ``geoclip`` package folder (``model/weights/...``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise GeovarioError(f"{folder}: folder not found")
+    files = {}
+    for name, package_path in PACKAGE_PATHS.items():
+        for candidate in (folder / name, folder / package_path, folder / "geoclip" / package_path):
+            if candidate.is_file():
+                files[name] = candidate.read_bytes()
+                break
+        else:
+            raise GeovarioError(f"{folder}: {name} not found (looked for {name} and {package_path})")
+    return _verified(files, str(folder))
+
+
+def read_release_wheel(wheel: str | Path) -> Release:
+    wheel = Path(wheel)
+    if not wheel.is_file():
+        raise GeovarioError(f"{wheel}: wheel not found")
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            names = set(archive.namelist())
+            files = {}
+            for name, package_path in PACKAGE_PATHS.items():
+                member = f"geoclip/{package_path}"
+                if member not in names:
+                    raise GeovarioError(f"{wheel}: {member} not in the wheel; is this a geoclip {GEOCLIP_VERSION} wheel?")
+                files[name] = archive.read(member)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise GeovarioError(f"{wheel}: not a readable wheel ({e})") from None
+    return _verified(files, str(wheel))
+
+
+def installed_package_dir() -> Path | None:
+    """The folder of an installed ``geoclip`` package, found without importing it."""
+    spec = importlib.util.find_spec("geoclip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def download_wheel(dest: str | Path, timeout: float = 300) -> Path:
+    """``pip download --no-deps geoclip==1.3.0`` into ``dest``; returns the wheel path."""
+    dest = Path(dest)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               f"geoclip=={GEOCLIP_VERSION}", "-d", str(dest), "--quiet", "--disable-pip-version-check"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise GeovarioError(f"pip download geoclip=={GEOCLIP_VERSION} failed ({e}); use --wheel or --from") from None
+    wheels = sorted(dest.glob(f"geoclip-{GEOCLIP_VERSION}-*.whl"))
+    if done.returncode != 0 or not wheels:
+        last = (done.stderr.strip().splitlines() or ["no wheel produced"])[-1]
+        raise GeovarioError(f"pip download geoclip=={GEOCLIP_VERSION} failed ({last}); use --wheel or --from")
+    return wheels[0]
+
+
+def find_release(folder: str | Path | None = None, wheel: str | Path | None = None) -> Release:
+    """Read the release from the named source, else an installed package, else PyPI."""
+    if folder:
+        return read_release_folder(folder)
+    if wheel:
+        return read_release_wheel(wheel)
+    package = installed_package_dir()
+    if package is not None:
+        return read_release_folder(package)
+    with tempfile.TemporaryDirectory() as tmp:
+        return read_release_wheel(download_wheel(tmp))
+
+
+def _load_pth(data: bytes, name: str):
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a bad archive
+        raise GeovarioError(f"{name}: cannot load ({e})") from None
+
+
+def convert_state_dicts(location: dict, image_mlp: dict, logit_scale: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rename GeoCLIP 1.3.0 keys to geovario's."""
+    ours: dict[str, torch.Tensor] = {}
+    capsule_to_mlp = {"1": "0", "3": "2", "5": "4"}  # Linear layers between GeoCLIP's ReLUs
+    for key, value in location.items():
+        branch, part, *rest = key.split(".")
+        i = branch.removeprefix("LocEnc")
+        if part == "capsule" and rest == ["0", "b"]:
+            ours[f"location_encoder.branches.{i}.rff.b"] = value
+        elif part == "capsule":
+            ours[f"location_encoder.branches.{i}.mlp.{capsule_to_mlp[rest[0]]}.{rest[1]}"] = value
+        elif part == "head":
+            ours[f"location_encoder.branches.{i}.head.{rest[1]}"] = value
+        else:
+            raise GeovarioError(f"unexpected key {key!r} in GeoCLIP location encoder weights")
+    for key, value in image_mlp.items():
+        ours[f"image_head.mlp.{key}"] = value
+    ours["logit_scale"] = logit_scale.reshape(())
+    return ours
+
+
+def geoclip_model(release: Release) -> GeoLocModel:
+    """A geovario model holding GeoCLIP 1.3.0's weights."""
+    location = _load_pth(release.files["location_encoder_weights.pth"], "location_encoder_weights.pth")
+    image_mlp = _load_pth(release.files["image_encoder_mlp_weights.pth"], "image_encoder_mlp_weights.pth")
+    logit_scale = _load_pth(release.files["logit_scale_weights.pth"], "logit_scale_weights.pth")
+    model = GeoLocModel(ModelConfig())  # the defaults are GeoCLIP 1.3.0's shapes
+    state = convert_state_dicts(location, image_mlp, logit_scale)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("queue.")]
+    if missing or unexpected:
+        raise GeovarioError(f"GeoCLIP weights do not map onto the model (missing {missing}, unexpected {unexpected})")
+    return model.eval()
+
+
+def write_geoclip_model_dir(out: str | Path, release: Release) -> Path:
+    """Write GeoCLIP 1.3.0 as a geovario model directory with its 100K MP-16 gallery."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / GALLERY_FILE, release.files["coordinates_100K.csv"])  # verbatim, sha-checked
+    read_gallery(out / GALLERY_FILE)  # fail now, not at predict time, if it does not parse
+    meta = {"source": {"name": "geoclip", "version": GEOCLIP_VERSION, "from": release.source, "license": "MIT"}}
+    return save_model_dir(out, geoclip_model(release), backbone=DEFAULT_BACKBONE, meta=meta)
+
+
+# --- The reference implementation, for parity tests and benchmarks -------------------------------
+
+
+class _FeaturesPassThrough(torch.nn.Module):
+    """Stands in for GeoCLIP's CLIPModel so that its image encoder takes backbone features directly."""
+
+    def get_image_features(self, pixel_values):
+        return pixel_values
+
+
+def reference_geoclip(site_dir: str | Path):
+    """GeoCLIP 1.3.0's own ``GeoCLIP`` module, loaded from an unpacked wheel at ``site_dir``.
+
+    Only its image encoder's CLIP is replaced by a pass-through, so its ``forward(features, gps)``
+    is GeoCLIP's own code path from backbone features to logits. Its package ``__init__`` (which
+    pulls torchvision for training) is never run.
+    """
+    site_dir = Path(site_dir)
+    root = site_dir / "geoclip"
+    saved = {k: v for k, v in sys.modules.items() if k == "geoclip" or k.startswith("geoclip.")}
+    try:
+        for name, path in (("geoclip", root), ("geoclip.model", root / "model")):
+            module = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(name, None, is_package=True))
+            module.__path__ = [str(path)]
+            sys.modules[name] = module
+        image_encoder = importlib.import_module("geoclip.model.image_encoder")
+        image_encoder.CLIPConfig = lambda **kwargs: None
+        image_encoder.CLIPModel = lambda config: _FeaturesPassThrough()
+        image_encoder.CLIPImageProcessor = lambda: None
+        geoclip_module = importlib.import_module("geoclip.model.GeoCLIP")
+        return geoclip_module.GeoCLIP(from_pretrained=True, clip_pretrained=False).eval()
+    finally:
+        for key in [k for k in sys.modules if k == "geoclip" or k.startswith("geoclip.")]:
+            del sys.modules[key]
+        sys.modules.update(saved)
+
+
+def unpack_wheel(wheel: str | Path, dest: str | Path) -> Path:
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(dest)
+    return Path(dest)
+
+
+def gallery_from_release(release: Release) -> np.ndarray:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / GALLERY_FILE
+        path.write_bytes(release.files["coordinates_100K.csv"])
+        return read_gallery(path)

@@ -1,0 +1,174 @@
+"""GeoCLIP-family model: a location encoder, an image head and the queues used in training.
+
+Architecture follows GeoCLIP 1.3.0 (Vivanco et al., NeurIPS 2023): GPS is projected with
+EqualEarth, encoded by random Fourier features at several scales sigma, each scale feeds its own
+MLP "capsule", and the branch outputs are summed. Image features from a frozen backbone pass a
+two-layer MLP. Both sides are L2-normalised and compared by a scaled cosine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geovario.geo import equal_earth
+
+
+@dataclass
+class ModelConfig:
+    """Shapes of a geovario model; the defaults are GeoCLIP 1.3.0's."""
+
+    feature_dim: int = 768  # CLIP ViT-L/14 projected image embedding
+    head_hidden_dim: int = 768
+    embed_dim: int = 512
+    sigmas: list[float] = field(default_factory=lambda: [2.0**0, 2.0**4, 2.0**8])
+    rff_dim: int = 256  # frequencies per branch; the encoding has 2 * rff_dim values (cos, sin)
+    hidden_dim: int = 1024
+    hidden_layers: int = 3
+    queue_size: int = 4096  # GeoCLIP 1.3.0 GPS queue
+    init_logit_scale: float = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class RandomFourierFeatures(nn.Module):
+    """gamma(v) = [cos(2 pi B v), sin(2 pi B v)] with a fixed B ~ N(0, sigma^2) (Tancik et al. 2020)."""
+
+    def __init__(self, sigma: float, in_dim: int = 2, n_frequencies: int = 256):
+        super().__init__()
+        self.sigma = sigma
+        self.register_buffer("b", torch.randn(n_frequencies, in_dim) * sigma)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        # Same expression as GeoCLIP's rff.functional.gaussian_encoding, for bitwise-equal float32.
+        vp = 2 * math.pi * v @ self.b.T
+        return torch.cat((torch.cos(vp), torch.sin(vp)), dim=-1)
+
+
+class LocationBranch(nn.Module):
+    """One scale of the location encoder: RFF(sigma) -> MLP with ReLU -> linear head."""
+
+    def __init__(self, sigma: float, config: ModelConfig):
+        super().__init__()
+        self.rff = RandomFourierFeatures(sigma, 2, config.rff_dim)
+        layers: list[nn.Module] = []
+        width = 2 * config.rff_dim
+        for _ in range(config.hidden_layers):
+            layers += [nn.Linear(width, config.hidden_dim), nn.ReLU()]
+            width = config.hidden_dim
+        self.mlp = nn.Sequential(*layers)
+        self.head = nn.Linear(width, config.embed_dim)
+
+    def forward(self, projected: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mlp(self.rff(projected)))
+
+
+class LocationEncoder(nn.Module):
+    """(N, 2) GPS degrees -> (N, embed_dim) unnormalised embedding, summed over the sigma branches."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.branches = nn.ModuleList(LocationBranch(s, config) for s in config.sigmas)
+
+    def forward(self, latlon: torch.Tensor) -> torch.Tensor:
+        projected = equal_earth(latlon)
+        out = self.branches[0](projected)
+        for branch in self.branches[1:]:
+            out = out + branch(projected)
+        return out
+
+
+class ImageHead(nn.Module):
+    """(N, feature_dim) frozen backbone features -> (N, embed_dim): Linear, ReLU, Linear."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(config.feature_dim, config.head_hidden_dim),
+            nn.ReLU(),
+            nn.Linear(config.head_hidden_dim, config.embed_dim),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.mlp(features)
+
+
+class NegativeQueue(nn.Module):
+    """A ring buffer of past batch GPS with their frozen image features kept row-aligned.
+
+    The GPS rows are the extra negatives of GeoCLIP's loss; the features beside them let the
+    semivariogram loss compute image dissimilarity for every queued negative. ``count`` tracks how
+    much is filled, so an unfilled queue never contributes placeholder entries.
+    """
+
+    def __init__(self, size: int, feature_dim: int):
+        super().__init__()
+        self.size = size
+        self.register_buffer("gps", torch.zeros(size, 2))
+        self.register_buffer("features", torch.zeros(size, feature_dim))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def enqueue(self, gps: torch.Tensor, features: torch.Tensor | None = None) -> None:
+        """Append a batch, overwriting the oldest entries; a batch larger than the queue keeps its tail."""
+        if self.size == 0:
+            return
+        n = gps.shape[0]
+        if features is not None and features.shape[0] != n:
+            raise ValueError(f"enqueue: {n} GPS rows but {features.shape[0]} feature rows")
+        if n >= self.size:
+            gps, features = gps[-self.size :], None if features is None else features[-self.size :]
+            start, n = 0, self.size
+        else:
+            start = int(self.ptr)
+        positions = (start + torch.arange(n, device=self.gps.device)) % self.size
+        self.gps[positions] = gps.to(self.gps)
+        if features is not None:
+            self.features[positions] = features.to(self.features)
+        self.ptr.fill_((start + n) % self.size)
+        self.count.fill_(min(self.size, int(self.count) + n))
+
+    def filled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (gps, features) rows written so far, in storage order."""
+        n = int(self.count)
+        return self.gps[:n], self.features[:n]
+
+
+class GeoLocModel(nn.Module):
+    """Image head + location encoder + learnable logit scale + the negative queue."""
+
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = config or ModelConfig()
+        self.image_head = ImageHead(self.config)
+        self.location_encoder = LocationEncoder(self.config)
+        self.logit_scale = nn.Parameter(torch.tensor(self.config.init_logit_scale))
+        self.queue = NegativeQueue(self.config.queue_size, self.config.feature_dim)
+
+    def encode_images(self, features: torch.Tensor) -> torch.Tensor:
+        """Backbone features -> unit image embeddings."""
+        return F.normalize(self.image_head(features), dim=-1)
+
+    def encode_locations(self, latlon: torch.Tensor) -> torch.Tensor:
+        """GPS degrees -> unit location embeddings."""
+        return F.normalize(self.location_encoder(latlon), dim=-1)
+
+    def forward(self, features: torch.Tensor, latlon: torch.Tensor) -> torch.Tensor:
+        """Logits (N_images, N_locations) = exp(logit_scale) * cos(image, location)."""
+        # Scale after the matmul, as GeoCLIP does, so the rounding matches its logits.
+        return self.logit_scale.exp() * (self.encode_images(features) @ self.encode_locations(latlon).T)
+
+    def weights_state_dict(self) -> dict[str, torch.Tensor]:
+        """The learned weights only (what a model directory stores); queues are training state."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("queue.")}

@@ -1,0 +1,196 @@
+"""A geovario model directory: ``config.json`` + ``model.safetensors`` + ``gallery.csv``.
+
+``config.json`` records the architecture, the backbone the image head expects, the gallery file
+and the sha256 of the weights, so a truncated or modified weights file is caught on load instead
+of silently giving wrong answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from geovario.errors import GeovarioError
+from geovario.geo import coordinate_problems
+from geovario.hashing import sha256_file
+from geovario.model import GeoLocModel, ModelConfig
+
+FORMAT = "geovario-model"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+GALLERY_FILE = "gallery.csv"
+DEFAULT_BACKBONE = "openai/clip-vit-large-patch14"
+
+
+@dataclass
+class ModelDir:
+    """A loaded model directory."""
+
+    path: Path
+    model: GeoLocModel
+    backbone: str
+    gallery_path: Path | None
+    weights_sha256: str
+    meta: dict
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """Give a finished temporary file the usual permissions and rename it into place atomically."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
+    os.replace(tmp, path)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_gallery_csv(path: Path, latlon: np.ndarray) -> None:
+    """GeoCLIP's gallery format: a LAT,LON header and one row per location."""
+    frame = pd.DataFrame({"LAT": latlon[:, 0], "LON": latlon[:, 1]})
+    atomic_write_bytes(path, frame.to_csv(index=False).encode())
+
+
+def save_model_dir(
+    path: str | Path,
+    model: GeoLocModel,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    gallery: np.ndarray | None = None,
+    meta: dict | None = None,
+) -> Path:
+    """Write a model directory; ``gallery`` is an (N, 2) array of (lat, lon) degrees."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.weights_state_dict().items()}
+    weights_path = path / WEIGHTS_FILE
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(weights, tmp, metadata={"format": FORMAT})
+        _publish(tmp, weights_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if gallery is not None:
+        write_gallery_csv(path / GALLERY_FILE, np.asarray(gallery))
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": model.config.to_dict(),
+        "backbone": backbone,
+        "gallery": GALLERY_FILE if (path / GALLERY_FILE).exists() else None,
+        "weights_sha256": sha256_file(weights_path),
+        **(meta or {}),
+    }
+    atomic_write_bytes(path / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+    return path
+
+
+def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> ModelDir:
+    """Load and verify a model directory; every problem is a one-line :class:`GeovarioError`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise GeovarioError(f"{path}: model directory not found (create one with `geovario weights geoclip --out {path}`)")
+    config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not config_path.is_file():
+        raise GeovarioError(f"{config_path}: missing; {path} is not a geovario model directory")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GeovarioError(f"{config_path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise GeovarioError(f"{config_path}: not a geovario model config (expected \"format\": \"{FORMAT}\")")
+    if not weights_path.is_file():
+        raise GeovarioError(f"{weights_path}: missing")
+    digest = sha256_file(weights_path)
+    expected = config.get("weights_sha256")
+    if expected and digest != expected:
+        raise GeovarioError(
+            f"{weights_path}: sha256 {digest[:12]}… does not match config.json ({expected[:12]}…); "
+            "the file is truncated or was modified"
+        )
+    try:
+        weights = load_file(weights_path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise GeovarioError(f"{weights_path}: cannot read safetensors file, truncated or corrupt ({e})") from None
+    model = GeoLocModel(ModelConfig.from_dict(config.get("model", {})))
+    expected_shapes = {k: tuple(v.shape) for k, v in model.weights_state_dict().items()}
+    missing = sorted(expected_shapes.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - expected_shapes.keys())
+    misshapen = [
+        f"{k} {tuple(weights[k].shape)} != {shape}"
+        for k, shape in expected_shapes.items()
+        if k in weights and tuple(weights[k].shape) != shape
+    ]
+    if missing or unexpected or misshapen:
+        found = "; ".join(
+            f"{label} {items[:3]}" for label, items in
+            (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)) if items
+        )
+        raise GeovarioError(f"{weights_path}: weights do not fit the architecture in config.json ({found})")
+    model.load_state_dict(weights, strict=False)
+    gallery = config.get("gallery")
+    return ModelDir(
+        path=path,
+        model=model.to(device).eval(),
+        backbone=config.get("backbone", DEFAULT_BACKBONE),
+        gallery_path=(path / gallery) if gallery else None,
+        weights_sha256=digest,
+        meta=config,
+    )
+
+
+def read_gallery(path: str | Path) -> np.ndarray:
+    """Read a GPS gallery CSV (columns LAT, LON or lat, lon) into an (N, 2) float32 array.
+
+    float32 matches GeoCLIP, which holds its gallery as a float32 tensor. Any bad row is an error
+    that names the line: a gallery with holes would silently shift every prediction index.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GeovarioError(f"{path}: gallery file not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise GeovarioError(f"{path}: cannot parse gallery CSV ({str(e).strip().splitlines()[0]})") from None
+    columns = {c.strip().lower(): c for c in frame.columns}
+    lat_col = columns.get("lat") or columns.get("latitude")
+    lon_col = columns.get("lon") or columns.get("longitude") or columns.get("lng")
+    if lat_col is None or lon_col is None:
+        raise GeovarioError(f"{path}: gallery needs LAT and LON columns, found {list(frame.columns)}")
+    # Drop wholly blank lines but keep the original index, so reported line numbers stay true.
+    frame = frame[(frame != "").any(axis=1)]
+    if frame.empty:
+        raise GeovarioError(f"{path}: gallery has no rows")
+    lat = pd.to_numeric(frame[lat_col].str.strip(), errors="coerce").to_numpy(np.float64)
+    lon = pd.to_numeric(frame[lon_col].str.strip(), errors="coerce").to_numpy(np.float64)
+    problems = coordinate_problems(lat, lon)
+    if problems:
+        row, what = problems[0]
+        raw = f"{frame[lat_col].iloc[row]!r}, {frame[lon_col].iloc[row]!r}"
+        more = f" ({len(problems) - 1} more bad rows)" if len(problems) > 1 else ""
+        line = int(frame.index[row]) + 2  # the header is line 1
+        raise GeovarioError(f"{path}: line {line}: {what} [{raw}]{more}")
+    return np.stack([lat, lon], axis=1).astype(np.float32)

@@ -1,0 +1,121 @@
+"""Geolocate images or backbone features with a model directory and its cached gallery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from geovario.backbones import ClipBackbone, default_device
+from geovario.errors import GeovarioError
+from geovario.modeldir import load_model_dir, read_gallery
+from geovario.retrieval import cached_gallery_embeddings, topk_softmax
+
+
+@dataclass
+class Prediction:
+    lat: float
+    lon: float
+    prob: float
+    gallery_index: int
+
+    def to_dict(self) -> dict:
+        return {"lat": self.lat, "lon": self.lon, "prob": self.prob}
+
+
+class Predictor:
+    """Loads a model once, then answers many queries against the cached gallery embeddings."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        gallery: str | Path | None = None,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+    ):
+        self.device = torch.device(device) if device else default_device()
+        loaded = load_model_dir(model_dir, self.device)
+        self.model = loaded.model
+        self.model_dir = loaded.path
+        self.backbone_name = loaded.backbone
+        gallery_path = Path(gallery) if gallery else loaded.gallery_path
+        if gallery_path is None:
+            raise GeovarioError(f"{model_dir}: the model has no gallery; pass --gallery CSV")
+        self.gallery = read_gallery(gallery_path)
+        self.gallery_embeddings = cached_gallery_embeddings(
+            self.model, self.gallery, loaded.weights_sha256, self.model_dir, progress=progress
+        )
+        self.logit_scale = float(self.model.logit_scale.detach().exp())
+        self._backbone: ClipBackbone | None = None
+
+    @property
+    def feature_dim(self) -> int:
+        return self.model.config.feature_dim
+
+    def backbone(self, name_or_dir: str | None = None) -> ClipBackbone:
+        """The image backbone, loaded on first use (``name_or_dir`` defaults to the model's)."""
+        if self._backbone is None:
+            backbone = ClipBackbone.load(name_or_dir or self.backbone_name, self.device)
+            if backbone.feature_dim != self.feature_dim:
+                raise GeovarioError(
+                    f"backbone {backbone.name!r} gives {backbone.feature_dim}-d features but the model "
+                    f"expects {self.feature_dim}-d"
+                )
+            self._backbone = backbone
+        return self._backbone
+
+    def check_features(self, features: np.ndarray, source: str = "features") -> np.ndarray:
+        """Validate an (N, feature_dim) array: shape, emptiness and finiteness."""
+        features = np.asarray(features)
+        if features.ndim == 1:
+            features = features[None, :]
+        if features.ndim != 2:
+            raise GeovarioError(f"{source}: expected an (N, {self.feature_dim}) array, got shape {features.shape}")
+        if features.shape[0] == 0:
+            raise GeovarioError(f"{source}: no feature rows")
+        if features.shape[1] != self.feature_dim:
+            raise GeovarioError(
+                f"{source}: features are {features.shape[1]}-d but the model expects {self.feature_dim}-d "
+                f"(shape {features.shape})"
+            )
+        if not np.issubdtype(features.dtype, np.number):
+            raise GeovarioError(f"{source}: features must be numeric, got dtype {features.dtype}")
+        bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
+        if len(bad):
+            raise GeovarioError(f"{source}: row {bad[0]} contains NaN or inf ({len(bad)} bad rows)")
+        return features.astype(np.float32, copy=False)
+
+    @torch.inference_mode()
+    def predict_features(self, features: np.ndarray | torch.Tensor, top_k: int = 5, batch_size: int = 1024) -> list[list[Prediction]]:
+        """Top-k gallery locations for each feature row, best first."""
+        if isinstance(features, torch.Tensor):
+            features = features.detach().cpu().numpy()
+        features = self.check_features(features)
+        if not 1 <= top_k <= len(self.gallery):
+            raise GeovarioError(f"--top-k must be between 1 and the gallery size {len(self.gallery)}, got {top_k}")
+        results: list[list[Prediction]] = []
+        for start in range(0, len(features), batch_size):
+            batch = torch.from_numpy(features[start : start + batch_size]).to(self.device)
+            queries = self.model.encode_images(batch).float()
+            index, prob, _ = topk_softmax(queries, self.gallery_embeddings, self.logit_scale, top_k)
+            for row_index, row_prob in zip(index.cpu().numpy(), prob.cpu().numpy()):
+                results.append([
+                    Prediction(float(self.gallery[i, 0]), float(self.gallery[i, 1]), float(p), int(i))
+                    for i, p in zip(row_index, row_prob)
+                ])
+        return results
+
+
+def load_features_file(path: str | Path) -> np.ndarray:
+    """Read an .npy array of backbone features without ever unpickling."""
+    path = Path(path)
+    if not path.is_file():
+        raise GeovarioError(f"{path}: features file not found")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise GeovarioError(f"{path}: not a readable .npy array ({e})") from None
+    except (OSError, EOFError) as e:
+        raise GeovarioError(f"{path}: empty, truncated or not an .npy file ({e})") from None

@@ -1,0 +1,148 @@
+"""Gallery retrieval: cached gallery embeddings and exact, memory-bounded top-k.
+
+GeoCLIP's ``predict()`` runs the location encoder over the whole 100K gallery on every call
+(~26 s on 2 CPU cores). The gallery embeddings depend only on the weights and the gallery, so they
+are computed once, written beside the model (keyed by a hash of both), and memory-mapped after.
+Top-k then streams the gallery in chunks, keeping a running top-k and a running log-sum-exp, so
+the probabilities are the softmax over the *whole* gallery, as GeoCLIP computes them, while memory
+stays O(batch x chunk) for a gallery of any size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from geovario.errors import GeovarioError
+from geovario.model import GeoLocModel
+
+CACHE_ENV = "GEOVARIO_CACHE_DIR"
+
+
+def gallery_cache_key(weights_sha256: str, gallery: np.ndarray) -> str:
+    """Changes when either the weights or any gallery coordinate changes."""
+    digest = hashlib.sha256(weights_sha256.encode())
+    digest.update(np.ascontiguousarray(gallery, dtype=np.float32).tobytes())
+    return digest.hexdigest()[:20]
+
+
+def _cache_dirs(model_dir: Path | None) -> list[Path]:
+    dirs = []
+    if os.environ.get(CACHE_ENV):
+        dirs.append(Path(os.environ[CACHE_ENV]))
+    if model_dir is not None:
+        dirs.append(model_dir / "cache")
+    dirs.append(Path.home() / ".cache" / "geovario" / "galleries")
+    return dirs
+
+
+@torch.inference_mode()
+def encode_gallery_to(
+    path: Path, model: GeoLocModel, gallery: np.ndarray, batch_size: int = 8192, progress: bool = True
+) -> None:
+    """Stream unit location embeddings of ``gallery`` into an .npy at ``path`` (atomic rename)."""
+    device = model.logit_scale.device
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(gallery), model.config.embed_dim))
+    try:
+        with tqdm(total=len(gallery), desc="encoding gallery", unit="loc", disable=None if progress else True, leave=False) as bar:
+            for start in range(0, len(gallery), batch_size):
+                chunk = torch.from_numpy(np.ascontiguousarray(gallery[start : start + batch_size], dtype=np.float32))
+                out[start : start + len(chunk)] = model.encode_locations(chunk.to(device)).float().cpu().numpy()
+                bar.update(len(chunk))
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def cached_gallery_embeddings(
+    model: GeoLocModel,
+    gallery: np.ndarray,
+    weights_sha256: str,
+    model_dir: Path | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Memory-mapped (N, embed_dim) unit embeddings of the gallery, computing them on first use.
+
+    Looks in ``$GEOVARIO_CACHE_DIR``, then ``<model_dir>/cache``, then ``~/.cache/geovario``; writes
+    to the first of those that is writable.
+    """
+    name = f"gallery-{gallery_cache_key(weights_sha256, gallery)}.npy"
+    candidates = _cache_dirs(model_dir)
+    for folder in candidates:
+        cached = folder / name
+        if cached.is_file():
+            try:
+                emb = np.load(cached, mmap_mode="c")  # copy-on-write: torch may wrap it without a copy
+            except (ValueError, OSError):
+                continue  # unreadable cache file: fall through and rebuild it
+            if emb.shape == (len(gallery), model.config.embed_dim):
+                return emb
+    errors = []
+    for folder in candidates:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            encode_gallery_to(folder / name, model, gallery, progress=progress)
+            return np.load(folder / name, mmap_mode="c")
+        except OSError as e:
+            errors.append(f"{folder}: {e.strerror or e}")
+    raise GeovarioError(f"cannot write the gallery cache anywhere ({'; '.join(errors)}); set ${CACHE_ENV}")
+
+
+def _chunk_rows(n_queries: int, budget_elements: int = 1 << 24) -> int:
+    """Gallery rows per chunk so that the (queries x chunk) logit block stays near 64 MB of float32."""
+    return max(1024, budget_elements // max(1, n_queries))
+
+
+@torch.inference_mode()
+def topk_softmax(
+    queries: torch.Tensor,
+    gallery_embeddings: np.ndarray | torch.Tensor,
+    logit_scale: float,
+    k: int,
+    chunk_rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact top-k of ``logit_scale * queries @ gallery.T`` with softmax over the whole gallery.
+
+    ``queries`` are (B, D) unit embeddings; ``gallery_embeddings`` (N, D) unit embeddings, possibly
+    a memory map. Returns (indices, probabilities, logits), each (B, k), best first; equal logits
+    are ordered by gallery index so results are deterministic.
+    """
+    n = len(gallery_embeddings)
+    if not 1 <= k <= n:
+        raise GeovarioError(f"--top-k must be between 1 and the gallery size {n}, got {k}")
+    device = queries.device
+    rows = chunk_rows or _chunk_rows(len(queries))
+    best_logits = torch.full((len(queries), 0), float("-inf"), device=device)
+    best_index = torch.zeros((len(queries), 0), dtype=torch.long, device=device)
+    log_norm = torch.full((len(queries),), float("-inf"), device=device)
+    for start in range(0, n, rows):
+        block = gallery_embeddings[start : start + rows]
+        if isinstance(block, np.ndarray):
+            block = torch.from_numpy(np.ascontiguousarray(block))
+        block = block.to(device=device, dtype=queries.dtype)
+        logits = logit_scale * (queries @ block.T)
+        log_norm = torch.logaddexp(log_norm, torch.logsumexp(logits, dim=1))
+        top = torch.topk(logits, min(k, logits.shape[1]), dim=1)
+        best_logits = torch.cat([best_logits, top.values], dim=1)
+        best_index = torch.cat([best_index, top.indices + start], dim=1)
+        if best_logits.shape[1] > k:
+            best_logits, best_index = _order(best_logits, best_index, k)
+    best_logits, best_index = _order(best_logits, best_index, k)
+    return best_index, torch.exp(best_logits - log_norm[:, None]), best_logits
+
+
+def _order(logits: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the k best candidates per row: higher logit first, then lower gallery index."""
+    by_index = torch.argsort(index, dim=1, stable=True)
+    logits, index = logits.gather(1, by_index), index.gather(1, by_index)
+    by_logit = torch.argsort(logits, dim=1, descending=True, stable=True)[:, :k]
+    return logits.gather(1, by_logit), index.gather(1, by_logit)

@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny models built through the real save/load paths, and the shared reference data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geovario.model import GeoLocModel, ModelConfig
+from geovario.modeldir import save_model_dir
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GEOVARIO_SHARED_DIR", REPO.parent / "shared"))
+
+
+def tiny_config(feature_dim: int = 32) -> ModelConfig:
+    return ModelConfig(
+        feature_dim=feature_dim, head_hidden_dim=32, embed_dim=16, sigmas=[1.0, 16.0],
+        rff_dim=8, hidden_dim=32, hidden_layers=2, queue_size=64,
+    )
+
+
+def random_gallery(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    lat = np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
+    lon = rng.uniform(-180, 180, n)
+    return np.stack([lat, lon], 1).astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(monkeypatch, tmp_path):
+    """No test reads or writes the user's real gallery cache."""
+    monkeypatch.delenv("GEOVARIO_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path) -> Path:
+    torch.manual_seed(0)
+    model = GeoLocModel(tiny_config())
+    return save_model_dir(tmp_path / "tiny-model", model, backbone="unused", gallery=random_gallery(300))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A random CLIP, saved and reloaded exactly as a hub checkpoint would be."""
+    from transformers import CLIPConfig, CLIPModel
+
+    config = CLIPConfig(
+        projection_dim=32,
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         vocab_size=100, max_position_embeddings=16),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=224, patch_size=32),
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    CLIPModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    folder = SHARED / "fixtures"
+    if not folder.is_dir():
+        pytest.skip(f"real photo fixtures not found at {folder}")
+    return folder
+
+
+@pytest.fixture
+def geoclip_reference_dir() -> Path:
+    for candidate in (os.environ.get("GEOVARIO_GEOCLIP_DIR"), SHARED / "reference" / "geoclip-1.3.0"):
+        if candidate and Path(candidate, "location_encoder_weights.pth").is_file():
+            return Path(candidate)
+    pytest.skip("GeoCLIP 1.3.0 release files not found ($GEOVARIO_GEOCLIP_DIR or ../shared/reference/geoclip-1.3.0)")
+
+
+@pytest.fixture(scope="session")
+def geoclip_wheel(tmp_path_factory) -> Path:
+    """The geoclip 1.3.0 wheel from PyPI ($GEOVARIO_GEOCLIP_WHEEL to reuse a local copy)."""
+    if os.environ.get("GEOVARIO_GEOCLIP_WHEEL"):
+        return Path(os.environ["GEOVARIO_GEOCLIP_WHEEL"])
+    dest = tmp_path_factory.mktemp("wheel")
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "geoclip==1.3.0", "-d", str(dest), "--quiet", "--disable-pip-version-check"]
+    try:
+        subprocess.run(command, capture_output=True, timeout=300, check=True)
+    except (OSError, subprocess.SubprocessError) as e:
+        pytest.skip(f"cannot download geoclip==1.3.0 from the package registry ({e})")
+    wheels = list(dest.glob("geoclip-1.3.0-*.whl"))
+    if not wheels:
+        pytest.skip("pip download produced no geoclip 1.3.0 wheel")
+    return wheels[0]

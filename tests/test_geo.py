@@ -1,0 +1,107 @@
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from geovario.errors import GeovarioError
+from geovario.geo import (
+    EARTH_RADIUS_KM,
+    METRES_PER_DEGREE,
+    add_gps_noise,
+    coordinate_problems,
+    detect_latlon_swap,
+    equal_earth,
+    haversine_km,
+    haversine_km_torch,
+    validate_coordinates,
+)
+
+
+def test_haversine_hand_cases():
+    half_circumference = math.pi * EARTH_RADIUS_KM
+    assert haversine_km(0, 0, 0, 180) == pytest.approx(half_circumference, rel=1e-12)  # antipodes
+    assert haversine_km(90, 0, -90, 0) == pytest.approx(half_circumference, rel=1e-12)  # pole to pole
+    assert haversine_km(90, 0, 90, 123) == pytest.approx(0.0, abs=1e-9)  # longitude is moot at a pole
+    one_degree = math.radians(1) * EARTH_RADIUS_KM
+    assert haversine_km(0, 179.5, 0, -179.5) == pytest.approx(one_degree, rel=1e-9)  # across the date line
+    assert haversine_km(10, 20, 10, 20) == 0.0
+    # Paris -> London, about 343.5 km on this sphere.
+    assert haversine_km(48.8566, 2.3522, 51.5074, -0.1278) == pytest.approx(343.5, abs=0.5)
+
+
+def test_haversine_numpy_and_torch_agree_and_broadcast():
+    rng = np.random.default_rng(1)
+    a = np.stack([rng.uniform(-90, 90, 50), rng.uniform(-180, 180, 50)], 1)
+    b = np.stack([rng.uniform(-90, 90, 40), rng.uniform(-180, 180, 40)], 1)
+    expected = haversine_km(a[:, None, 0], a[:, None, 1], b[None, :, 0], b[None, :, 1])
+    got = haversine_km_torch(torch.from_numpy(a)[:, None], torch.from_numpy(b)[None])
+    assert got.shape == (50, 40)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-7)
+    assert float(haversine_km_torch(torch.tensor([0.0, 0.0]), torch.tensor([0.0, 180.0]))) == pytest.approx(
+        math.pi * EARTH_RADIUS_KM, rel=1e-6
+    )
+
+
+def test_coordinate_problems_name_each_bad_row():
+    lat = [10, float("nan"), 95, 12, 0]
+    lon = [20, 5, 40, 200, float("inf")]
+    problems = dict(coordinate_problems(lat, lon))
+    assert set(problems) == {1, 2, 3, 4}
+    assert "not a finite number" in problems[1]
+    assert "latitude 95.0 is outside" in problems[2] and "swapped" in problems[2]
+    assert "longitude 200.0 is outside" in problems[3]
+    with pytest.raises(GeovarioError, match=r"points.csv: row 3: latitude 95.0 .* \(and 3 more bad rows\)"):
+        validate_coordinates([95, 1, 2, 3], [40, 200, float("nan"), 500], source="points.csv", first_row=3)
+    validate_coordinates([0, -90, 90], [0, -180, 180])  # the edges are valid
+
+
+# Real places whose longitudes are all within +-90, so a swapped table stays in range.
+CITIES = [(48.86, 2.35), (51.51, -0.13), (52.52, 13.40), (41.90, 12.50), (40.42, -3.70), (59.33, 18.07),
+          (50.08, 14.44), (47.50, 19.04), (30.04, 31.24), (-33.92, 18.42), (6.52, 3.38), (-1.29, 36.82),
+          (55.76, 37.62), (41.01, 28.98), (33.89, 35.50), (24.71, 46.68), (25.20, 55.27), (19.08, 72.88),
+          (28.61, 77.21), (14.69, -17.44), (9.03, 38.74), (36.81, 10.18), (38.72, -9.14), (60.17, 24.94),
+          (53.35, -6.26), (45.46, 9.19), (37.98, 23.73), (50.45, 30.52), (-26.20, 28.05), (33.57, -7.59)]
+
+
+def test_swap_detector_warns_on_swapped_columns_only():
+    lat, lon = np.array(CITIES).T
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert detect_latlon_swap(lat, lon) is None
+    with pytest.warns(UserWarning, match="swapped"):
+        assert detect_latlon_swap(lon, lat, source="cities.csv").startswith("cities.csv")
+    with pytest.warns(UserWarning, match="2 rows have \\|lat\\| > 90"):
+        detect_latlon_swap([120, -150, 10], [30, 40, 10])
+
+
+def _equal_earth_float64(lat_deg, lon_deg):
+    """The published EqualEarth formulas (Šavrič et al. 2018), in float64, scaled as GeoCLIP does."""
+    a1, a2, a3, a4 = 1.340264, -0.081106, 0.000893, 0.003796
+    theta = np.arcsin(np.sqrt(3) / 2 * np.sin(np.radians(lat_deg)))
+    x = 2 * np.sqrt(3) * np.radians(lon_deg) * np.cos(theta) / (3 * (9 * a4 * theta**8 + 7 * a3 * theta**6 + 3 * a2 * theta**2 + a1))
+    y = a4 * theta**9 + a3 * theta**7 + a2 * theta**3 + a1 * theta
+    return np.stack([x, y], 1) * 66.50336 / 180
+
+
+def test_equal_earth_matches_published_formula():
+    rng = np.random.default_rng(2)
+    lat, lon = rng.uniform(-90, 90, 1000), rng.uniform(-180, 180, 1000)
+    got = equal_earth(torch.tensor(np.stack([lat, lon], 1), dtype=torch.float32)).double().numpy()
+    np.testing.assert_allclose(got, _equal_earth_float64(lat, lon), atol=2e-6)
+    corners = equal_earth(torch.tensor([[0.0, 0.0], [0.0, 180.0], [90.0, 0.0]]))
+    assert corners[0].tolist() == [0.0, 0.0]
+    assert corners[1, 0] == pytest.approx(0.9998, abs=1e-3)  # x spans about [-1, 1]
+    assert corners[2, 1] == pytest.approx(_equal_earth_float64(np.array([90.0]), np.array([0.0]))[0, 1], abs=1e-6)
+
+
+def test_gps_noise_has_the_requested_scale_and_stays_valid():
+    generator = torch.Generator().manual_seed(0)
+    base = torch.tensor([[45.0, 10.0]]).repeat(20000, 1)
+    noisy = add_gps_noise(base, 150.0, generator)
+    std_m = (noisy - base).std(0) * METRES_PER_DEGREE
+    assert std_m.tolist() == pytest.approx([150.0, 150.0], rel=0.05)
+    edge = add_gps_noise(torch.tensor([[89.9999, 179.9999]]).repeat(1000, 1), 1000.0, generator)
+    assert edge[:, 0].max() <= 90 and edge[:, 1].min() >= -180 and edge[:, 1].max() < 180
+    assert torch.equal(add_gps_noise(base[:3], 0.0), base[:3])

@@ -1,0 +1,92 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from geovario.errors import GeovarioError
+from geovario.model import GeoLocModel
+from geovario.modeldir import load_model_dir, read_gallery, save_model_dir
+
+
+def test_roundtrip_restores_weights_and_config(tiny_model_dir):
+    loaded = load_model_dir(tiny_model_dir)
+    assert loaded.model.config == tiny_config()
+    assert loaded.backbone == "unused"
+    torch.manual_seed(0)
+    original = GeoLocModel(tiny_config())
+    for key, value in original.weights_state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[key], value, rtol=0, atol=0)
+    assert read_gallery(loaded.gallery_path).shape == (300, 2)
+
+
+def test_missing_dir_and_missing_files(tmp_path, tiny_model_dir):
+    with pytest.raises(GeovarioError, match="model directory not found"):
+        load_model_dir(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GeovarioError, match="config.json: missing"):
+        load_model_dir(tmp_path / "empty")
+    (tiny_model_dir / "model.safetensors").unlink()
+    with pytest.raises(GeovarioError, match="model.safetensors: missing"):
+        load_model_dir(tiny_model_dir)
+
+
+def test_truncated_weights_are_caught(tiny_model_dir):
+    weights = tiny_model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(GeovarioError, match="truncated or was modified"):
+        load_model_dir(tiny_model_dir)
+    # Without a recorded hash, the safetensors reader itself must still refuse it.
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    del config["weights_sha256"]
+    (tiny_model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(GeovarioError, match="cannot read safetensors file"):
+        load_model_dir(tiny_model_dir)
+
+
+def test_tampered_weights_are_caught(tiny_model_dir):
+    weights = tiny_model_dir / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-7] ^= 0xFF  # one flipped byte in a tensor: still a valid safetensors file
+    weights.write_bytes(bytes(data))
+    with pytest.raises(GeovarioError, match="sha256 .* does not match config.json"):
+        load_model_dir(tiny_model_dir)
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path):
+    path = save_model_dir(tmp_path / "m", GeoLocModel(tiny_config()), gallery=np.zeros((3, 2)))
+    config = json.loads((path / "config.json").read_text())
+    config["model"]["hidden_dim"] = 48
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(GeovarioError, match="do not fit the architecture .*wrong shape"):
+        load_model_dir(path)
+
+
+def test_not_a_model_config(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "clip"}')
+    with pytest.raises(GeovarioError, match="not a geovario model config"):
+        load_model_dir(tmp_path)
+    (tmp_path / "config.json").write_text("{broken")
+    with pytest.raises(GeovarioError, match="not valid JSON"):
+        load_model_dir(tmp_path)
+
+
+def test_read_gallery_reports_the_bad_line(tmp_path):
+    path = tmp_path / "g.csv"
+    path.write_text("LAT,LON\n1.5,2.5\n\n3,4\n")
+    np.testing.assert_array_equal(read_gallery(path), np.array([[1.5, 2.5], [3, 4]], np.float32))
+    path.write_text("LAT,LON\n1,2\n3,4\nmean,\n")
+    with pytest.raises(GeovarioError, match=r"g.csv: line 4: lat/lon is not a finite number .*'mean'"):
+        read_gallery(path)
+    path.write_text("LAT,LON\n1,2\n91,4\n")
+    with pytest.raises(GeovarioError, match="line 3: latitude 91.0 is outside"):
+        read_gallery(path)
+    path.write_text("lat,long\n1,2\n")
+    with pytest.raises(GeovarioError, match="needs LAT and LON columns"):
+        read_gallery(path)
+    path.write_text("latitude,longitude\n")
+    with pytest.raises(GeovarioError, match="gallery has no rows"):
+        read_gallery(path)
+    with pytest.raises(GeovarioError, match="gallery file not found"):
+        read_gallery(tmp_path / "missing.csv")

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_gallery, tiny_config
+from geovario.errors import GeovarioError
+from geovario.model import GeoLocModel
+from geovario.retrieval import cached_gallery_embeddings, topk_softmax
+
+
+def _unit(x):
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 7, 100, 1000])
+def test_chunked_topk_equals_full_softmax(chunk_rows):
+    torch.manual_seed(0)
+    queries, gallery = _unit(torch.randn(9, 16)), _unit(torch.randn(1000, 16))
+    index, prob, logits = topk_softmax(queries, gallery.numpy(), 20.0, k=5, chunk_rows=chunk_rows)
+    full = 20.0 * queries @ gallery.T
+    expected = torch.topk(full.softmax(1), 5, dim=1)
+    torch.testing.assert_close(index, expected.indices, rtol=0, atol=0)
+    torch.testing.assert_close(prob, expected.values, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(logits, full.gather(1, index))
+
+
+def test_ties_are_ordered_by_gallery_index_whatever_the_chunking():
+    torch.manual_seed(1)
+    base = _unit(torch.randn(50, 8))
+    gallery = torch.cat([base, base[[3, 3, 17]]])  # rows 50, 51 duplicate row 3; 52 duplicates 17
+    query = base[3:4] + 1e-3 * base[17:18]
+    for chunk_rows in (None, 5, 51):
+        index, prob, _ = topk_softmax(_unit(query), gallery, 10.0, k=3, chunk_rows=chunk_rows)
+        assert index[0].tolist() == [3, 50, 51]
+        assert prob[0, 0] == prob[0, 1] == prob[0, 2]
+
+
+def test_k_out_of_range():
+    gallery = _unit(torch.randn(4, 3))
+    with pytest.raises(GeovarioError, match="between 1 and the gallery size 4, got 5"):
+        topk_softmax(_unit(torch.randn(1, 3)), gallery, 1.0, k=5)
+    with pytest.raises(GeovarioError, match="got 0"):
+        topk_softmax(_unit(torch.randn(1, 3)), gallery, 1.0, k=0)
+
+
+def test_gallery_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = GeoLocModel(tiny_config()).eval()
+    gallery = random_gallery(500)
+    calls = []
+    original = model.encode_locations
+    monkeypatch.setattr(model, "encode_locations", lambda x: calls.append(len(x)) or original(x))
+
+    first = cached_gallery_embeddings(model, gallery, "weights-a", tmp_path, progress=False)
+    assert sum(calls) == 500 and len(list((tmp_path / "cache").glob("gallery-*.npy"))) == 1
+    np.testing.assert_allclose(np.asarray(first), model.encode_locations(torch.from_numpy(gallery)).detach().numpy(), atol=1e-6)
+    assert np.allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+
+    calls.clear()
+    again = cached_gallery_embeddings(model, gallery, "weights-a", tmp_path, progress=False)
+    assert calls == [] and isinstance(again, np.memmap)
+
+    cached_gallery_embeddings(model, gallery, "weights-b", tmp_path, progress=False)  # new weights
+    assert sum(calls) == 500
+    moved = gallery.copy()
+    moved[123, 1] += 0.001
+    cached_gallery_embeddings(model, moved, "weights-a", tmp_path, progress=False)  # one point moved
+    assert sum(calls) == 1000
+    assert len(list((tmp_path / "cache").glob("gallery-*.npy"))) == 3
+    assert not list((tmp_path / "cache").glob("*.tmp"))
+
+
+def test_gallery_cache_falls_back_when_model_dir_is_read_only(tmp_path, monkeypatch):
+    model = GeoLocModel(tiny_config()).eval()
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    monkeypatch.setenv("GEOVARIO_CACHE_DIR", str(read_only / "cache"))  # unwritable too
+    try:
+        emb = cached_gallery_embeddings(model, random_gallery(20), "w", read_only, progress=False)
+    finally:
+        read_only.chmod(0o755)
+    assert emb.shape == (20, 16)
+    import os
+    if os.geteuid() != 0:  # root can write anywhere, so only check the fallback path as a normal user
+        assert str(emb.filename).startswith(str(tmp_path / "home"))
