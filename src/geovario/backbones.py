@@ -101,6 +101,7 @@ class ClipBackbone:
             raise GeovarioError(f"{local}: no config.json; not a transformers CLIP checkpoint")
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # a full CLIPModel checkpoint has text weights we skip on purpose
+        hf_logging.disable_progress_bar()
         try:
             config = AutoConfig.from_pretrained(name_or_dir)
             if isinstance(config, CLIPConfig):
@@ -116,6 +117,7 @@ class ClipBackbone:
             raise GeovarioError(f"cannot load backbone {name_or_dir!r} as a {where}: {first}") from None
         finally:
             hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
         image_size = int(model.config.image_size)
         if local.is_dir():
             preprocess = Preprocess.for_model_dir(local, image_size)

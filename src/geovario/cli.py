@@ -92,6 +92,7 @@ def cmd_weights_geoclip(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
+    import torch
 
     from geovario.images import load_rgb
     from geovario.predict import Predictor, load_features_file
@@ -110,19 +111,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for i, preds in enumerate(predictor.predict_features(features, args.top_k)):
             entries.append({"input": f"{args.features}[{i}]", "predictions": [p.to_dict() for p in preds]})
     else:
-        backbone = predictor.backbone(args.backbone)
-        images, good = [], []
-        for path in args.image:
-            entries.append({"input": str(path)})
-            try:
-                images.append(load_rgb(path))
-                good.append(len(entries) - 1)
-            except GeovarioError as e:
-                entries[-1]["error"] = str(e)
-        if images:
-            feats = np.concatenate([f.cpu().numpy() for f in backbone.encode_images(images, args.batch_size)])
-            for slot, preds in zip(good, predictor.predict_features(feats, args.top_k)):
-                entries[slot]["predictions"] = [p.to_dict() for p in preds]
+        # Stream the images a batch at a time; the backbone loads only once a readable image exists.
+        for start in range(0, len(args.image), args.batch_size):
+            pixels, slots = [], []
+            for path in args.image[start : start + args.batch_size]:
+                entries.append({"input": str(path)})
+                try:
+                    image = load_rgb(path)
+                except GeovarioError as e:
+                    entries[-1]["error"] = str(e)
+                    continue
+                pixels.append(predictor.backbone(args.backbone).preprocess(image))
+                slots.append(len(entries) - 1)
+            if pixels:
+                feats = predictor.backbone(args.backbone).encode_pixels(torch.from_numpy(np.stack(pixels)))
+                for slot, preds in zip(slots, predictor.predict_features(feats, args.top_k)):
+                    entries[slot]["predictions"] = [p.to_dict() for p in preds]
 
     if args.json:
         print(json.dumps(entries, indent=1))

@@ -1,0 +1,90 @@
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from geovario.errors import GeovarioError
+from geovario.interop.geoclip import (
+    PACKAGE_PATHS,
+    read_release_folder,
+    read_release_wheel,
+    reference_geoclip,
+    unpack_wheel,
+    write_geoclip_model_dir,
+)
+from geovario.modeldir import load_model_dir, read_gallery
+from geovario.predict import Predictor
+
+
+def test_convert_from_release_folder(tmp_path, geoclip_reference_dir):
+    out = write_geoclip_model_dir(tmp_path / "geoclip", read_release_folder(geoclip_reference_dir))
+    loaded = load_model_dir(out)
+    assert loaded.backbone == "openai/clip-vit-large-patch14"
+    assert float(loaded.model.logit_scale.detach()) == pytest.approx(3.681, abs=1e-4)  # exp = 39.69
+    assert (out / "gallery.csv").read_bytes() == (geoclip_reference_dir / "coordinates_100K.csv").read_bytes()
+    original = torch.load(geoclip_reference_dir / "location_encoder_weights.pth", weights_only=True)
+    state = loaded.model.state_dict()
+    torch.testing.assert_close(state["location_encoder.branches.2.rff.b"], original["LocEnc2.capsule.0.b"], rtol=0, atol=0)
+    torch.testing.assert_close(state["location_encoder.branches.1.mlp.4.weight"], original["LocEnc1.capsule.5.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(state["location_encoder.branches.0.head.bias"], original["LocEnc0.head.0.bias"], rtol=0, atol=0)
+
+
+def test_modified_release_file_is_refused(tmp_path, geoclip_reference_dir):
+    copy = tmp_path / "release"
+    shutil.copytree(geoclip_reference_dir, copy)
+    data = bytearray((copy / "image_encoder_mlp_weights.pth").read_bytes())
+    data[-300] ^= 1
+    (copy / "image_encoder_mlp_weights.pth").write_bytes(bytes(data))
+    with pytest.raises(GeovarioError, match="image_encoder_mlp_weights.pth has sha256 .* refusing"):
+        read_release_folder(copy)
+    (copy / "coordinates_100K.csv").unlink()
+    with pytest.raises(GeovarioError, match="coordinates_100K.csv not found"):
+        read_release_folder(copy)
+
+
+def test_wheel_source_and_package_layout(tmp_path, geoclip_reference_dir):
+    wheel = tmp_path / "geoclip-1.3.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, package_path in PACKAGE_PATHS.items():
+            archive.write(geoclip_reference_dir / name, f"geoclip/{package_path}")
+    assert read_release_wheel(wheel).files.keys() == PACKAGE_PATHS.keys()
+    package = unpack_wheel(wheel, tmp_path / "site") / "geoclip"
+    assert read_release_folder(package).source == str(package)
+    (tmp_path / "bad.whl").write_bytes(b"not a zip")
+    with pytest.raises(GeovarioError, match="not a readable wheel"):
+        read_release_wheel(tmp_path / "bad.whl")
+
+
+@pytest.mark.slow
+def test_parity_with_geoclip_1_3_0_modules(tmp_path, geoclip_wheel):
+    """Logits within 1e-4 and the same top-5 as GeoCLIP's own code, for 64 features on the 100K gallery."""
+    site = unpack_wheel(geoclip_wheel, tmp_path / "site")
+    theirs_model = reference_geoclip(site)
+    out = write_geoclip_model_dir(tmp_path / "geoclip", read_release_wheel(geoclip_wheel))
+    predictor = Predictor(out, device="cpu", progress=False)
+    features = np.random.default_rng(0).normal(size=(64, 768)).astype(np.float32)
+
+    with torch.no_grad():
+        theirs = theirs_model(torch.from_numpy(features), theirs_model.gps_gallery)
+        ours = predictor.logit_scale * (
+            predictor.model.encode_images(torch.from_numpy(features)) @ torch.from_numpy(np.asarray(predictor.gallery_embeddings)).T
+        )
+    assert torch.equal(theirs_model.gps_gallery, torch.from_numpy(read_gallery(out / "gallery.csv")))
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+    their_top = torch.topk(theirs.softmax(dim=-1), 5, dim=1)
+    predictions = predictor.predict_features(features, top_k=5)
+    our_index = np.array([[p.gallery_index for p in row] for row in predictions])
+    our_prob = np.array([[p.prob for p in row] for row in predictions])
+    their_index = their_top.indices.numpy()
+    np.testing.assert_allclose(our_prob, their_top.values.numpy(), atol=1e-6)
+    # The gallery repeats some coordinates (94,123 unique of 100K); such rows have bit-equal logits,
+    # and torch.topk orders them arbitrarily while geovario orders them by index. Any difference
+    # must be exactly such a tie.
+    differ = our_index != their_index
+    rows = np.nonzero(differ)[0]
+    assert torch.equal(theirs[rows, our_index[differ]], theirs[rows, their_index[differ]])
+    # So the predicted locations are the same, in the same order, for every input.
+    np.testing.assert_array_equal(predictor.gallery[our_index], predictor.gallery[their_index])
