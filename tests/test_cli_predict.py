@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,6 +143,7 @@ def test_console_entry_points(tmp_path, tiny_model_dir):
     done = subprocess.run([sys.executable, "-m", "geovario", "predict", "--model", str(tiny_model_dir),
                            "--features", str(tmp_path / "missing.npy")], capture_output=True, text=True)
     assert done.returncode == 1 and done.stderr.startswith("geovario: error:") and "Traceback" not in done.stderr
-    help_text = subprocess.run(["geovario", "predict", "--help"], capture_output=True, text=True, check=True).stdout
+    script = Path(sys.executable).with_name("geovario")  # the console script installed beside python
+    help_text = subprocess.run([str(script), "predict", "--help"], capture_output=True, text=True, check=True).stdout
     for option in ("--model", "--features", "--image", "--backbone", "--top-k", "--json", "--gallery", "--device"):
         assert option in help_text
