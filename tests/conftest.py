@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,14 +83,10 @@ def geoclip_wheel(tmp_path_factory) -> Path:
     """The geoclip 1.3.0 wheel from PyPI ($GEOVARIO_GEOCLIP_WHEEL to reuse a local copy)."""
     if os.environ.get("GEOVARIO_GEOCLIP_WHEEL"):
         return Path(os.environ["GEOVARIO_GEOCLIP_WHEEL"])
-    dest = tmp_path_factory.mktemp("wheel")
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "geoclip==1.3.0", "-d", str(dest), "--quiet", "--disable-pip-version-check"]
+    from geovario.errors import GeovarioError
+    from geovario.interop.geoclip import download_wheel
+
     try:
-        subprocess.run(command, capture_output=True, timeout=300, check=True)
-    except (OSError, subprocess.SubprocessError) as e:
+        return download_wheel(tmp_path_factory.mktemp("wheel"))
+    except GeovarioError as e:
         pytest.skip(f"cannot download geoclip==1.3.0 from the package registry ({e})")
-    wheels = list(dest.glob("geoclip-1.3.0-*.whl"))
-    if not wheels:
-        pytest.skip("pip download produced no geoclip 1.3.0 wheel")
-    return wheels[0]

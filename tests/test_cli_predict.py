@@ -45,6 +45,14 @@ def test_predict_features_json(capsys, tiny_model_dir, features_file):
             assert any(np.allclose([p["lat"], p["lon"]], row) for row in gallery)
 
 
+def test_predict_places_keep_json_clean(capsys, tiny_model_dir, features_file):
+    code, out, err = run(capsys, "predict", "--model", tiny_model_dir, "--features", features_file, "--top-k", 2, "--json", "--places")
+    assert code == 0, err
+    result = json.loads(out)  # nothing but JSON on stdout
+    place = result[0]["predictions"][0]["place"]
+    assert set(place) == {"city", "subregion", "region", "country"} and len(place["country"]) == 2
+
+
 def test_predict_table_output(capsys, tiny_model_dir, features_file):
     code, out, _ = run(capsys, "predict", "--model", tiny_model_dir, "--features", features_file, "--no-progress")
     assert code == 0

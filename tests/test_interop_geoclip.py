@@ -57,6 +57,19 @@ def test_wheel_source_and_package_layout(tmp_path, geoclip_reference_dir):
         read_release_wheel(tmp_path / "bad.whl")
 
 
+def test_installed_package_is_found_without_importing_it(tmp_path, geoclip_reference_dir, monkeypatch):
+    from geovario.interop.geoclip import find_release
+
+    package = tmp_path / "site" / "geoclip"
+    for name, package_path in PACKAGE_PATHS.items():
+        (package / package_path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(geoclip_reference_dir / name, package / package_path)
+    (package / "__init__.py").write_text("raise ImportError('importing geoclip would need torchvision')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    release = find_release()
+    assert release.source == str(package) and len(release.files) == 4
+
+
 @pytest.mark.slow
 def test_parity_with_geoclip_1_3_0_modules(tmp_path, geoclip_wheel):
     """Logits within 1e-4 and the same top-5 as GeoCLIP's own code, for 64 features on the 100K gallery."""

@@ -71,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=5, help="predictions per input, best first (default 5)")
     predict.add_argument("--batch-size", type=_positive_int, default=32, help="images per backbone batch (default 32)")
     predict.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda when available)")
+    predict.add_argument("--places", action="store_true",
+                         help="add the nearest GeoNames place (city, sub-region, region, country) to each prediction, offline")
     predict.add_argument("--json", action="store_true",
-                         help='print JSON: [{"input": ..., "predictions": [{"lat", "lon", "prob"}, ...]}, ...]')
+                         help='print JSON: [{"input": ..., "predictions": [{"lat", "lon", "prob"[, "place"]}, ...]}, ...]')
     predict.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
@@ -128,6 +130,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 for slot, preds in zip(slots, predictor.predict_features(feats, args.top_k)):
                     entries[slot]["predictions"] = [p.to_dict() for p in preds]
 
+    if args.places:
+        _add_places(entries)
     if args.json:
         print(json.dumps(entries, indent=1))
     else:
@@ -138,6 +142,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _add_places(entries: list[dict]) -> None:
+    from geovario.places import place_names
+
+    predictions = [p for entry in entries for p in entry.get("predictions", [])]
+    for prediction, place in zip(predictions, place_names([(p["lat"], p["lon"]) for p in predictions])):
+        prediction["place"] = place.to_dict()
+
+
 def _format_table(entries: list[dict]) -> str:
     lines = []
     for entry in entries:
@@ -146,7 +158,10 @@ def _format_table(entries: list[dict]) -> str:
         lines.append(entry["input"])
         lines.append(f"  {'rank':>4}  {'lat':>10}  {'lon':>11}  {'prob':>8}")
         for rank, p in enumerate(entry["predictions"], 1):
-            lines.append(f"  {rank:>4}  {p['lat']:>10.5f}  {p['lon']:>11.5f}  {p['prob']:>8.4f}")
+            line = f"  {rank:>4}  {p['lat']:>10.5f}  {p['lon']:>11.5f}  {p['prob']:>8.4f}"
+            if "place" in p:
+                line += "  " + ", ".join(v for v in (p["place"]["city"], p["place"]["region"], p["place"]["country"]) if v)
+            lines.append(line)
     return "\n".join(lines)
 
 

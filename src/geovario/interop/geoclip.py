@@ -19,7 +19,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from geovario.errors import GeovarioError
@@ -131,7 +130,8 @@ def find_release(folder: str | Path | None = None, wheel: str | Path | None = No
     if package is not None:
         return read_release_folder(package)
     with tempfile.TemporaryDirectory() as tmp:
-        return read_release_wheel(download_wheel(tmp))
+        release = read_release_wheel(download_wheel(tmp))
+    return Release(release.files, f"PyPI geoclip=={GEOCLIP_VERSION} (pip download)")
 
 
 def _load_pth(data: bytes, name: str):
@@ -227,10 +227,3 @@ def unpack_wheel(wheel: str | Path, dest: str | Path) -> Path:
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(dest)
     return Path(dest)
-
-
-def gallery_from_release(release: Release) -> np.ndarray:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / GALLERY_FILE
-        path.write_bytes(release.files["coordinates_100K.csv"])
-        return read_gallery(path)
