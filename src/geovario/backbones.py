@@ -7,6 +7,7 @@ exactly that without loading the text tower.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 
 from geovario.errors import GeovarioError
+from geovario.hashing import sha256_file
 from geovario.images import load_rgb
 
 # OpenAI CLIP's normalisation statistics (transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD). GeoCLIP
@@ -55,6 +57,10 @@ class Preprocess:
         array = (array * np.float32(1 / 255) - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(array.transpose(2, 0, 1))
 
+    def to_dict(self) -> dict:
+        return {"resize_shortest_edge": self.resize, "interpolation": "bicubic", "center_crop": self.crop,
+                "mean": list(self.mean), "std": list(self.std)}
+
     @classmethod
     def for_model_dir(cls, folder: Path, image_size: int) -> "Preprocess":
         """Read ``preprocessor_config.json`` when the checkpoint ships one; else CLIP's defaults."""
@@ -79,12 +85,22 @@ def default_device() -> torch.device:
 class ClipBackbone:
     """A frozen CLIP vision tower returning projected image embeddings (N, feature_dim)."""
 
-    def __init__(self, model, preprocess: Preprocess, name: str, device: torch.device):
+    def __init__(self, model, preprocess: Preprocess, name: str, device: torch.device, hub_revision: str = ""):
         self.model = model.eval().requires_grad_(False).to(device)
         self.preprocess = preprocess
         self.name = name
         self.device = device
         self.feature_dim = int(model.config.projection_dim)
+        self._hub_revision = hub_revision
+
+    @functools.cached_property
+    def revision(self) -> str:
+        """The hub commit, or the sha256 of a local checkpoint's weights (hashed on first use)."""
+        local = Path(self.name)
+        for weights in (local / "model.safetensors", local / "pytorch_model.bin"):
+            if weights.is_file():
+                return f"sha256:{sha256_file(weights)}"
+        return self._hub_revision
 
     @classmethod
     def load(cls, name_or_dir: str, device: str | torch.device | None = None) -> "ClipBackbone":
@@ -123,7 +139,7 @@ class ClipBackbone:
             preprocess = Preprocess.for_model_dir(local, image_size)
         else:
             preprocess = Preprocess(resize=image_size, crop=image_size)
-        return cls(model, preprocess, str(name_or_dir), device)
+        return cls(model, preprocess, str(name_or_dir), device, getattr(config, "_commit_hash", None) or "")
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -76,7 +77,129 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true",
                          help='print JSON: [{"input": ..., "predictions": [{"lat", "lon", "prob"[, "place"]}, ...]}, ...]')
     predict.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_data_commands(commands)
+    add_extract_command(commands)
     return parser
+
+
+def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
+    from geovario.data import FORMAT_NAMES
+
+    parser.add_argument("--format", default="auto", choices=FORMAT_NAMES,
+                        help="dataset layout (default auto: detected from the CSV columns; a folder is read by EXIF GPS)")
+    parser.add_argument("--images", type=Path, metavar="DIR",
+                        help="folder the image paths are relative to (default: images/<csv name>, images, or the CSV's folder)")
+
+
+def add_feature_source_args(parser: argparse.ArgumentParser) -> None:
+    """``--store STORE`` or ``--features F.npy --gps G.csv``: every store-reading command takes both."""
+    parser.add_argument("--store", type=Path, help="feature store folder written by `geovario extract`")
+    parser.add_argument("--features", type=Path, metavar="F.npy", help="(N, D) features from elsewhere (with --gps)")
+    parser.add_argument("--gps", type=Path, metavar="G.csv", help="LAT,LON rows matching --features row for row")
+
+
+def add_data_commands(commands) -> None:
+    data = commands.add_parser("data", help="check datasets and inspect feature stores")
+    sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    check = sub.add_parser(
+        "check",
+        help="report every unusable row of a dataset",
+        description=(
+            "Read a dataset (GeoCLIP/MP-16, im2gps3k, YFCC, OSV5M or Streetscapes CSV, or a folder of photos "
+            "with EXIF GPS) and report, with file and line, every row with missing columns, NaN or out-of-range "
+            "coordinates, non-numeric values (summary footers), a duplicate id, an unsafe path or a missing "
+            "image. Exit status 1 when anything is wrong."
+        ),
+    )
+    check.add_argument("path", type=Path, help="dataset CSV or folder of photos")
+    _add_dataset_args(check)
+    check.add_argument("--no-image-check", action="store_true", help="do not check that image files exist")
+    check.add_argument("--max-report", type=int, default=50, help="problems listed in the text report (0: all; default 50)")
+    check.add_argument("--json", action="store_true", help="print the full report as JSON")
+    info = sub.add_parser("info", help="summarise a feature store (or --features/--gps arrays)")
+    add_feature_source_args(info)
+    info.add_argument("--json", action="store_true", help="print JSON")
+
+
+def add_extract_command(commands) -> None:
+    extract = commands.add_parser(
+        "extract",
+        help="extract frozen backbone features into a feature store (resumable)",
+        description=(
+            "Run the frozen CLIP backbone once over a dataset and write memory-mapped feature shards plus an "
+            "index. Bad rows and unreadable images are skipped and listed in STORE/skipped.csv. Interrupted? "
+            "Run the same command again: finished shards are kept, the rest is recomputed, and the result is "
+            "identical to an uninterrupted run."
+        ),
+    )
+    extract.add_argument("--data", required=True, type=Path, help="dataset CSV or folder of photos")
+    _add_dataset_args(extract)
+    extract.add_argument("--backbone", default="openai/clip-vit-large-patch14", metavar="NAME_OR_DIR",
+                         help="CLIP checkpoint: hub id or local folder (default openai/clip-vit-large-patch14)")
+    extract.add_argument("--out", required=True, type=Path, help="feature store folder to write or resume")
+    extract.add_argument("--batch-size", type=_positive_int, default=32, help="images per backbone forward pass (default 32)")
+    extract.add_argument("--shard-size", type=_positive_int, default=4096, help="images per shard file (default 4096)")
+    extract.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored feature precision (default float16)")
+    extract.add_argument("--views", type=int, default=0,
+                         help="also store K augmented views per image with GeoCLIP's train augmentations (default 0)")
+    extract.add_argument("--seed", type=int, default=0, help="seed of the augmented views (default 0)")
+    extract.add_argument("--workers", type=_positive_int, default=min(4, os.cpu_count() or 1),
+                         help="image-decoding threads (default: up to 4)")
+    extract.add_argument("--device", help="torch device (default: cuda when available)")
+    extract.add_argument("--strict", action="store_true", help="fail on the first bad row or image instead of skipping it")
+    extract.add_argument("--overwrite", action="store_true", help="replace a store made with different settings or data")
+    extract.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    extract.add_argument("--json", action="store_true", help="print the final manifest as JSON")
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from geovario.data import read_dataset
+
+    dataset = read_dataset(args.path, args.format, args.images, check_images=not args.no_image_check)
+    if args.json:
+        print(json.dumps(dataset.to_dict(), indent=1))
+    else:
+        print(dataset.summary(args.max_report))
+    return 1 if dataset.problems else 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from geovario.data.store import FeatureStore, open_feature_source
+
+    source = open_feature_source(args.store, args.features, args.gps)
+    info = {"rows": len(source), "dim": source.dim}
+    if isinstance(source, FeatureStore):
+        m = source.manifest
+        info |= {"backbone": m["backbone"], "dtype": m["dtype"], "views": m["views"], "dataset": m["dataset"], "counts": m["counts"]}
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        print("\n".join(f"{k}: {v}" for k, v in info.items()))
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from geovario.backbones import ClipBackbone
+    from geovario.data import read_dataset
+    from geovario.extract import ExtractSettings, extract_features
+
+    if args.views < 0:
+        raise GeovarioError(f"--views must be 0 or more, got {args.views}")
+    dataset = read_dataset(args.data, args.format, args.images)
+    if args.strict:
+        dataset.require_clean()
+    print(dataset.summary(20), file=sys.stderr)
+    backbone = ClipBackbone.load(args.backbone, args.device)
+    settings = ExtractSettings(batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype,
+                               views=args.views, seed=args.seed, workers=args.workers, strict=args.strict)
+    manifest = extract_features(dataset, backbone, args.out, settings, overwrite=args.overwrite, progress=not args.no_progress)
+    counts = manifest["counts"]
+    if args.json:
+        print(json.dumps(manifest, indent=1))
+    else:
+        print(f"{args.out}: {counts['features']} features ({manifest['backbone']['feature_dim']}-d {manifest['dtype']}); "
+              f"skipped {counts['skipped_images']} images and {counts['bad_rows']} bad rows (listed in {args.out / 'skipped.csv'})")
+    return 0
 
 
 def cmd_weights_geoclip(args: argparse.Namespace) -> int:
@@ -165,12 +288,19 @@ def _format_table(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {("weights", "geoclip"): cmd_weights_geoclip, ("predict", None): cmd_predict}
+COMMANDS = {
+    ("weights", "geoclip"): cmd_weights_geoclip,
+    ("predict", None): cmd_predict,
+    ("data", "check"): cmd_data_check,
+    ("data", "info"): cmd_data_info,
+    ("extract", None): cmd_extract,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = COMMANDS[(args.command, getattr(args, "weights_source", None))]
+    action = getattr(args, "weights_source", None) or getattr(args, "data_command", None)
+    handler = COMMANDS[(args.command, action)]
     try:
         return handler(args)
     except GeovarioError as e:

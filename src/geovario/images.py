@@ -11,7 +11,15 @@ from geovario.errors import GeovarioError
 
 
 def load_rgb(path: str | Path, exif_transpose: bool = True) -> Image.Image:
-    """Decode an image fully and return it as RGB.
+    """Decode an image fully and return it as RGB (see :func:`open_image`)."""
+    return open_image(path, exif_transpose)[0]
+
+
+def open_image(path: str | Path, exif_transpose: bool = True) -> tuple[Image.Image, str]:
+    """Decode an image fully; return it as RGB together with its original PIL mode.
+
+    CMYK, greyscale, palette and alpha images are converted the way CLIP's processor converts them
+    (``convert("RGB")``), so they are used, not dropped.
 
     ``exif_transpose`` turns camera photos upright by their EXIF orientation, as any photo viewer
     shows them (GeoCLIP feeds them unrotated; the two differ only for rotated photos). Raises a
@@ -28,9 +36,10 @@ def load_rgb(path: str | Path, exif_transpose: bool = True) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()  # decode now, so truncation surfaces here
+                mode = image.mode
                 if exif_transpose:
                     image = ImageOps.exif_transpose(image)
-                return image.convert("RGB")
+                return image.convert("RGB"), mode
     except UnidentifiedImageError:
         raise GeovarioError(f"{path}: not an image PIL can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

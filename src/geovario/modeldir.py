@@ -8,8 +8,6 @@ of silently giving wrong answers.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from geovario.errors import GeovarioError
-from geovario.geo import coordinate_problems
+from geovario.atomic import atomic_path, atomic_write_bytes
+from geovario.data.latlon_csv import read_latlon_csv
 from geovario.hashing import sha256_file
 from geovario.model import GeoLocModel, ModelConfig
 
@@ -44,28 +43,6 @@ class ModelDir:
     meta: dict
 
 
-def _publish(tmp: str, path: Path) -> None:
-    """Give a finished temporary file the usual permissions and rename it into place atomically."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-    os.replace(tmp, path)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_gallery_csv(path: Path, latlon: np.ndarray) -> None:
     """GeoCLIP's gallery format: a LAT,LON header and one row per location."""
     frame = pd.DataFrame({"LAT": latlon[:, 0], "LON": latlon[:, 1]})
@@ -85,14 +62,8 @@ def save_model_dir(
     path.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.weights_state_dict().items()}
     weights_path = path / WEIGHTS_FILE
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(weights, tmp, metadata={"format": FORMAT})
-        _publish(tmp, weights_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(weights_path) as tmp:
+        save_file(weights, str(tmp), metadata={"format": FORMAT})
     if gallery is not None:
         write_gallery_csv(path / GALLERY_FILE, np.asarray(gallery))
     config = {
@@ -163,34 +134,5 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Mode
 
 
 def read_gallery(path: str | Path) -> np.ndarray:
-    """Read a GPS gallery CSV (columns LAT, LON or lat, lon) into an (N, 2) float32 array.
-
-    float32 matches GeoCLIP, which holds its gallery as a float32 tensor. Any bad row is an error
-    that names the line: a gallery with holes would silently shift every prediction index.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise GeovarioError(f"{path}: gallery file not found")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise GeovarioError(f"{path}: cannot parse gallery CSV ({str(e).strip().splitlines()[0]})") from None
-    columns = {c.strip().lower(): c for c in frame.columns}
-    lat_col = columns.get("lat") or columns.get("latitude")
-    lon_col = columns.get("lon") or columns.get("longitude") or columns.get("lng")
-    if lat_col is None or lon_col is None:
-        raise GeovarioError(f"{path}: gallery needs LAT and LON columns, found {list(frame.columns)}")
-    # Drop wholly blank lines but keep the original index, so reported line numbers stay true.
-    frame = frame[(frame != "").any(axis=1)]
-    if frame.empty:
-        raise GeovarioError(f"{path}: gallery has no rows")
-    lat = pd.to_numeric(frame[lat_col].str.strip(), errors="coerce").to_numpy(np.float64)
-    lon = pd.to_numeric(frame[lon_col].str.strip(), errors="coerce").to_numpy(np.float64)
-    problems = coordinate_problems(lat, lon)
-    if problems:
-        row, what = problems[0]
-        raw = f"{frame[lat_col].iloc[row]!r}, {frame[lon_col].iloc[row]!r}"
-        more = f" ({len(problems) - 1} more bad rows)" if len(problems) > 1 else ""
-        line = int(frame.index[row]) + 2  # the header is line 1
-        raise GeovarioError(f"{path}: line {line}: {what} [{raw}]{more}")
-    return np.stack([lat, lon], axis=1).astype(np.float32)
+    """A GPS gallery CSV (GeoCLIP's LAT,LON) as (N, 2) float32, GeoCLIP's own dtype for it."""
+    return read_latlon_csv(path, "gallery")

@@ -24,7 +24,8 @@ import torch
 from geovario.errors import GeovarioError
 from geovario.hashing import sha256_bytes
 from geovario.model import GeoLocModel, ModelConfig
-from geovario.modeldir import DEFAULT_BACKBONE, GALLERY_FILE, atomic_write_bytes, read_gallery, save_model_dir
+from geovario.atomic import atomic_write_bytes
+from geovario.modeldir import DEFAULT_BACKBONE, GALLERY_FILE, read_gallery, save_model_dir
 
 GEOCLIP_VERSION = "1.3.0"
 

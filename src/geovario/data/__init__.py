@@ -1,0 +1,77 @@
+"""Dataset readers. Every format yields the same :class:`Record` (id, image path, lat, lon, metadata).
+
+``read_dataset(path)`` picks the format from the CSV header (or reads a folder of photos by EXIF)
+and returns the usable records together with a report of every row it could not use.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from geovario.data import im2gps, mp16, osv5m, streetscapes, yfcc
+from geovario.data.csv_reader import CsvFormat, read_csv_dataset
+from geovario.data.exif_folder import read_exif_folder
+from geovario.data.records import Dataset, Problem, Record
+from geovario.errors import GeovarioError
+
+# Detection order matters only where signatures overlap (im2gps has AUTHOR, yfcc must not).
+CSV_FORMATS: dict[str, CsvFormat] = {f.name: f for f in (osv5m.FORMAT, streetscapes.FORMAT, im2gps.FORMAT, yfcc.FORMAT, mp16.FORMAT)}
+FORMAT_NAMES = ["auto", *CSV_FORMATS, "folder"]
+
+__all__ = ["CSV_FORMATS", "FORMAT_NAMES", "Dataset", "Problem", "Record", "detect_format", "read_dataset"]
+
+
+def detect_format(path: Path) -> CsvFormat:
+    """The CSV format whose columns the header has."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), None)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise GeovarioError(f"{path}: cannot read the CSV header ({e})") from None
+    if not header or not any(h.strip() for h in header):
+        raise GeovarioError(f"{path}: empty CSV (no header row)")
+    columns = {h.strip().lower() for h in header}
+    for fmt in CSV_FORMATS.values():
+        if fmt.matches(columns):
+            return fmt
+    known = "; ".join(f.description for f in CSV_FORMATS.values())
+    raise GeovarioError(f"{path}: cannot tell the format from columns {', '.join(h.strip() for h in header)} (known: {known})")
+
+
+def default_images_folder(path: Path) -> Path:
+    """Where images are looked for without --images: ``images/<split>`` or ``images`` beside the CSV."""
+    for candidate in (path.parent / "images" / path.stem, path.parent / "images"):
+        if candidate.is_dir():
+            return candidate
+    return path.parent
+
+
+def read_dataset(
+    path: str | Path,
+    format: str = "auto",
+    images: str | Path | None = None,
+    check_images: bool = True,
+) -> Dataset:
+    """Read a dataset CSV (or a folder of geotagged photos) into records plus a problem report."""
+    path = Path(path)
+    if not path.exists():
+        raise GeovarioError(f"{path}: not found")
+    if path.is_dir():
+        if format not in ("auto", "folder"):
+            raise GeovarioError(f"{path}: is a folder; --format {format} needs a CSV file")
+        dataset = read_exif_folder(path)
+        dataset.auto_detected = format == "auto"
+        return dataset
+    if format == "folder":
+        raise GeovarioError(f"{path}: --format folder needs a folder of photos")
+    if format == "auto":
+        fmt, auto = detect_format(path), True
+    elif format in CSV_FORMATS:
+        fmt, auto = CSV_FORMATS[format], False
+    else:
+        raise GeovarioError(f"unknown format {format!r}; choose from {', '.join(FORMAT_NAMES)}")
+    folder = Path(images) if images else default_images_folder(path)
+    if images and not folder.is_dir():
+        raise GeovarioError(f"{folder}: images folder not found")
+    return read_csv_dataset(path, fmt, folder, check_images=check_images, auto_detected=auto)

@@ -1,0 +1,45 @@
+"""A strict two-column coordinate CSV: every row must be a valid (lat, lon), in order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from geovario.errors import GeovarioError
+from geovario.geo import coordinate_problems
+
+
+def read_latlon_csv(path: str | Path, what: str = "gallery") -> np.ndarray:
+    """Read a LAT/LON CSV (a GPS gallery, or the --gps of a features array) into an (N, 2) float32 array.
+
+    float32 matches GeoCLIP, which holds its gallery as a float32 tensor. Any bad row is an error
+    that names the line: a file with holes would silently misalign every row after it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GeovarioError(f"{path}: {what} file not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise GeovarioError(f"{path}: cannot parse {what} CSV ({str(e).strip().splitlines()[0]})") from None
+    columns = {c.strip().lower(): c for c in frame.columns}
+    lat_col = columns.get("lat") or columns.get("latitude")
+    lon_col = columns.get("lon") or columns.get("longitude") or columns.get("lng")
+    if lat_col is None or lon_col is None:
+        raise GeovarioError(f"{path}: {what} needs LAT and LON columns, found {list(frame.columns)}")
+    # Drop wholly blank lines but keep the original index, so reported line numbers stay true.
+    frame = frame[(frame != "").any(axis=1)]
+    if frame.empty:
+        raise GeovarioError(f"{path}: {what} has no rows")
+    lat = pd.to_numeric(frame[lat_col].str.strip(), errors="coerce").to_numpy(np.float64)
+    lon = pd.to_numeric(frame[lon_col].str.strip(), errors="coerce").to_numpy(np.float64)
+    problems = coordinate_problems(lat, lon)
+    if problems:
+        row, what = problems[0]
+        raw = f"{frame[lat_col].iloc[row]!r}, {frame[lon_col].iloc[row]!r}"
+        more = f" ({len(problems) - 1} more bad rows)" if len(problems) > 1 else ""
+        line = int(frame.index[row]) + 2  # the header is line 1
+        raise GeovarioError(f"{path}: line {line}: {what} [{raw}]{more}")
+    return np.stack([lat, lon], axis=1).astype(np.float32)

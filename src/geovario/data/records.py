@@ -1,0 +1,84 @@
+"""The one record every dataset reader produces, and the report of rows it could not use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from geovario.errors import GeovarioError
+
+
+@dataclass
+class Record:
+    """One geotagged image. ``line`` is where it came from in the source file (1-based), for reports."""
+
+    id: str
+    image: Path | None
+    lat: float
+    lon: float
+    meta: dict[str, str] = field(default_factory=dict)
+    line: int = 0
+
+
+@dataclass
+class Problem:
+    """One unusable row: the file, the line (0 when the problem is the whole file) and what is wrong."""
+
+    file: str
+    line: int
+    message: str
+    kind: str = "bad row"
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message}"
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "line": self.line, "kind": self.kind, "message": self.message}
+
+
+@dataclass
+class Dataset:
+    """The usable records of a source, what was wrong with the rest, and the format that was read."""
+
+    source: Path
+    format: str
+    records: list[Record]
+    problems: list[Problem]
+    auto_detected: bool = False
+    n_rows: int = 0
+
+    def summary(self, max_problems: int = 20) -> str:
+        how = "auto-detected" if self.auto_detected else "given"
+        lines = [
+            f"{self.source}: format {self.format} ({how}), {self.n_rows} rows, "
+            f"{len(self.records)} usable, {len(self.problems)} bad"
+        ]
+        if self.problems:
+            counts: dict[str, int] = {}
+            for problem in self.problems:
+                counts[problem.kind] = counts.get(problem.kind, 0) + 1
+            lines.append("  " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())))
+            shown = self.problems if max_problems <= 0 else self.problems[:max_problems]
+            lines += [f"  {p}" for p in shown]
+            if len(shown) < len(self.problems):
+                lines.append(f"  … {len(self.problems) - len(shown)} more (run `geovario data check {self.source}` for all)")
+        return "\n".join(lines)
+
+    def require_clean(self) -> None:
+        """``--strict``: any bad row is an error naming the first one."""
+        if self.problems:
+            more = f" (and {len(self.problems) - 1} more; see `geovario data check {self.source}`)" if len(self.problems) > 1 else ""
+            raise GeovarioError(f"{self.problems[0]}{more}")
+        if not self.records:
+            raise GeovarioError(f"{self.source}: no usable rows")
+
+    def to_dict(self) -> dict:
+        return {
+            "source": str(self.source),
+            "format": self.format,
+            "auto_detected": self.auto_detected,
+            "rows": self.n_rows,
+            "usable": len(self.records),
+            "problems": [p.to_dict() for p in self.problems],
+        }

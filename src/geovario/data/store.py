@@ -1,0 +1,186 @@
+"""The frozen-feature store: backbone features extracted once, memory-mapped by everything after.
+
+Layout of a store folder::
+
+    manifest.json          backbone (name, revision), preprocessing, dtype, counts, dataset fingerprint
+    index.csv              id, lat, lon, image, metadata: one row per feature row, in order
+    skipped.csv            every row or image left out, with file, line and reason
+    shards/00000.npy       (n, D) features, float16 by default
+    shards/00000.views.npy (n, K, D) augmented views, when extracted with --views K
+    shards/00000.csv       the shard's index rows; written last, so its presence marks the shard done
+
+Readers: :class:`FeatureStore` for a store folder and :class:`ArrayFeatures` for ``--features
+F.npy --gps G.csv``; both give ``features(start, stop)``, ``gps``, ``ids`` and ``tensors()``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from geovario.data.latlon_csv import read_latlon_csv
+from geovario.errors import GeovarioError
+
+STORE_FORMAT = "geovario-feature-store"
+STORE_VERSION = 1
+MANIFEST = "manifest.json"
+INDEX = "index.csv"
+SKIPPED = "skipped.csv"
+SHARDS = "shards"
+INDEX_COLUMNS = ["id", "lat", "lon", "image"]
+
+
+def read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GeovarioError(f"{folder}: no {MANIFEST}; not a geovario feature store") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GeovarioError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
+        raise GeovarioError(f"{path}: not a geovario feature store manifest")
+    return manifest
+
+
+class FeatureSource:
+    """What every feature source offers; subclasses provide ``features(start, stop)``, ``gps``, ``ids``."""
+
+    gps: np.ndarray  # (N, 2) float32 degrees
+    ids: np.ndarray  # (N,) str
+
+    def __len__(self) -> int:
+        return len(self.gps)
+
+    @property
+    def dim(self) -> int:
+        return int(self.features(0, 1).shape[1])
+
+    def features(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, str]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        return self.features(i, i + 1)[0], self.gps[i], str(self.ids[i])
+
+    def iter_batches(self, batch_size: int = 4096):
+        """Stream (features, gps, ids) in order, one block in memory at a time."""
+        for start in range(0, len(self), batch_size):
+            stop = min(start + batch_size, len(self))
+            yield self.features(start, stop), self.gps[start:stop], self.ids[start:stop]
+
+    def tensors(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """All features as one tensor (N, D), GPS (N, 2) and the ids; for stores that fit in memory."""
+        return (
+            torch.from_numpy(np.ascontiguousarray(self.features())).to(dtype),
+            torch.from_numpy(np.ascontiguousarray(self.gps, dtype=np.float32)),
+            [str(i) for i in self.ids],
+        )
+
+
+class FeatureStore(FeatureSource):
+    """A finished store folder, memory-mapped shard by shard."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise GeovarioError(f"{self.folder}: feature store not found")
+        self.manifest = read_manifest(self.folder)
+        if not self.manifest.get("complete"):
+            raise GeovarioError(f"{self.folder}: extraction has not finished; rerun the same `geovario extract` command to resume it")
+        self.index = pd.read_csv(self.folder / INDEX, dtype={"id": str, "image": str}, keep_default_na=False)
+        self.ids = self.index["id"].to_numpy(dtype=str)
+        self.gps = self.index[["lat", "lon"]].to_numpy(dtype=np.float32)
+        self._shards, self._views, sizes = [], [], []
+        for shard in self.manifest["shards"]:
+            path = self.folder / SHARDS / f"{shard['name']}.npy"
+            try:
+                array = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise GeovarioError(f"{path}: unreadable shard ({e})") from None
+            if len(array) != shard["rows"]:
+                raise GeovarioError(f"{path}: {len(array)} rows, the manifest says {shard['rows']}")
+            self._shards.append(array)
+            views_path = path.with_suffix(".views.npy")
+            self._views.append(np.load(views_path, mmap_mode="r") if views_path.is_file() else None)
+            sizes.append(len(array))
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        if self._offsets[-1] != len(self.index):
+            raise GeovarioError(f"{self.folder}: {self._offsets[-1]} feature rows but {len(self.index)} index rows")
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["backbone"]["feature_dim"])
+
+    @property
+    def n_views(self) -> int:
+        return int(self.manifest.get("views", 0))
+
+    @property
+    def meta(self) -> pd.DataFrame:
+        """Per-row metadata columns (e.g. OSV5M's country, region, sub-region, city)."""
+        return self.index.drop(columns=[c for c in INDEX_COLUMNS if c in self.index.columns])
+
+    def _gather(self, arrays: list, start: int, stop: int | None, dtype) -> np.ndarray:
+        stop = len(self) if stop is None else min(stop, len(self))
+        first = int(np.searchsorted(self._offsets, start, side="right") - 1)
+        parts = []
+        shard = first
+        while shard < len(arrays) and self._offsets[shard] < stop:
+            lo = max(start - self._offsets[shard], 0)
+            hi = min(stop - self._offsets[shard], len(self._shards[shard]))
+            parts.append(np.asarray(arrays[shard][lo:hi], dtype=dtype))
+            shard += 1
+        if not parts:
+            shape = (0, *arrays[0].shape[1:]) if arrays else (0, self.dim)
+            return np.zeros(shape, dtype=dtype)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def features(self, start: int = 0, stop: int | None = None, dtype=np.float32) -> np.ndarray:
+        """Rows [start, stop) as an array of ``dtype`` (the stored fp16 is widened by default)."""
+        return self._gather(self._shards, start, stop, dtype)
+
+    def views(self, start: int = 0, stop: int | None = None, dtype=np.float32) -> np.ndarray:
+        """Augmented views of rows [start, stop), shape (n, K, D)."""
+        if not self.n_views:
+            raise GeovarioError(f"{self.folder}: extracted without --views")
+        return self._gather(self._views, start, stop, dtype)
+
+
+class ArrayFeatures(FeatureSource):
+    """``--features F.npy --gps G.csv``: arrays from elsewhere, row i of one matching row i of the other."""
+
+    def __init__(self, features: str | Path, gps: str | Path):
+        from geovario.predict import load_features_file
+
+        array = load_features_file(features)
+        if array.ndim != 2 or len(array) == 0 or not np.issubdtype(array.dtype, np.number):
+            raise GeovarioError(f"{features}: expected a non-empty numeric (N, D) array, got {array.dtype} {array.shape}")
+        bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+        if len(bad):
+            raise GeovarioError(f"{features}: row {bad[0]} contains NaN or inf ({len(bad)} bad rows)")
+        self.gps = read_latlon_csv(gps, "GPS")
+        if len(self.gps) != len(array):
+            raise GeovarioError(f"{features} has {len(array)} rows but {gps} has {len(self.gps)}; they must match row for row")
+        self._features = array
+        self.ids = np.array([str(i) for i in range(len(array))])
+
+    def features(self, start: int = 0, stop: int | None = None, dtype=np.float32) -> np.ndarray:
+        return np.asarray(self._features[start:stop], dtype=dtype)
+
+
+def open_feature_source(store: str | Path | None = None, features: str | Path | None = None, gps: str | Path | None = None) -> FeatureSource:
+    """``--store STORE`` or ``--features F.npy --gps G.csv``, as every store-reading command accepts."""
+    if store is not None:
+        if features is not None or gps is not None:
+            raise GeovarioError("give either --store or --features with --gps, not both")
+        return FeatureStore(store)
+    if features is None or gps is None:
+        raise GeovarioError("need --store STORE, or both --features FILE.npy and --gps FILE.csv")
+    return ArrayFeatures(features, gps)

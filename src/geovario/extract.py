@@ -1,0 +1,246 @@
+"""Extract frozen backbone features for a dataset into a feature store, resumably.
+
+The dataset's usable records are cut into shards of ``shard_size`` consecutive records. Each shard
+is computed whole and written with atomic renames, its index CSV last, so a shard either exists
+completely or not at all. After a crash or ``kill -9``, rerunning the same command skips the
+finished shards and recomputes the rest: batches inside a shard are always formed the same way,
+so the resumed store is identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from geovario import __version__
+from geovario.atomic import atomic_path, atomic_write_bytes
+from geovario.augment import geoclip_train_view, view_rng
+from geovario.backbones import ClipBackbone
+from geovario.data.records import Dataset, Record
+from geovario.data.store import INDEX, INDEX_COLUMNS, MANIFEST, SHARDS, SKIPPED, STORE_FORMAT, STORE_VERSION, read_manifest
+from geovario.errors import GeovarioError
+from geovario.images import open_image
+
+
+@dataclass
+class ExtractSettings:
+    batch_size: int = 32
+    shard_size: int = 4096
+    dtype: str = "float16"
+    views: int = 0  # augmented views per image, besides the plain centre crop
+    seed: int = 0  # for the augmented views
+    workers: int = min(4, os.cpu_count() or 1)  # image-decoding threads
+    strict: bool = False  # a bad image stops the run instead of being skipped
+
+
+def dataset_fingerprint(records: list[Record]) -> str:
+    """Identifies the exact record sequence, so a resume never mixes two datasets."""
+    digest = hashlib.sha256()
+    for r in records:
+        digest.update(f"{r.id}\t{r.lat!r}\t{r.lon!r}\t{r.image}\n".encode())
+    return digest.hexdigest()
+
+
+def _settings_key(manifest: dict) -> dict:
+    """The parts of a manifest that must match for a resume to be exact."""
+    return {k: manifest.get(k) for k in ("backbone", "preprocess", "dtype", "shard_size", "views", "seed")} | {
+        "fingerprint": manifest.get("dataset", {}).get("fingerprint")
+    }
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+
+class _ShardJob:
+    """Decodes, augments and encodes one shard, one batch at a time with the next batch prefetched."""
+
+    def __init__(self, backbone: ClipBackbone, settings: ExtractSettings, pool: ThreadPoolExecutor):
+        self.backbone, self.settings, self.pool = backbone, settings, pool
+        self.dtype = np.dtype(settings.dtype)
+
+    def _load(self, record: Record, position: int):
+        try:
+            image, mode = open_image(record.image)
+        except GeovarioError as e:
+            if self.settings.strict:
+                raise
+            return str(e)
+        preprocess = self.backbone.preprocess
+        views = [geoclip_train_view(image, view_rng(self.settings.seed, position, v), preprocess)
+                 for v in range(self.settings.views)]
+        return preprocess(image), views, mode
+
+    def _encode(self, pixels: list[np.ndarray]) -> np.ndarray:
+        out = []
+        for start in range(0, len(pixels), self.settings.batch_size):
+            batch = torch.from_numpy(np.stack(pixels[start : start + self.settings.batch_size]))
+            out.append(self.backbone.encode_pixels(batch).cpu().numpy().astype(self.dtype))
+        return np.concatenate(out) if out else np.zeros((0, self.backbone.feature_dim), self.dtype)
+
+    def run(self, records: list[Record], first_position: int, bar) -> tuple[list[Record], np.ndarray, np.ndarray | None, list, Counter]:
+        size = self.settings.batch_size
+        batches = [list(range(i, min(i + size, len(records)))) for i in range(0, len(records), size)]
+        submit = lambda b: [self.pool.submit(self._load, records[j], first_position + j) for j in b]  # noqa: E731
+        pending = submit(batches[0]) if batches else []
+        kept, features, views, skipped, modes = [], [], [], [], Counter()
+        for b, batch in enumerate(batches):
+            loaded = [f.result() for f in pending]
+            pending = submit(batches[b + 1]) if b + 1 < len(batches) else []
+            pixels, batch_views = [], []
+            for j, result in zip(batch, loaded):
+                if isinstance(result, str):
+                    skipped.append((records[j], result))
+                    continue
+                kept.append(records[j])
+                pixels.append(result[0])
+                batch_views.extend(result[1])
+                if result[2] != "RGB":
+                    modes[result[2]] += 1
+            if pixels:
+                features.append(self._encode(pixels))
+                if self.settings.views:
+                    views.append(self._encode(batch_views).reshape(len(pixels), self.settings.views, -1))
+            bar.update(len(batch))
+        dim = self.backbone.feature_dim
+        features_array = np.concatenate(features) if features else np.zeros((0, dim), self.dtype)
+        views_array = None
+        if self.settings.views:
+            views_array = np.concatenate(views) if views else np.zeros((0, self.settings.views, dim), self.dtype)
+        return kept, features_array, views_array, skipped, modes
+
+
+def extract_features(
+    dataset: Dataset,
+    backbone: ClipBackbone,
+    out: str | Path,
+    settings: ExtractSettings | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Build (or resume) the store at ``out``; returns its manifest."""
+    settings = settings or ExtractSettings()
+    if settings.dtype not in ("float16", "float32"):
+        raise GeovarioError(f"--dtype must be float16 or float32, got {settings.dtype!r}")
+    out = Path(out)
+    records = dataset.records
+    if not records:
+        raise GeovarioError(f"{dataset.source}: no usable rows to extract")
+    meta_keys = list(dict.fromkeys(k for r in records for k in r.meta))
+    manifest = {
+        "format": STORE_FORMAT,
+        "format_version": STORE_VERSION,
+        "geovario_version": __version__,
+        "complete": False,
+        "backbone": {"name": backbone.name, "revision": backbone.revision, "feature_dim": backbone.feature_dim},
+        "preprocess": backbone.preprocess.to_dict(),
+        "dtype": settings.dtype,
+        "shard_size": settings.shard_size,
+        "views": settings.views,
+        "seed": settings.seed,
+        "batch_size": settings.batch_size,
+        "dataset": {"source": str(dataset.source), "format": dataset.format, "rows": dataset.n_rows,
+                    "usable": len(records), "bad_rows": len(dataset.problems), "fingerprint": dataset_fingerprint(records)},
+    }
+    _prepare_folder(out, manifest, overwrite)
+    shard_dir = out / SHARDS
+    n_shards = (len(records) + settings.shard_size - 1) // settings.shard_size
+    names = [f"{k:05d}" for k in range(n_shards)]
+    done = sum(min(settings.shard_size, len(records) - k * settings.shard_size)
+               for k, name in enumerate(names) if (shard_dir / f"{name}.csv").is_file())
+    header = INDEX_COLUMNS + meta_keys
+    with ThreadPoolExecutor(max(1, settings.workers)) as pool, tqdm(
+        total=len(records), initial=done, unit="img", desc="extracting", disable=None if progress else True, smoothing=0.1
+    ) as bar:
+        job = _ShardJob(backbone, settings, pool)
+        for k, name in enumerate(names):
+            if (shard_dir / f"{name}.csv").is_file():
+                continue
+            first = k * settings.shard_size
+            kept, features, views, skipped, modes = job.run(records[first : first + settings.shard_size], first, bar)
+            _save_npy(shard_dir / f"{name}.npy", features)
+            if views is not None:
+                _save_npy(shard_dir / f"{name}.views.npy", views)
+            atomic_write_bytes(shard_dir / f"{name}.modes.json", json.dumps(dict(modes)).encode())
+            _write_csv(shard_dir / f"{name}.skipped.csv", ["file", "line", "id", "kind", "reason"],
+                       [[str(r.image), r.line, r.id, "bad image", why] for r, why in skipped])
+            _write_csv(shard_dir / f"{name}.csv", header,  # last: marks the shard complete
+                       [[r.id, repr(r.lat), repr(r.lon), os.path.abspath(r.image) if r.image else ""] + [r.meta.get(m, "") for m in meta_keys] for r in kept])
+    return _finalize(out, manifest, names, dataset)
+
+
+def _prepare_folder(out: Path, manifest: dict, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if (out / MANIFEST).is_file():
+            existing = read_manifest(out)
+            if _settings_key(existing) != _settings_key(manifest):
+                if not overwrite:
+                    changed = [k for k, v in _settings_key(manifest).items() if _settings_key(existing).get(k) != v]
+                    raise GeovarioError(
+                        f"{out}: holds a store made with different {', '.join(changed)}; "
+                        "choose another --out, or pass --overwrite to replace it"
+                    )
+                shutil.rmtree(out)
+        elif overwrite:
+            shutil.rmtree(out)
+        else:
+            raise GeovarioError(f"{out}: exists and is not a feature store; choose another --out")
+    (out / SHARDS).mkdir(parents=True, exist_ok=True)
+    if not (out / MANIFEST).is_file():
+        atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+
+
+def _finalize(out: Path, manifest: dict, names: list[str], dataset: Dataset) -> dict:
+    """Merge the shard indexes into index.csv and skipped.csv, then mark the manifest complete."""
+    shard_dir = out / SHARDS
+    shards, skipped_images, modes = [], 0, Counter()
+    with atomic_path(out / INDEX) as tmp, open(tmp, "w", newline="") as index:
+        for k, name in enumerate(names):
+            with open(shard_dir / f"{name}.csv", newline="") as f:
+                lines = f.readlines()
+            index.writelines(lines if k == 0 else lines[1:])
+            rows = np.load(shard_dir / f"{name}.npy", mmap_mode="r").shape[0]
+            if rows != len(lines) - 1:
+                raise GeovarioError(f"{shard_dir / name}: {rows} feature rows but {len(lines) - 1} index rows; delete the shard and rerun")
+            shards.append({"name": name, "rows": rows})
+            modes.update(json.loads((shard_dir / f"{name}.modes.json").read_text()))
+    with atomic_path(out / SKIPPED) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["file", "line", "id", "kind", "reason"])
+        for p in dataset.problems:
+            writer.writerow([p.file, p.line, "", p.kind, p.message])
+        for name in names:
+            with open(shard_dir / f"{name}.skipped.csv", newline="") as s:
+                rows = list(csv.reader(s))[1:]
+            skipped_images += len(rows)
+            writer.writerows(rows)
+    manifest = manifest | {
+        "complete": True,
+        "shards": shards,
+        "counts": {"features": sum(s["rows"] for s in shards), "skipped_images": skipped_images,
+                   "bad_rows": len(dataset.problems), "converted_to_rgb": dict(modes)},
+    }
+    atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    return manifest
