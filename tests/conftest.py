@@ -52,7 +52,7 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     config = CLIPConfig(
         projection_dim=32,
         text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         vocab_size=100, max_position_embeddings=16),
+                         vocab_size=100, max_position_embeddings=16, bos_token_id=0, eos_token_id=2),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                            image_size=224, patch_size=32),
     )

@@ -208,6 +208,8 @@ def _prepare_folder(out: Path, manifest: dict, overwrite: bool) -> None:
         else:
             raise GeovarioError(f"{out}: exists and is not a feature store; choose another --out")
     (out / SHARDS).mkdir(parents=True, exist_ok=True)
+    for leftover in (out / SHARDS).glob(".*.tmp"):  # a write cut short by a kill
+        leftover.unlink()
     if not (out / MANIFEST).is_file():
         atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
 
@@ -221,7 +223,10 @@ def _finalize(out: Path, manifest: dict, names: list[str], dataset: Dataset) -> 
             with open(shard_dir / f"{name}.csv", newline="") as f:
                 lines = f.readlines()
             index.writelines(lines if k == 0 else lines[1:])
-            rows = np.load(shard_dir / f"{name}.npy", mmap_mode="r").shape[0]
+            try:
+                rows = np.load(shard_dir / f"{name}.npy", mmap_mode="r").shape[0]
+            except (OSError, ValueError) as e:
+                raise GeovarioError(f"{shard_dir / name}.npy: unreadable ({e}); delete shard {name}'s files and rerun") from None
             if rows != len(lines) - 1:
                 raise GeovarioError(f"{shard_dir / name}: {rows} feature rows but {len(lines) - 1} index rows; delete the shard and rerun")
             shards.append({"name": name, "rows": rows})

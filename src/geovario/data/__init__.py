@@ -35,6 +35,12 @@ def detect_format(path: Path) -> CsvFormat:
     for fmt in CSV_FORMATS.values():
         if fmt.matches(columns):
             return fmt
+    # Nothing matches whole: if one format's id column is there, name what that format misses.
+    for fmt in CSV_FORMATS.values():
+        if fmt.id_column.lower() in columns:
+            missing = [c for c in (fmt.lat_column, fmt.lon_column) if c.lower() not in columns]
+            if missing:
+                raise GeovarioError(f"{path}: missing column {', '.join(missing)} (the header looks like {fmt.description})")
     known = "; ".join(f.description for f in CSV_FORMATS.values())
     raise GeovarioError(f"{path}: cannot tell the format from columns {', '.join(h.strip() for h in header)} (known: {known})")
 
