@@ -155,3 +155,15 @@ def test_data_check_cli(tmp_path, images, capsys):
     assert main(["data", "check", str(clean), "--images", str(images)]) == 0
     assert main(["data", "check", str(tmp_path / "none.csv")]) == 1
     assert capsys.readouterr().err.startswith("geovario: error: ") 
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "empty CSV"),
+    ("IMG_FILE,LON\nimg0.jpg,3\n", "missing column LAT"),
+])
+def test_unusable_files_through_the_cli(tmp_path, capsys, text, message):
+    csv = write(tmp_path / "d.csv", text)
+    for argv in (["data", "check", str(csv)], ["extract", "--data", str(csv), "--backbone", "unused", "--out", str(tmp_path / "s")]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"geovario: error: {csv}: ") and message in err[0]
