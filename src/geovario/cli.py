@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_data_commands(commands)
     add_extract_command(commands)
+    add_variogram_command(commands)
     return parser
 
 
@@ -150,6 +151,88 @@ def add_extract_command(commands) -> None:
     extract.add_argument("--overwrite", action="store_true", help="replace a store made with different settings or data")
     extract.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     extract.add_argument("--json", action="store_true", help="print the final manifest as JSON")
+
+
+def add_variogram_command(commands) -> None:
+    from geovario.variogram import ESTIMATORS, MAX_LAG_KM, MODELS, WEIGHTS
+
+    vario = commands.add_parser(
+        "variogram",
+        help="estimate and fit the semivariogram of image features against distance",
+        description=(
+            "Empirical semivariogram of 1 - cos(f_i, f_j) against great-circle lag, and a fitted model "
+            "(nugget, partial sill, range). Exact over all pairs up to --exact-max points; above, pairs are "
+            "sampled in two strata (every short-lag pair or a uniform sample of them, plus random pairs), "
+            "weighted so bin means stay unbiased."
+        ),
+    )
+    add_feature_source_args(vario)
+    vario.add_argument("--out", required=True, type=Path, help="JSON file for the fitted model and bins")
+    vario.add_argument("--plot", type=Path, metavar="PNG", help="also draw the bins and the fit")
+    vario.add_argument("--bins", type=_positive_int, default=50, help="number of lag bins (default 50)")
+    vario.add_argument("--log-bins", action="store_true", help="log-spaced bins from --min-lag-km (the first bin starts at 0)")
+    vario.add_argument("--min-lag-km", type=float, help="first log-bin edge (default: max lag / 10,000)")
+    vario.add_argument("--max-lag-km", type=float, default=MAX_LAG_KM, help=f"largest lag (default {MAX_LAG_KM:g}, half the Earth's circumference)")
+    vario.add_argument("--model", choices=MODELS, default="spherical", help="variogram model (default spherical)")
+    vario.add_argument("--estimator", choices=ESTIMATORS, default="matheron", help="Matheron mean, or Cressie-Hawkins robust (default matheron)")
+    vario.add_argument("--weights", choices=WEIGHTS, default="cressie", help="fit weights: N_k/γ_k² (Cressie 1985), N_k, or none (default cressie)")
+    vario.add_argument("--exact-max", type=_positive_int, default=20_000, help="use every pair up to this many points (default 20000)")
+    vario.add_argument("--max-pairs", type=_positive_int, default=4_000_000, help="pairs sampled above --exact-max (default 4,000,000)")
+    vario.add_argument("--short-lag-km", type=float, default=25.0, help="short-lag stratum radius when sampling (default 25 km)")
+    vario.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    vario.add_argument("--compare", type=Path, nargs="+", metavar="STORE", help="more stores to estimate the same way and overlay in --plot")
+    vario.add_argument("--json", action="store_true", help="print the result JSON to stdout too")
+    vario.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def cmd_variogram(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from geovario.atomic import atomic_write_bytes
+    from geovario.data.store import open_feature_source
+    from geovario.variogram import VariogramFitError, empirical_variogram, fit_variogram
+    from geovario.variogram.plot import plot_variograms
+
+    def estimate(source, label):
+        large = len(source) > args.exact_max
+        empirical = empirical_variogram(
+            source.features(dtype=np.float16 if large else np.float32), source.gps,
+            bins=args.bins, max_lag_km=args.max_lag_km, log_bins=args.log_bins, min_lag_km=args.min_lag_km,
+            estimator=args.estimator, exact_max=args.exact_max, max_pairs=args.max_pairs,
+            short_lag_km=args.short_lag_km, seed=args.seed, progress=not args.no_progress,
+        )
+        try:
+            return empirical, fit_variogram(empirical, args.model, args.weights), None
+        except VariogramFitError as e:
+            return empirical, None, str(e)
+
+    sources = [(str(args.store or args.features), open_feature_source(args.store, args.features, args.gps))]
+    sources += [(str(path), open_feature_source(store=path)) for path in args.compare or []]
+    results = [(label, *estimate(source, label)) for label, source in sources]
+
+    def as_dict(label, empirical, model, error):
+        if model is not None:
+            return {"label": label, **model.to_dict()}
+        return {"label": label, "model": args.model, "nugget": None, "psill": None, "range_km": None,
+                "fit_error": error, **empirical.to_dict()}
+
+    label, empirical, model, error = results[0]
+    report = as_dict(label, empirical, model, error)
+    if len(results) > 1:
+        report["compare"] = [as_dict(*r) for r in results[1:]]
+    atomic_write_bytes(args.out, (json.dumps(report, indent=1) + "\n").encode())
+    if args.plot:
+        plot_variograms([(lab, emp, mod) for lab, emp, mod, _ in results], args.plot, log_x=args.log_bins)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for lab, emp, mod, err in results:
+            print(f"{lab}: {emp.n_points} points, {int(emp.n.sum()):,} pairs ({emp.sampling}); {mod if mod else 'fit failed'}")
+        print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
+    failed = [(lab, err) for lab, _, mod, err in results if mod is None]
+    for lab, err in failed:
+        print(f"geovario: error: {lab}: {err} (the empirical bins were still written to {args.out})", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
@@ -294,6 +377,7 @@ COMMANDS = {
     ("data", "check"): cmd_data_check,
     ("data", "info"): cmd_data_info,
     ("extract", None): cmd_extract,
+    ("variogram", None): cmd_variogram,
 }
 
 

@@ -143,7 +143,12 @@ class FeatureStore(FeatureSource):
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def features(self, start: int = 0, stop: int | None = None, dtype=np.float32) -> np.ndarray:
-        """Rows [start, stop) as an array of ``dtype`` (the stored fp16 is widened by default)."""
+        """Rows [start, stop) as an array of ``dtype`` (the stored fp16 is widened by default).
+
+        A whole single-shard store in its stored dtype comes back as the memory map itself.
+        """
+        if len(self._shards) == 1 and start == 0 and stop is None and self._shards[0].dtype == np.dtype(dtype):
+            return self._shards[0]
         return self._gather(self._shards, start, stop, dtype)
 
     def views(self, start: int = 0, stop: int | None = None, dtype=np.float32) -> np.ndarray:

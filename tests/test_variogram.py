@@ -1,0 +1,208 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from geovario.cli import main
+from geovario.errors import GeovarioError
+from geovario.geo import EARTH_RADIUS_KM, haversine_km
+from geovario.variogram import VariogramFitError, VariogramModel, bin_edges, empirical_variogram, fit_variogram
+
+
+def sphere_points(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.stack([np.degrees(np.arcsin(rng.uniform(-1, 1, n))), rng.uniform(-180, 180, n)], 1)
+
+
+def spherical_field(latlon, dims, range_km, nugget, psill, seed=0):
+    """Gaussian vectors whose every dimension has a spherical covariance in great-circle distance."""
+    rng = np.random.default_rng(seed)
+    h = haversine_km(latlon[:, None, 0], latlon[:, None, 1], latlon[None, :, 0], latlon[None, :, 1])
+    x = h / range_km
+    cov = psill * np.where(x < 1, 1 - 1.5 * x + 0.5 * x**3, 0.0) + nugget * np.eye(len(latlon))
+    return np.linalg.cholesky(cov + 1e-9 * np.eye(len(latlon))) @ rng.normal(size=(len(latlon), dims))
+
+
+@pytest.fixture(scope="module")
+def field():
+    latlon = sphere_points(2000)
+    return latlon, spherical_field(latlon, 64, range_km=4000.0, nugget=0.3, psill=1.0)
+
+
+def brute_force(features, latlon, edges, normalize=True):
+    f = features / np.linalg.norm(features, axis=1, keepdims=True) if normalize else features
+    i, j = np.triu_indices(len(f), 1)
+    d = 0.5 * ((f[i] - f[j]) ** 2).sum(1)
+    h = haversine_km(latlon[i, 0], latlon[i, 1], latlon[j, 0], latlon[j, 1])
+    k = np.searchsorted(edges, h, side="right") - 1
+    inside = k < len(edges) - 1
+    k, d, h = np.maximum(k[inside], 0), d[inside], h[inside]
+    count = np.bincount(k, minlength=len(edges) - 1)
+    with np.errstate(invalid="ignore"):
+        gamma = np.bincount(k, d, len(edges) - 1) / count
+        robust = (np.bincount(k, np.sqrt(np.sqrt(2 * d)), len(edges) - 1) / count) ** 4 / (0.457 + 0.494 / count) / 2
+    return gamma, robust, count
+
+
+@pytest.mark.parametrize("log_bins", [False, True])
+def test_empirical_equals_brute_force(field, log_bins):
+    latlon, features = field
+    edges = bin_edges(40, 15000.0, log=log_bins, min_lag_km=50.0)
+    gamma, robust, count = brute_force(features, latlon, edges)
+    ev = empirical_variogram(features, latlon, bins=40, max_lag_km=15000.0, log_bins=log_bins, min_lag_km=50.0)
+    np.testing.assert_array_equal(ev.n, count)
+    np.testing.assert_allclose(ev.gamma, gamma, atol=1e-6)
+    cressie = empirical_variogram(features, latlon, bins=40, max_lag_km=15000.0, log_bins=log_bins, min_lag_km=50.0, estimator="cressie")
+    np.testing.assert_allclose(cressie.gamma, robust, atol=1e-6)
+    raw = empirical_variogram(features, latlon, bins=40, max_lag_km=15000.0, log_bins=log_bins, min_lag_km=50.0, normalize=False)
+    np.testing.assert_allclose(raw.gamma, brute_force(features, latlon, edges, normalize=False)[0], rtol=1e-9)
+
+
+def test_agrees_with_gstools(field):
+    gs = pytest.importorskip("gstools", reason="gstools is a test dependency (pip install -e '.[test]')")
+    latlon, features = field
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    edges = np.linspace(0, 12000, 31)
+    centres, gamma, counts = gs.vario_estimate((latlon[:, 0], latlon[:, 1]), unit.T, edges, latlon=True,
+                                               geo_scale=EARTH_RADIUS_KM, return_counts=True)
+    ours = empirical_variogram(features, latlon, bins=30, max_lag_km=12000.0)
+    # gstools averages the per-dimension semivariances of a vector field: ours / D.
+    np.testing.assert_allclose(gamma * unit.shape[1], ours.gamma, atol=1e-6)
+    model = gs.Spherical(dim=1)  # great-circle km as a plain 1-d lag, the same model as ours
+    model.fit_variogram(centres, gamma * unit.shape[1], nugget=True, weights=np.sqrt(ours.n))
+    fitted = fit_variogram(ours, "spherical", weights="pairs", lag="centre")
+    assert fitted.range_km == pytest.approx(model.len_scale, rel=0.03)
+    assert fitted.psill == pytest.approx(model.var, rel=0.03)
+    assert fitted.nugget == pytest.approx(model.nugget, rel=0.05, abs=0.01)
+
+
+def test_agrees_with_scikit_gstat():
+    skg = pytest.importorskip("skgstat", reason="scikit-gstat is a test dependency (pip install -e '.[test]')")
+    latlon = sphere_points(1200, seed=3)
+    values = spherical_field(latlon, 1, range_km=3000.0, nugget=0.2, psill=1.0, seed=3)
+    # scikit-gstat has no great-circle metric: give it 3-d points on the sphere and the chord edges
+    # of our arc bins, so that each bin holds exactly the same pairs.
+    arc_edges = np.linspace(0, 9000, 31)
+    chord_edges = 2 * EARTH_RADIUS_KM * np.sin(arc_edges / (2 * EARTH_RADIUS_KM))
+    lat, lon = np.radians(latlon[:, 0]), np.radians(latlon[:, 1])
+    xyz = EARTH_RADIUS_KM * np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], 1)
+    theirs = skg.Variogram(xyz, values[:, 0], bin_func=list(chord_edges[1:]), maxlag=chord_edges[-1],
+                           model="spherical", use_nugget=True, fit_method="trf")
+    ours = empirical_variogram(values, latlon, bins=30, max_lag_km=9000.0, normalize=False)
+    np.testing.assert_allclose(ours.gamma, theirs.experimental, atol=1e-6)
+    fitted = fit_variogram(ours, "spherical", weights="none", lag="upper")
+    their_range_chord, their_psill, their_nugget = theirs.parameters
+    their_range = 2 * EARTH_RADIUS_KM * np.arcsin(their_range_chord / (2 * EARTH_RADIUS_KM))
+    assert fitted.range_km == pytest.approx(their_range, rel=0.04)
+    assert fitted.psill == pytest.approx(their_psill, rel=0.04)
+    assert fitted.nugget == pytest.approx(their_nugget, rel=0.1, abs=0.02)
+
+
+def test_recovers_a_known_spherical_field():
+    latlon = sphere_points(1500, seed=1)
+    features = spherical_field(latlon, 32, range_km=3000.0, nugget=0.3, psill=1.0, seed=1)
+    model = fit_variogram(empirical_variogram(features, latlon, bins=40, max_lag_km=10000.0), "spherical")
+    # 1 - cos of normalised vectors measures the field relative to its total sill (0.3 + 1.0).
+    assert model.range_km == pytest.approx(3000.0, rel=0.08)
+    assert model.nugget == pytest.approx(0.3 / 1.3, abs=0.03)
+    assert model.psill == pytest.approx(1.0 / 1.3, abs=0.04)
+    assert not model.info["fit"]["at_bounds"]
+
+
+def test_stratified_sampling_is_unbiased_and_fills_short_lags():
+    rng = np.random.default_rng(5)
+    centres = sphere_points(300, seed=5)
+    latlon = centres[rng.integers(0, 300, 6000)] + rng.normal(scale=0.05, size=(6000, 2))  # clustered, like photos
+    latlon[:, 0] = np.clip(latlon[:, 0], -90, 90)
+    u = np.stack([np.cos(np.radians(latlon[:, 0])) * np.cos(np.radians(latlon[:, 1])),
+                  np.cos(np.radians(latlon[:, 0])) * np.sin(np.radians(latlon[:, 1])), np.sin(np.radians(latlon[:, 0]))], 1)
+    features = np.cos(u @ rng.normal(size=(3, 32)) * 4) + 0.5 * rng.normal(size=(6000, 32))
+    kwargs = dict(bins=30, max_lag_km=20015.0, log_bins=True, min_lag_km=1.0)
+    exact = empirical_variogram(features, latlon, **kwargs)
+    sampled = empirical_variogram(features, latlon, exact_max=1000, max_pairs=400_000, seed=1, **kwargs)
+    assert sampled.sampling == "stratified" and exact.sampling == "exact"
+    populated = exact.n > 2000
+    np.testing.assert_allclose(sampled.gamma[populated], exact.gamma[populated], rtol=0.05)
+    np.testing.assert_allclose(sampled.n_weighted[populated], exact.n[populated], rtol=0.25)
+    short = exact.edges_km[1:] <= 25
+    assert (sampled.n[short & (exact.n > 0)] > 0).all()
+
+
+def test_models_evaluate_in_numpy_and_torch_and_roundtrip(tmp_path):
+    for name, at_range in [("spherical", 1.0), ("exponential", 1 - np.exp(-3)), ("gaussian", 1 - np.exp(-4)), ("stable", 1 - np.exp(-3))]:
+        model = VariogramModel(name, nugget=0.1, psill=0.5, range_km=1000.0, shape=1.5)
+        assert model(np.array([0.0]))[0] == pytest.approx(0.1)
+        assert model(np.array([1000.0]))[0] == pytest.approx(0.1 + 0.5 * at_range, rel=1e-9)
+        h = torch.tensor([10.0, 500.0, 2000.0], dtype=torch.float64, requires_grad=True)
+        gamma = model(h)
+        np.testing.assert_allclose(gamma.detach().numpy(), model(h.detach().numpy()))
+        gamma.sum().backward()
+        assert torch.isfinite(h.grad).all() and (h.grad[:2] > 0).all()
+        model.save(tmp_path / f"{name}.json")
+        again = VariogramModel.load(tmp_path / f"{name}.json")
+        assert (again.model, again.nugget, again.psill, again.range_km) == (name, 0.1, 0.5, 1000.0)
+    assert VariogramModel.load(tmp_path / "stable.json").shape == 1.5
+
+
+def test_bad_input_is_refused(tmp_path):
+    latlon = sphere_points(10)
+    features = np.random.default_rng(0).normal(size=(10, 4))
+    with pytest.raises(GeovarioError, match="at least 3 points"):
+        empirical_variogram(features[:2], latlon[:2])
+    with pytest.raises(GeovarioError, match="all 10 points are at one location"):
+        empirical_variogram(features, np.tile([[45.0, 7.0]], (10, 1)))
+    bad = features.copy()
+    bad[4, 2] = np.nan
+    with pytest.raises(GeovarioError, match="row 4 contains NaN"):
+        empirical_variogram(bad, latlon)
+    zero = features.copy()
+    zero[6] = 0
+    with pytest.raises(GeovarioError, match="row 6 has zero norm"):
+        empirical_variogram(zero, latlon)
+    for lag in (0.0, -5.0):
+        with pytest.raises(GeovarioError, match="--max-lag-km must be positive"):
+            empirical_variogram(features, latlon, max_lag_km=lag)
+    with pytest.raises(VariogramFitError, match="only 2 non-empty bins") as failure:
+        fit_variogram(empirical_variogram(features, latlon, bins=2))
+    assert failure.value.empirical.n.sum() == 45
+    with pytest.raises(GeovarioError, match="has no fitted model"):
+        (tmp_path / "failed.json").write_text('{"model": "spherical", "nugget": null}')
+        VariogramModel.load(tmp_path / "failed.json")
+
+
+def _write_arrays(folder, features, latlon):
+    np.save(folder / "f.npy", features.astype(np.float32))
+    (folder / "g.csv").write_text("LAT,LON\n" + "\n".join(f"{a},{b}" for a, b in latlon) + "\n")
+    return ["--features", str(folder / "f.npy"), "--gps", str(folder / "g.csv")]
+
+
+def test_cli_writes_schema_and_plot(tmp_path, field, capsys):
+    latlon, features = field
+    args = _write_arrays(tmp_path, features[:800], latlon[:800])
+    code = main(["variogram", *args, "--bins", "25", "--out", str(tmp_path / "v.json"), "--plot", str(tmp_path / "v.png"), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert {"model", "nugget", "psill", "range_km", "bins"} <= set(report) and report["model"] == "spherical"
+    assert len(report["bins"]) == 25 and {"h_km", "gamma", "n"} <= set(report["bins"][0])
+    assert (tmp_path / "v.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert VariogramModel.load(tmp_path / "v.json").range_km == report["range_km"]
+
+
+def test_cli_fit_failure_still_writes_bins(tmp_path, capsys):
+    args = _write_arrays(tmp_path, np.random.default_rng(0).normal(size=(20, 4)), sphere_points(20))
+    code = main(["variogram", *args, "--bins", "2", "--out", str(tmp_path / "v.json"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "only 2 non-empty bins" in err[0] and "bins were still written" in err[0]
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert report["nugget"] is None and "fit_error" in report and sum(b["n"] for b in report["bins"]) == 190
+
+
+def test_cli_bad_input_one_line(tmp_path, capsys):
+    args = _write_arrays(tmp_path, np.zeros((5, 4)), sphere_points(5))
+    assert main(["variogram", *args, "--out", str(tmp_path / "v.json")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "zero norm" in err[0]
+    args = _write_arrays(tmp_path, np.ones((5, 4)), sphere_points(5))
+    assert main(["variogram", *args, "--max-lag-km", "0", "--out", str(tmp_path / "v.json")]) == 1
+    assert "--max-lag-km must be positive" in capsys.readouterr().err
