@@ -75,7 +75,7 @@ class _Bins:
         self.edges = torch.from_numpy(edges)
         self.k = len(edges) - 1
         self.linear = np.allclose(np.diff(edges), edges[1] - edges[0])
-        self.width = float(edges[1] - edges[0])
+        self.inverse_width = 1.0 / float(edges[1] - edges[0])
         self.count = np.zeros(self.k + 1)
         self.w = np.zeros(self.k + 1)
         self.wd = np.zeros(self.k + 1)
@@ -84,7 +84,7 @@ class _Bins:
 
     def index(self, h: torch.Tensor) -> torch.Tensor:
         if self.linear:
-            return torch.clamp((h / self.width).long(), max=self.k)
+            return (h * self.inverse_width).long().clamp_(max=self.k)
         return torch.clamp(torch.bucketize(h, self.edges, right=True) - 1, 0, self.k)
 
     def add(self, h: torch.Tensor, d: torch.Tensor, weight: float = 1.0, robust: bool = False) -> None:
@@ -118,9 +118,12 @@ def _unit_sphere(latlon: np.ndarray) -> torch.Tensor:
 
 
 def _lag_km(cos_angle: torch.Tensor) -> torch.Tensor:
-    """Great-circle km from the cosine of the central angle, via the chord (accurate at short lags)."""
-    chord = torch.sqrt(torch.clamp(2 - 2 * cos_angle, min=0.0))
-    return 2 * EARTH_RADIUS_KM * torch.asin(torch.clamp(chord / 2, max=1.0))
+    """Great-circle km from the float64 cosine of the central angle.
+
+    acos loses nothing that matters here: near cos = 1 its error is eps / sin(angle), so a 1 km lag
+    is off by about 1e-9 km, and a 1 m lag by about 4 mm.
+    """
+    return EARTH_RADIUS_KM * torch.acos(torch.clamp(cos_angle, -1.0, 1.0))
 
 
 def _validate(features, latlon, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
