@@ -1,0 +1,118 @@
+"""The field's geolocation metrics: accuracy within distance thresholds, errors, GeoScore, admin levels.
+
+Conventions, and where they come from:
+- "correct within t km" is d <= t in GeoCLIP (geoclip/train/eval.py) and most papers; OSV5M counts
+  d < t (``strict_less=True``).
+- Distances are great-circle on the R = 6371.0088 km sphere (geovario.geo). GeoCLIP's own eval uses
+  geopy's WGS84 geodesic; the two differ by at most ~0.5%, which can move a prediction that lies
+  within 0.5% of a threshold across it.
+- GeoScore = mean of 5000 exp(-d / 1492.7), the OSV5M constant (Astruc et al. 2024, after GeoGuessr).
+- Admin accuracy: the prediction is reverse-geocoded offline with reverse_geocoder (GeoNames places of
+  1,000+ people) and its country, admin1 (region), admin2 (sub-region) and city compared with the
+  ground-truth labels where the dataset has them (OSV5M), else with the reverse-geocoded truth.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from geovario.geo import haversine_km
+
+THRESHOLDS_KM = (1, 25, 200, 750, 2500)  # street, city, region, country, continent (GeoCLIP, thesis)
+GEOSCORE_SCALE_KM = 1492.7  # OSV5M GeoScore constant
+GEOSCORE_MAX = 5000.0
+ADMIN_LEVELS = ("country", "region", "sub-region", "city")
+
+
+def errors_km(true_latlon: np.ndarray, pred_latlon: np.ndarray) -> np.ndarray:
+    true_latlon, pred_latlon = np.asarray(true_latlon, np.float64), np.asarray(pred_latlon, np.float64)
+    return haversine_km(true_latlon[:, 0], true_latlon[:, 1], pred_latlon[:, 0], pred_latlon[:, 1])
+
+
+def threshold_accuracy(errors: np.ndarray, thresholds=THRESHOLDS_KM, strict_less: bool = False) -> dict[str, float]:
+    """Percent of errors within each threshold, keyed by the threshold as written ("1", "25", ...)."""
+    errors = np.asarray(errors)
+    hit = (lambda t: errors < t) if strict_less else (lambda t: errors <= t)
+    return {f"{t:g}": float(100 * np.mean(hit(t))) for t in thresholds}
+
+
+def geoscore(errors: np.ndarray) -> float:
+    return float(np.mean(GEOSCORE_MAX * np.exp(-np.asarray(errors) / GEOSCORE_SCALE_KM)))
+
+
+def distance_summary(errors: np.ndarray, thresholds=THRESHOLDS_KM, strict_less: bool = False) -> dict:
+    errors = np.asarray(errors, np.float64)
+    return {
+        "n": int(len(errors)),
+        "accuracy": threshold_accuracy(errors, thresholds, strict_less),
+        "mean_km": float(np.mean(errors)),
+        "median_km": float(np.median(errors)),
+        "geoscore": geoscore(errors),
+        "convention": "d < t" if strict_less else "d <= t",
+    }
+
+
+def reverse_geocode_labels(latlon: np.ndarray) -> pd.DataFrame:
+    """country (ISO 3166-1 alpha-2), region (admin1), sub-region (admin2) and city for each row."""
+    from geovario.places import place_names
+
+    places = place_names(latlon)
+    return pd.DataFrame({
+        "country": [p.country for p in places],
+        "region": [p.region for p in places],
+        "sub-region": [p.subregion for p in places],
+        "city": [p.city for p in places],
+    })
+
+
+def _same(a: pd.Series, b: pd.Series) -> np.ndarray:
+    return (a.astype(str).str.strip().str.casefold() == b.astype(str).str.strip().str.casefold()).to_numpy()
+
+
+def admin_accuracy(pred_latlon: np.ndarray, true_labels: pd.DataFrame | None = None, true_latlon: np.ndarray | None = None) -> dict:
+    """Percent of predictions in the true country / region / sub-region / city.
+
+    Uses the dataset's labels where a row has one (OSV5M); rows without a label are compared with
+    the reverse-geocoded true position instead (needs ``true_latlon``).
+    """
+    predicted = reverse_geocode_labels(pred_latlon)
+    truth = reverse_geocode_labels(true_latlon) if true_latlon is not None else None
+    result: dict = {}
+    for level in ADMIN_LEVELS:
+        if true_labels is not None and level in true_labels.columns:
+            labels = true_labels[level].fillna("").astype(str).reset_index(drop=True)
+            missing = labels.str.strip() == ""
+            if truth is not None:
+                labels = labels.where(~missing, truth[level])
+                missing = labels.str.strip() == ""
+            source = "labels"
+        elif truth is not None:
+            labels, missing, source = truth[level], truth[level].str.strip() == "", "reverse-geocoded"
+        else:
+            continue
+        valid = ~missing.to_numpy()
+        if valid.any():
+            result[level] = float(100 * np.mean(_same(predicted[level], labels)[valid]))
+        result.setdefault("_sources", {})[level] = source
+    return result
+
+
+def continent_of(countries: pd.Series) -> pd.Series:
+    """Continent name for ISO alpha-2 country codes (country_converter's classification)."""
+    import logging
+
+    import country_converter
+
+    logging.getLogger("country_converter").setLevel(logging.ERROR)  # it logs each unknown code
+    codes = sorted({c for c in countries.dropna().astype(str).unique() if c})
+    names = country_converter.convert(codes, src="ISO2", to="continent", not_found="unknown") if codes else []
+    names = [names] if isinstance(names, str) else names
+    return countries.map(dict(zip(codes, names))).fillna("unknown")
+
+
+def by_continent(errors: np.ndarray, true_countries: pd.Series, thresholds=THRESHOLDS_KM, strict_less: bool = False) -> dict:
+    """The distance summary per continent of the true location."""
+    continents = continent_of(true_countries.reset_index(drop=True))
+    return {name: distance_summary(errors[(continents == name).to_numpy()], thresholds, strict_less)
+            for name in sorted(continents.unique())}
