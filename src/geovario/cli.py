@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(commands)
     add_extract_command(commands)
     add_variogram_command(commands)
+    add_evaluation_commands(commands)
     return parser
 
 
@@ -235,6 +236,143 @@ def cmd_variogram(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _threshold_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated kilometres, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"thresholds must be positive, got {text!r}")
+    return values
+
+
+def _add_metric_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--thresholds", type=_threshold_list, default=[1, 25, 200, 750, 2500], metavar="KM,KM,...",
+                        help="accuracy thresholds in km (default 1,25,200,750,2500)")
+    parser.add_argument("--strict-less", action="store_true",
+                        help="count d < t as correct, as OSV5M does (default d <= t, as GeoCLIP and most papers)")
+    parser.add_argument("--no-admin", action="store_true", help="skip admin-level accuracy and the continent breakdown")
+    parser.add_argument("--plots", type=Path, metavar="DIR", help="write cumulative-error and world-error PNGs here")
+    parser.add_argument("--markdown", action="store_true", help="print the Markdown table instead of text")
+
+
+def add_evaluation_commands(commands) -> None:
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate a model on a feature store: accuracy at 1/25/200/750/2500 km, GeoScore, admin levels",
+        description=(
+            "Retrieve the top-k gallery locations for every query (exact, from the cached gallery embeddings), "
+            "then report accuracy within each threshold, mean and median error, GeoScore, admin-level accuracy "
+            "(against OSV5M-style labels, else reverse-geocoded truth) and a per-continent breakdown."
+        ),
+    )
+    evaluate.add_argument("--model", required=True, type=Path, help="geovario model directory")
+    add_feature_source_args(evaluate)
+    evaluate.add_argument("--gallery", metavar="CSV|STORE", help="GPS gallery: a LAT,LON CSV or a feature store's positions (default: the model's)")
+    evaluate.add_argument("--top-k", type=_positive_int, help="candidates kept per query (default 5, or the gallery size if smaller; metrics use the first)")
+    evaluate.add_argument("--out", required=True, type=Path, help="report JSON")
+    evaluate.add_argument("--predictions", type=Path, metavar="CSV",
+                          help="per-image predictions CSV (default: <out without .json>.predictions.csv)")
+    evaluate.add_argument("--faiss", nargs="?", const="Flat", metavar="FACTORY",
+                          help="retrieve through FAISS (optional extra); FACTORY as in faiss.index_factory, default Flat (exact)")
+    evaluate.add_argument("--device", help="torch device (default: cuda when available)")
+    evaluate.add_argument("--json", action="store_true", help="print the report JSON")
+    evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_metric_args(evaluate)
+
+    score = commands.add_parser(
+        "score",
+        help="score any predictions CSV from any system",
+        description=(
+            "Score a predictions file: the true and predicted coordinate columns are detected (gt_lat/gt_long/"
+            "predicted_lat/predicted_long, LAT/LON/pred_lat/pred_lon, latitude/longitude, ...) or named. Rows that are "
+            "not data, such as blank lines and summary footers, are dropped and reported."
+        ),
+    )
+    score.add_argument("predictions", type=Path, help="CSV with true and predicted coordinates")
+    for role in ("true-lat", "true-lon", "pred-lat", "pred-lon"):
+        score.add_argument(f"--{role}", metavar="COL", help=f"column holding the {role.replace('-', ' ')}")
+    score.add_argument("--out", type=Path, help="also write the report JSON here")
+    score.add_argument("--json", action="store_true", help="print the report JSON")
+    _add_metric_args(score)
+
+    compare = commands.add_parser("compare", help="print evaluation reports side by side, with deltas against the first")
+    compare.add_argument("reports", type=Path, nargs="+", help="report JSON files (from evaluate or score)")
+    compare.add_argument("--markdown", action="store_true", help="print a Markdown table instead")
+
+
+def _finish_report(args, report: dict, true_latlon, pred_latlon, label: str) -> int:
+    from geovario.metrics import errors_km
+    from geovario.report import markdown_table, plot_cumulative_error, plot_error_map, write_json
+
+    if getattr(args, "out", None):
+        write_json(report, args.out)
+    if args.plots:
+        args.plots.mkdir(parents=True, exist_ok=True)
+        errors = errors_km(true_latlon, pred_latlon)
+        plot_cumulative_error({label: errors}, [f"{t:g}" for t in args.thresholds], args.plots / "cumulative_error.png")
+        plot_error_map(true_latlon, errors, args.plots / "error_map.png")
+    if args.json:
+        print(json.dumps(report, indent=1))
+    elif args.markdown:
+        print(markdown_table([(label, report)]))
+    else:
+        accuracy = "  ".join(f"{t} km {v:.2f}%" for t, v in report["accuracy"].items())
+        print(f"{label}: n = {report['n']} ({report['convention']})\n  {accuracy}\n"
+              f"  median {report['median_km']:.1f} km, mean {report['mean_km']:.1f} km, GeoScore {report['geoscore']:.0f}")
+        if report.get("admin"):
+            print("  admin: " + "  ".join(f"{k} {v:.2f}%" for k, v in report["admin"].items() if not k.startswith("_")))
+        if report.get("dropped_rows"):
+            print(f"  dropped {len(report['dropped_rows'])} rows, first: {report['dropped_rows'][0]}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from geovario.data.store import open_feature_source
+    from geovario.evaluate import build_report, load_gallery, predict_source, store_labels
+    from geovario.predict import Predictor
+
+    source = open_feature_source(args.store, args.features, args.gps)
+    predictor = Predictor(args.model, gallery=load_gallery(args.gallery), device=args.device, progress=not args.no_progress)
+    top_k = args.top_k or min(5, len(predictor.gallery))
+    frame = predict_source(predictor, source, top_k, progress=not args.no_progress, faiss_factory=args.faiss)
+    true_latlon = frame[["true_lat", "true_lon"]].to_numpy()
+    pred_latlon = frame[["pred_lat", "pred_lon"]].to_numpy()
+    report = build_report(true_latlon, pred_latlon, args.thresholds, args.strict_less, store_labels(source), admin=not args.no_admin)
+    predictions = args.predictions or args.out.with_name(args.out.stem + ".predictions.csv")
+    from geovario.atomic import atomic_write_bytes
+
+    atomic_write_bytes(predictions, frame.to_csv(index=False).encode())
+    report |= {"model": str(args.model), "data": str(args.store or args.features), "gallery": str(args.gallery or "model"),
+               "retrieval": f"faiss:{args.faiss}" if args.faiss else "exact",
+               "predictions": str(predictions), "dropped_rows": []}
+    return _finish_report(args, report, true_latlon, pred_latlon, str(args.model))
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from geovario.evaluate import build_report
+    from geovario.predictions_file import read_predictions, true_and_predicted
+
+    table = read_predictions(args.predictions, args.true_lat, args.true_lon, args.pred_lat, args.pred_lon)
+    print(f"{args.predictions}: using columns {', '.join(f'{role}={col}' for role, col in table.columns.items())}", file=sys.stderr)
+    true_latlon, pred_latlon = true_and_predicted(table)
+    report = build_report(true_latlon, pred_latlon, args.thresholds, args.strict_less, admin=not args.no_admin)
+    report |= {"data": str(args.predictions), "columns": table.columns, "dropped_rows": [str(p) for p in table.dropped]}
+    for problem in table.dropped[:10]:
+        print(f"dropped {problem}", file=sys.stderr)
+    if len(table.dropped) > 10:
+        print(f"dropped {len(table.dropped) - 10} more rows (listed in the JSON report)", file=sys.stderr)
+    return _finish_report(args, report, true_latlon, pred_latlon, str(args.predictions))
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from geovario.report import comparison_text, load_report, markdown_table
+
+    reports = [(str(path), load_report(path)) for path in args.reports]
+    print(markdown_table(reports) if args.markdown else comparison_text(reports))
+    return 0
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
     from geovario.data import read_dataset
 
@@ -378,6 +516,9 @@ COMMANDS = {
     ("data", "info"): cmd_data_info,
     ("extract", None): cmd_extract,
     ("variogram", None): cmd_variogram,
+    ("evaluate", None): cmd_evaluate,
+    ("score", None): cmd_score,
+    ("compare", None): cmd_compare,
 }
 
 

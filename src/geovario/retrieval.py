@@ -146,3 +146,36 @@ def _order(logits: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Ten
     logits, index = logits.gather(1, by_index), index.gather(1, by_index)
     by_logit = torch.argsort(logits, dim=1, descending=True, stable=True)[:, :k]
     return logits.gather(1, by_logit), index.gather(1, by_logit)
+
+
+def faiss_index(gallery_embeddings: np.ndarray, factory: str = "Flat"):
+    """A FAISS inner-product index over the gallery (optional dependency: ``pip install geovario[faiss]``).
+
+    "Flat" is exact; factory strings such as "HNSW32" or "IVF1024,Flat" trade exactness for speed on
+    galleries of millions.
+    """
+    try:
+        import faiss
+    except ImportError:
+        raise GeovarioError("FAISS retrieval needs the faiss-cpu package: pip install 'geovario[faiss]'") from None
+    dim = gallery_embeddings.shape[1]
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise GeovarioError(f"bad FAISS index factory {factory!r} ({str(e).strip().splitlines()[0]})") from None
+    if not index.is_trained:
+        sample = np.asarray(gallery_embeddings[:: max(1, len(gallery_embeddings) // 100_000)], dtype=np.float32)
+        index.train(np.ascontiguousarray(sample))
+    for start in range(0, len(gallery_embeddings), 65536):
+        index.add(np.ascontiguousarray(gallery_embeddings[start : start + 65536], dtype=np.float32))
+    return index
+
+
+def faiss_topk(index, queries: torch.Tensor, logit_scale: float, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k through a FAISS index. The probabilities are a softmax over the k candidates only: the
+    whole-gallery normaliser would need every score, which is what FAISS avoids computing."""
+    if not 1 <= k <= index.ntotal:
+        raise GeovarioError(f"--top-k must be between 1 and the gallery size {index.ntotal}, got {k}")
+    scores, indices = index.search(np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32), k)
+    logits = torch.from_numpy(logit_scale * scores)
+    return torch.from_numpy(indices.astype(np.int64)), logits.softmax(dim=1), logits

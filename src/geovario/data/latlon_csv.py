@@ -11,8 +11,8 @@ from geovario.errors import GeovarioError
 from geovario.geo import coordinate_problems
 
 
-def read_latlon_csv(path: str | Path, what: str = "gallery") -> np.ndarray:
-    """Read a LAT/LON CSV (a GPS gallery, or the --gps of a features array) into an (N, 2) float32 array.
+def read_latlon_csv(path: str | Path, what: str = "gallery", dtype=np.float32) -> np.ndarray:
+    """Read a LAT/LON CSV (a GPS gallery, or the --gps of a features array) into an (N, 2) array.
 
     float32 matches GeoCLIP, which holds its gallery as a float32 tensor. Any bad row is an error
     that names the line: a file with holes would silently misalign every row after it.
@@ -42,4 +42,4 @@ def read_latlon_csv(path: str | Path, what: str = "gallery") -> np.ndarray:
         more = f" ({len(problems) - 1} more bad rows)" if len(problems) > 1 else ""
         line = int(frame.index[row]) + 2  # the header is line 1
         raise GeovarioError(f"{path}: line {line}: {what} [{raw}]{more}")
-    return np.stack([lat, lon], axis=1).astype(np.float32)
+    return np.stack([lat, lon], axis=1).astype(dtype)

@@ -50,7 +50,7 @@ def read_manifest(folder: Path) -> dict:
 class FeatureSource:
     """What every feature source offers; subclasses provide ``features(start, stop)``, ``gps``, ``ids``."""
 
-    gps: np.ndarray  # (N, 2) float32 degrees
+    gps: np.ndarray  # (N, 2) float64 degrees
     ids: np.ndarray  # (N,) str
 
     def __len__(self) -> int:
@@ -96,7 +96,7 @@ class FeatureStore(FeatureSource):
             raise GeovarioError(f"{self.folder}: extraction has not finished; rerun the same `geovario extract` command to resume it")
         self.index = pd.read_csv(self.folder / INDEX, dtype={"id": str, "image": str}, keep_default_na=False)
         self.ids = self.index["id"].to_numpy(dtype=str)
-        self.gps = self.index[["lat", "lon"]].to_numpy(dtype=np.float32)
+        self.gps = self.index[["lat", "lon"]].to_numpy(dtype=np.float64)
         self._shards, self._views, sizes = [], [], []
         for shard in self.manifest["shards"]:
             path = self.folder / SHARDS / f"{shard['name']}.npy"
@@ -170,7 +170,7 @@ class ArrayFeatures(FeatureSource):
         bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
         if len(bad):
             raise GeovarioError(f"{features}: row {bad[0]} contains NaN or inf ({len(bad)} bad rows)")
-        self.gps = read_latlon_csv(gps, "GPS")
+        self.gps = read_latlon_csv(gps, "GPS", dtype=np.float64)
         if len(self.gps) != len(array):
             raise GeovarioError(f"{features} has {len(array)} rows but {gps} has {len(self.gps)}; they must match row for row")
         self._features = array

@@ -1,0 +1,118 @@
+"""Evaluation reports: JSON, a Markdown table in the layout papers use, PNG figures, side-by-side comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from geovario.atomic import atomic_write_bytes
+from geovario.errors import GeovarioError
+
+
+def write_json(report: dict, path: str | Path) -> None:
+    atomic_write_bytes(path, (json.dumps(report, indent=1) + "\n").encode())
+
+
+def load_report(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GeovarioError(f"{path}: report not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GeovarioError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(report, dict) or "accuracy" not in report:
+        raise GeovarioError(f"{path}: not a geovario evaluation report (no \"accuracy\")")
+    return report
+
+
+def markdown_table(reports: list[tuple[str, dict]]) -> str:
+    """| Method | 1 km | 25 km | ... | Median km | GeoScore |, one row per report (accuracies in %)."""
+    thresholds = list(reports[0][1]["accuracy"])
+    admin = [level for level in ("country", "region", "sub-region", "city") if any(level in r.get("admin", {}) for _, r in reports)]
+    head = ["Method", *(f"{t} km" for t in thresholds), "Median km", "GeoScore", *(level.capitalize() for level in admin)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for name, r in reports:
+        cells = [name, *(f"{r['accuracy'].get(t, float('nan')):.1f}" for t in thresholds), f"{r['median_km']:.1f}",
+                 f"{r['geoscore']:.0f}", *(f"{r.get('admin', {}).get(level, float('nan')):.1f}" for level in admin)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparison_text(reports: list[tuple[str, dict]]) -> str:
+    """Runs side by side, each after the first with its delta against the first."""
+    base_name, base = reports[0]
+    keys = [(f"acc@{t} km (%)", lambda r, t=t: r["accuracy"].get(t)) for t in base["accuracy"]]
+    keys += [("median km", lambda r: r["median_km"]), ("mean km", lambda r: r["mean_km"]), ("GeoScore", lambda r: r["geoscore"])]
+    keys += [(f"{level} (%)", lambda r, level=level: r.get("admin", {}).get(level)) for level in ("country", "region", "sub-region", "city")
+             if level in base.get("admin", {})]
+    width = max(14, *(len(name) for name, _ in reports))
+    lines = [f"{'':<18}" + "".join(f"{name[-width:]:>{width + 12}}" for name, _ in reports)]
+    for label, get in keys:
+        row = f"{label:<18}"
+        for k, (_, r) in enumerate(reports):
+            value = get(r)
+            if value is None:
+                row += f"{'—':>{width + 12}}"
+                continue
+            delta = "" if k == 0 or get(base) is None else f" ({value - get(base):+.2f})"
+            row += f"{f'{value:.2f}{delta}':>{width + 12}}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def plot_cumulative_error(errors_by_run: dict[str, np.ndarray], thresholds, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for name, errors in errors_by_run.items():
+        ordered = np.sort(np.maximum(errors, 1e-3))
+        ax.plot(ordered, 100 * np.arange(1, len(ordered) + 1) / len(ordered), lw=2, label=name)
+    for t in thresholds:
+        ax.axvline(float(t), color="grey", ls=":", lw=1)
+        ax.annotate(f"{t} km", (float(t), 2), rotation=90, fontsize=8, color="grey", ha="right")
+    ax.set_xscale("log")
+    ax.set_xlim(0.1, 20015)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("great-circle error (km)")
+    ax.set_ylabel("% of images within")
+    ax.set_title("Cumulative error")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_error_map(true_latlon: np.ndarray, errors: np.ndarray, path: str | Path, title: str = "Error by true location") -> Path:
+    """A world scatter of the true positions coloured by error, over the GeoNames places as a backdrop."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    from geovario.geo import populated_cells
+
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
+    land = populated_cells()
+    ax.imshow(land, extent=(-180, 180, -90, 90), origin="lower", cmap="Greys", alpha=0.25, vmin=0, vmax=2.5, aspect="auto")
+    order = np.argsort(errors)
+    points = ax.scatter(true_latlon[order, 1], true_latlon[order, 0], c=np.maximum(errors[order], 0.1), s=6,
+                        cmap="viridis_r", norm=LogNorm(vmin=0.1, vmax=20015))
+    fig.colorbar(points, ax=ax, label="error (km)")
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(-90, 90)
+    ax.set_xlabel("longitude")
+    ax.set_ylabel("latitude")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,87 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import random_gallery
+from geovario.cli import main
+from geovario.predict import Predictor
+
+
+@pytest.fixture
+def arrays(tmp_path):
+    rng = np.random.default_rng(3)
+    np.save(tmp_path / "f.npy", rng.normal(size=(40, 32)).astype(np.float32))
+    gps = random_gallery(40, seed=3)
+    pd.DataFrame({"LAT": gps[:, 0], "LON": gps[:, 1]}).to_csv(tmp_path / "g.csv", index=False)
+    return ["--features", str(tmp_path / "f.npy"), "--gps", str(tmp_path / "g.csv")]
+
+
+def test_evaluate_writes_report_predictions_and_plots(tmp_path, tiny_model_dir, arrays, capsys):
+    out = tmp_path / "report.json"
+    code = main(["evaluate", "--model", str(tiny_model_dir), *arrays, "--out", str(out), "--plots", str(tmp_path / "plots"), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert report["n"] == 40 and list(report["accuracy"]) == ["1", "25", "200", "750", "2500"]
+    assert {"mean_km", "median_km", "geoscore", "admin", "continents", "dropped_rows"} <= set(report)
+    assert set(report["admin"]) >= {"country", "region", "sub-region", "city"}
+    predictions = pd.read_csv(tmp_path / "report.predictions.csv")
+    assert list(predictions.columns[:7]) == ["id", "true_lat", "true_lon", "pred_lat", "pred_lon", "error_km", "prob"]
+    # Top-1 equals what `predict` gives for the same features.
+    direct = Predictor(tiny_model_dir, progress=False).predict_features(np.load(tmp_path / "f.npy"), top_k=1)
+    np.testing.assert_allclose(predictions[["pred_lat", "pred_lon"]].to_numpy(), [[p[0].lat, p[0].lon] for p in direct], atol=1e-5)
+    accuracy_200 = 100 * np.mean(predictions["error_km"] <= 200)
+    assert report["accuracy"]["200"] == pytest.approx(accuracy_200)
+    for name in ("cumulative_error.png", "error_map.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_with_another_gallery_thresholds_and_convention(tmp_path, tiny_model_dir, arrays, capsys):
+    (tmp_path / "g2.csv").write_text((tmp_path / "g.csv").read_text())
+    code = main(["evaluate", "--model", str(tiny_model_dir), *arrays, "--gallery", str(tmp_path / "g2.csv"), "--out",
+                 str(tmp_path / "r.json"), "--no-admin", "--strict-less", "--thresholds", "1,10", "--no-progress"])
+    assert code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["convention"] == "d < t" and list(report["accuracy"]) == ["1", "10"] and "admin" not in report
+    predictions = pd.read_csv(tmp_path / "r.predictions.csv")
+    gallery = pd.read_csv(tmp_path / "g2.csv").to_numpy()
+    assert all(any(np.allclose(row, g, atol=1e-4) for g in gallery) for row in predictions[["pred_lat", "pred_lon"]].to_numpy())
+
+
+def test_evaluate_on_a_store_uses_its_osv5m_labels(tmp_path, tiny_model_dir, tiny_clip_dir, capsys):
+    from test_data_readers import jpeg
+
+    images = tmp_path / "images" / "test" / "00"
+    rows = ["id,latitude,longitude,country,region,sub-region,city"]
+    for i, (lat, lon, cc, region) in enumerate([(48.85, 2.35, "FR", "Ile-de-France"), (-33.87, 151.21, "AU", "New South Wales")]):
+        jpeg(images / f"{i}.jpg", seed=i)
+        rows.append(f"{i},{lat},{lon},{cc},{region},,")
+    (tmp_path / "test.csv").write_text("\n".join(rows) + "\n")
+    assert main(["extract", "--data", str(tmp_path / "test.csv"), "--backbone", str(tiny_clip_dir), "--out", str(tmp_path / "store"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--store", str(tmp_path / "store"), "--gallery", str(tmp_path / "store"),
+                 "--out", str(tmp_path / "r.json"), "--no-progress", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["admin"]["_sources"] == {"country": "labels", "region": "labels", "sub-region": "reverse-geocoded", "city": "reverse-geocoded"}
+    assert set(report["continents"]) <= {"Europe", "Oceania"}
+
+
+def test_evaluate_bad_input(tmp_path, tiny_model_dir, arrays, capsys):
+    np.save(tmp_path / "wide.npy", np.zeros((40, 31), np.float32))
+    code = main(["evaluate", "--model", str(tiny_model_dir), "--features", str(tmp_path / "wide.npy"), "--gps", str(tmp_path / "g.csv"), "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "31-d but the model expects 32-d" in err[0]
+    code = main(["evaluate", "--model", str(tiny_model_dir), "--features", str(tmp_path / "f.npy"), "--out", str(tmp_path / "r.json")])
+    assert code == 1 and "need --store STORE, or both" in capsys.readouterr().err
+
+
+def test_faiss_flat_gives_the_same_top1(tmp_path, tiny_model_dir, arrays, capsys):
+    pytest.importorskip("faiss", reason="faiss-cpu is optional (pip install 'geovario[faiss]')")
+    for extra, name in (([], "exact"), (["--faiss"], "faiss")):
+        assert main(["evaluate", "--model", str(tiny_model_dir), *arrays, "--out", str(tmp_path / f"{name}.json"), "--no-admin", "--no-progress", *extra]) == 0
+    exact, faiss = (pd.read_csv(tmp_path / f"{n}.predictions.csv") for n in ("exact", "faiss"))
+    np.testing.assert_allclose(exact[["pred_lat", "pred_lon"]], faiss[["pred_lat", "pred_lon"]])
+    assert json.loads((tmp_path / "faiss.json").read_text())["retrieval"] == "faiss:Flat"
+    assert main(["evaluate", "--model", str(tiny_model_dir), *arrays, "--out", str(tmp_path / "x.json"), "--faiss", "Nonsense42"]) == 1
+    assert "bad FAISS index factory" in capsys.readouterr().err
