@@ -72,8 +72,8 @@ def test_named_columns(tmp_path):
 
 
 def test_compare_prints_deltas(tmp_path, capsys):
-    a = write(tmp_path / "a.csv", "gt_lat,gt_long,predicted_lat,predicted_long\n0,0,0,0.1\n0,0,0,5\n")
-    b = write(tmp_path / "b.csv", "gt_lat,gt_long,predicted_lat,predicted_long\n0,0,0,0.1\n0,0,0,0.1\n")
+    write(tmp_path / "a.csv", "gt_lat,gt_long,predicted_lat,predicted_long\n0,0,0,0.1\n0,0,0,5\n")
+    write(tmp_path / "b.csv", "gt_lat,gt_long,predicted_lat,predicted_long\n0,0,0,0.1\n0,0,0,0.1\n")
     for name in ("a", "b"):
         assert main(["score", str(tmp_path / f"{name}.csv"), "--no-admin", "--out", str(tmp_path / f"{name}.json")]) == 0
     capsys.readouterr()

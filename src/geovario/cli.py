@@ -189,8 +189,8 @@ def add_variogram_command(commands) -> None:
 def cmd_variogram(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from geovario.atomic import atomic_write_bytes
     from geovario.data.store import open_feature_source
+    from geovario.jsonio import write_json
     from geovario.variogram import VariogramFitError, empirical_variogram, fit_variogram
     from geovario.variogram.plot import plot_variograms
 
@@ -221,13 +221,13 @@ def cmd_variogram(args: argparse.Namespace) -> int:
     report = as_dict(label, empirical, model, error)
     if len(results) > 1:
         report["compare"] = [as_dict(*r) for r in results[1:]]
-    atomic_write_bytes(args.out, (json.dumps(report, indent=1) + "\n").encode())
+    write_json(args.out, report)
     if args.plot:
         plot_variograms([(lab, emp, mod) for lab, emp, mod, _ in results], args.plot, log_x=args.log_bins)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        for lab, emp, mod, err in results:
+        for lab, emp, mod, _ in results:
             print(f"{lab}: {emp.n_points} points, {int(emp.n.sum()):,} pairs ({emp.sampling}); {mod if mod else 'fit failed'}")
         print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
     failed = [(lab, err) for lab, _, mod, err in results if mod is None]
@@ -303,10 +303,11 @@ def add_evaluation_commands(commands) -> None:
 
 def _finish_report(args, report: dict, true_latlon, pred_latlon, label: str) -> int:
     from geovario.metrics import errors_km
-    from geovario.report import markdown_table, plot_cumulative_error, plot_error_map, write_json
+    from geovario.jsonio import write_json
+    from geovario.report import markdown_table, plot_cumulative_error, plot_error_map
 
     if getattr(args, "out", None):
-        write_json(report, args.out)
+        write_json(args.out, report)
     if args.plots:
         args.plots.mkdir(parents=True, exist_ok=True)
         errors = errors_km(true_latlon, pred_latlon)

@@ -32,6 +32,7 @@ from geovario.data.records import Dataset, Record
 from geovario.data.store import INDEX, INDEX_COLUMNS, MANIFEST, SHARDS, SKIPPED, STORE_FORMAT, STORE_VERSION, read_manifest
 from geovario.errors import GeovarioError
 from geovario.images import open_image
+from geovario.jsonio import write_json
 
 
 @dataclass
@@ -183,7 +184,7 @@ def extract_features(
             _save_npy(shard_dir / f"{name}.npy", features)
             if views is not None:
                 _save_npy(shard_dir / f"{name}.views.npy", views)
-            atomic_write_bytes(shard_dir / f"{name}.modes.json", json.dumps(dict(modes)).encode())
+            write_json(shard_dir / f"{name}.modes.json", dict(modes))
             _write_csv(shard_dir / f"{name}.skipped.csv", ["file", "line", "id", "kind", "reason"],
                        [[str(r.image), r.line, r.id, "bad image", why] for r, why in skipped])
             _write_csv(shard_dir / f"{name}.csv", header,  # last: marks the shard complete
@@ -211,7 +212,7 @@ def _prepare_folder(out: Path, manifest: dict, overwrite: bool) -> None:
     for leftover in (out / SHARDS).glob(".*.tmp"):  # a write cut short by a kill
         leftover.unlink()
     if not (out / MANIFEST).is_file():
-        atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+        write_json(out / MANIFEST, manifest)
 
 
 def _finalize(out: Path, manifest: dict, names: list[str], dataset: Dataset) -> dict:
@@ -247,5 +248,5 @@ def _finalize(out: Path, manifest: dict, names: list[str], dataset: Dataset) -> 
         "counts": {"features": sum(s["rows"] for s in shards), "skipped_images": skipped_images,
                    "bad_rows": len(dataset.problems), "converted_to_rgb": dict(modes)},
     }
-    atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_json(out / MANIFEST, manifest)
     return manifest

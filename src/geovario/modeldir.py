@@ -7,7 +7,6 @@ of silently giving wrong answers.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from geovario.errors import GeovarioError
+from geovario.jsonio import read_json, write_json
 from geovario.atomic import atomic_path, atomic_write_bytes
 from geovario.data.latlon_csv import read_latlon_csv
 from geovario.hashing import sha256_file
@@ -75,7 +75,7 @@ def save_model_dir(
         "weights_sha256": sha256_file(weights_path),
         **(meta or {}),
     }
-    atomic_write_bytes(path / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+    write_json(path / CONFIG_FILE, config)
     return path
 
 
@@ -87,10 +87,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Mode
     config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
     if not config_path.is_file():
         raise GeovarioError(f"{config_path}: missing; {path} is not a geovario model directory")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GeovarioError(f"{config_path}: not valid JSON ({e})") from None
+    config = read_json(config_path, "model config")
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise GeovarioError(f"{config_path}: not a geovario model config (expected \"format\": \"{FORMAT}\")")
     if not weights_path.is_file():

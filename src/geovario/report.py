@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from geovario.atomic import atomic_write_bytes
 from geovario.errors import GeovarioError
-
-
-def write_json(report: dict, path: str | Path) -> None:
-    atomic_write_bytes(path, (json.dumps(report, indent=1) + "\n").encode())
+from geovario.jsonio import read_json
 
 
 def load_report(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        report = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GeovarioError(f"{path}: report not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GeovarioError(f"{path}: not valid JSON ({e})") from None
+    report = read_json(path, "report")
     if not isinstance(report, dict) or "accuracy" not in report:
         raise GeovarioError(f"{path}: not a geovario evaluation report (no \"accuracy\")")
     return report

@@ -15,7 +15,6 @@ F.npy --gps G.csv``; both give ``features(start, stop)``, ``gps``, ``ids`` and `
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch
 
 from geovario.data.latlon_csv import read_latlon_csv
 from geovario.errors import GeovarioError
+from geovario.jsonio import read_json
 
 STORE_FORMAT = "geovario-feature-store"
 STORE_VERSION = 1
@@ -36,12 +36,9 @@ INDEX_COLUMNS = ["id", "lat", "lon", "image"]
 
 def read_manifest(folder: Path) -> dict:
     path = folder / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GeovarioError(f"{folder}: no {MANIFEST}; not a geovario feature store") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GeovarioError(f"{path}: not valid JSON ({e})") from None
+    if not path.is_file():
+        raise GeovarioError(f"{folder}: no {MANIFEST}; not a geovario feature store")
+    manifest = read_json(path, "manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
         raise GeovarioError(f"{path}: not a geovario feature store manifest")
     return manifest

@@ -14,7 +14,6 @@ c0 is the nugget, c the partial sill (sill = c0 + c), h the great-circle lag in 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from geovario.errors import GeovarioError
+from geovario.jsonio import read_json, write_json
 
 MODELS = ("spherical", "exponential", "gaussian", "stable")
 
@@ -76,9 +76,7 @@ class VariogramModel:
         return out | self.info
 
     def save(self, path: str | Path) -> None:
-        from geovario.atomic import atomic_write_bytes
-
-        atomic_write_bytes(path, (json.dumps(self.to_dict(), indent=1) + "\n").encode())
+        write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict) -> "VariogramModel":
@@ -94,13 +92,7 @@ class VariogramModel:
 
     @classmethod
     def load(cls, path: str | Path) -> "VariogramModel":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise GeovarioError(f"{path}: variogram file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise GeovarioError(f"{path}: not valid JSON ({e})") from None
+        data = read_json(path, "variogram file")
         if not isinstance(data, dict) or data.get("nugget") is None:
             raise GeovarioError(f"{path}: has no fitted model (was the fit unsuccessful?)")
         try:
