@@ -1,0 +1,33 @@
+"""Contrastive losses, one module per idea; ``build_loss`` makes one from a config section."""
+
+from __future__ import annotations
+
+from geovario.losses.base import ContrastiveLoss, LossInputs, LossOutput
+from geovario.losses.combined import WeightedSum
+from geovario.losses.hcl import HCLDebiased, HCLWeighted
+from geovario.losses.infonce import InfoNCE
+from geovario.losses.semivariogram import SemivariogramWeightedInfoNCE
+from geovario.losses.triplet import Triplet
+
+LOSSES = ("infonce", "semivariogram", "hcl_weighted", "hcl_debiased", "triplet", "combined")
+
+__all__ = ["LOSSES", "ContrastiveLoss", "HCLDebiased", "HCLWeighted", "InfoNCE", "LossInputs", "LossOutput",
+           "SemivariogramWeightedInfoNCE", "Triplet", "WeightedSum", "build_loss"]
+
+
+def build_loss(name: str, params: dict, variogram=None) -> ContrastiveLoss:
+    """``params`` holds the loss's own options (validated by the config); ``variogram`` is needed by semivariogram."""
+    if name == "infonce":
+        return InfoNCE()
+    if name == "semivariogram":
+        return SemivariogramWeightedInfoNCE(variogram, params["mode"], params["theta1_km"], params["theta2_km"],
+                                            params["s1"], params["s2"], params["mask_km"])
+    if name == "hcl_weighted":
+        return HCLWeighted(params["beta"])
+    if name == "hcl_debiased":
+        return HCLDebiased(params["tau_plus"], params["beta"])
+    if name == "triplet":
+        return Triplet(params["margin"], params["distance"])
+    if name == "combined":
+        return WeightedSum([(part["name"], part["weight"], build_loss(part["name"], params, variogram)) for part in params["parts"]])
+    raise ValueError(f"unknown loss {name!r}")

@@ -1,0 +1,58 @@
+"""The thesis's HCL-style losses (after Robinson et al., "Contrastive Learning with Hard Negative Samples", ICLR 2021).
+
+"Weighted" (thesis 15.01.2025): importance weights w_ij = exp(beta l_ij) / mean_j exp(beta l_ij) over
+the negatives of row i (detached), then cross-entropy on the logits with each negative logit
+multiplied by its weight: hard (high-similarity) negatives get larger logits.
+
+"Weighted2": HCL's debiased, hardness-weighted estimator. With pos = e^{l_ii}, neg_j = e^{l_ij}
+over the N negatives, imp_j = neg_j^beta:
+    Ng = ( -tau_plus N pos + sum_j imp_j neg_j / mean_j imp_j ) / (1 - tau_plus),
+    Ng = max(Ng, N e^{-scale})     (the smallest value the N negatives can take)
+    L_i = -log( pos / (pos + Ng) )
+tau_plus = 0.1 and beta = 1 as in the thesis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from geovario.losses.base import ContrastiveLoss, LossInputs, LossOutput
+
+
+class HCLWeighted(ContrastiveLoss):
+    def __init__(self, beta: float = 1.0):
+        super().__init__()
+        self.beta = beta
+
+    def forward(self, inputs: LossInputs) -> LossOutput:
+        negative = inputs.negatives_mask()
+        scaled = (self.beta * inputs.logits.detach()).masked_fill(~negative, float("-inf"))
+        # exp(beta l) / mean over negatives, in log space for stability.
+        log_w = scaled - (torch.logsumexp(scaled, dim=1, keepdim=True) - math.log(negative.shape[1] - 1))
+        weights = torch.where(negative, log_w.exp(), torch.ones_like(log_w))
+        stats = {"max_weight": float(weights[negative].max()), "mean_weight": float(weights[negative].mean())}
+        return LossOutput(F.cross_entropy(inputs.logits * weights, inputs.targets), stats)
+
+
+class HCLDebiased(ContrastiveLoss):
+    def __init__(self, tau_plus: float = 0.1, beta: float = 1.0):
+        super().__init__()
+        if not 0 <= tau_plus < 1:
+            raise ValueError(f"tau_plus must lie in [0, 1), got {tau_plus}")
+        self.tau_plus, self.beta = tau_plus, beta
+
+    def forward(self, inputs: LossInputs) -> LossOutput:
+        logits, negative = inputs.logits, inputs.negatives_mask()
+        rows = torch.arange(len(logits), device=logits.device)
+        n = negative.shape[1] - 1
+        l_pos = logits[rows, inputs.targets]
+        l_neg = logits[negative].view(len(logits), n)
+        # In log space: log sum_j imp_j neg_j / mean imp = logsumexp((1+beta) l) - logsumexp(beta l) + log n
+        log_reweighted = torch.logsumexp((1 + self.beta) * l_neg, 1) - torch.logsumexp(self.beta * l_neg, 1) + math.log(n)
+        ng = (torch.exp(log_reweighted) - self.tau_plus * n * torch.exp(l_pos)) / (1 - self.tau_plus)
+        ng = torch.clamp(ng, min=n * math.exp(-float(inputs.logit_scale)))
+        loss = -(l_pos - torch.log(torch.exp(l_pos) + ng))
+        return LossOutput(loss.mean(), {"clamped_fraction": float((ng <= n * math.exp(-float(inputs.logit_scale)) * (1 + 1e-6)).float().mean())})
