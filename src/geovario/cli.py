@@ -81,7 +81,48 @@ def build_parser() -> argparse.ArgumentParser:
     add_extract_command(commands)
     add_variogram_command(commands)
     add_evaluation_commands(commands)
+    add_train_command(commands)
     return parser
+
+
+def add_train_command(commands) -> None:
+    train = commands.add_parser(
+        "train",
+        help="train from a YAML experiment config (losses, negatives, optimiser), resumable",
+        description=(
+            "Train a GeoCLIP-family model on a feature store from one YAML config (see configs/). Checkpoints "
+            "are written atomically every train.checkpoint_every steps and at each epoch end; --resume RUN_DIR "
+            "continues bit for bit. The run directory ends with model/, which predict and evaluate accept."
+        ),
+    )
+    train.add_argument("--config", type=Path, help="experiment YAML (not needed with --resume)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set loss.s1=2 --set train.batch_size=64 (repeatable)")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    train.add_argument("--out", type=Path, metavar="RUN_DIR", help="run directory (default: train.out, else runs/<name>)")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from geovario.config import Config, _build, apply_overrides, load_config, validate
+    from geovario.jsonio import read_json
+    from geovario.train import train
+
+    if args.resume:
+        saved = args.resume / "config.json"
+        if not saved.is_file():
+            raise GeovarioError(f"{args.resume}: no config.json; not a geovario run directory")
+        config = _build(Config, apply_overrides(read_json(saved, "run config"), args.overrides), "")
+        validate(config)
+        run_dir = args.resume
+    else:
+        if args.config is None:
+            raise GeovarioError("give --config CONFIG.yaml (or --resume RUN_DIR)")
+        config = load_config(args.config, args.overrides)
+        run_dir = args.out or Path(config.train.out or f"runs/{config.name}")
+    final = train(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    print(f"trained {config.name}: model in {final}, metrics in {run_dir / 'metrics.csv'}")
+    return 0
 
 
 def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
@@ -520,6 +561,7 @@ COMMANDS = {
     ("evaluate", None): cmd_evaluate,
     ("score", None): cmd_score,
     ("compare", None): cmd_compare,
+    ("train", None): cmd_train,
 }
 
 

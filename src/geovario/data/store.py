@@ -148,6 +148,23 @@ class FeatureStore(FeatureSource):
             return self._shards[0]
         return self._gather(self._shards, start, stop, dtype)
 
+    def _rows(self, arrays: list, index: np.ndarray, dtype) -> np.ndarray:
+        index = np.asarray(index, dtype=np.int64)
+        shard = np.searchsorted(self._offsets, index, side="right") - 1
+        out = np.empty((len(index), *arrays[0].shape[1:]), dtype=dtype)
+        for k in np.unique(shard):
+            chosen = shard == k
+            out[chosen] = arrays[k][index[chosen] - self._offsets[k]]
+        return out
+
+    def rows(self, index: np.ndarray, dtype=np.float32) -> np.ndarray:
+        """Features of arbitrary rows, in the order given."""
+        return self._rows(self._shards, index, dtype)
+
+    def view_rows(self, index: np.ndarray, dtype=np.float32) -> np.ndarray:
+        """(n, K, D) augmented views of arbitrary rows."""
+        return self._rows(self._views, index, dtype)
+
     def views(self, start: int = 0, stop: int | None = None, dtype=np.float32) -> np.ndarray:
         """Augmented views of rows [start, stop), shape (n, K, D)."""
         if not self.n_views:
@@ -186,3 +203,41 @@ def open_feature_source(store: str | Path | None = None, features: str | Path | 
     if features is None or gps is None:
         raise GeovarioError("need --store STORE, or both --features FILE.npy and --gps FILE.csv")
     return ArrayFeatures(features, gps)
+
+
+def write_store(folder: str | Path, features: np.ndarray, latlon: np.ndarray, ids=None, meta: dict | None = None,
+                dtype: str = "float16", shard_size: int = 65536, source: str = "arrays") -> "FeatureStore":
+    """Write arrays already in memory as a finished store (simulated worlds, features from elsewhere)."""
+    import csv
+    import io
+
+    from geovario import __version__
+    from geovario.atomic import atomic_path, atomic_write_bytes
+    from geovario.jsonio import write_json
+
+    folder = Path(folder)
+    (folder / SHARDS).mkdir(parents=True, exist_ok=True)
+    features, latlon = np.asarray(features), np.asarray(latlon, dtype=np.float64)
+    ids = [str(i) for i in (ids if ids is not None else range(len(features)))]
+    meta = meta or {}
+    shards = []
+    for k, start in enumerate(range(0, len(features), shard_size)):
+        name = f"{k:05d}"
+        with atomic_path(folder / SHARDS / f"{name}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(features[start : start + shard_size], dtype=dtype))
+        shards.append({"name": name, "rows": min(shard_size, len(features) - start)})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(INDEX_COLUMNS + list(meta))
+    for i in range(len(features)):
+        writer.writerow([ids[i], repr(float(latlon[i, 0])), repr(float(latlon[i, 1])), ""] + [meta[m][i] for m in meta])
+    atomic_write_bytes(folder / INDEX, buffer.getvalue().encode())
+    atomic_write_bytes(folder / SKIPPED, b"file,line,id,kind,reason\n")
+    write_json(folder / MANIFEST, {
+        "format": STORE_FORMAT, "format_version": STORE_VERSION, "geovario_version": __version__, "complete": True,
+        "backbone": {"name": source, "revision": "", "feature_dim": int(features.shape[1])}, "preprocess": None,
+        "dtype": dtype, "shard_size": shard_size, "views": 0, "seed": 0,
+        "dataset": {"source": source, "format": "arrays", "rows": len(features), "usable": len(features), "bad_rows": 0},
+        "shards": shards, "counts": {"features": len(features), "skipped_images": 0, "bad_rows": 0, "converted_to_rgb": {}},
+    })
+    return FeatureStore(folder)

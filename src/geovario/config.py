@@ -1,0 +1,234 @@
+"""Experiment configs: one YAML file per experiment, overridable with ``--set key=value``.
+
+Every key is declared below with its type and default; an unknown key, a wrong type or an
+inconsistent combination is a one-line error that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from geovario.errors import GeovarioError
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # feature store to train on (required)
+    val: str | None = None  # feature store for validation at the end of every epoch
+    gallery: str | None = None  # LAT,LON CSV or store for validation and the final model (default: train positions)
+    gallery_max: int = 100_000  # train positions kept as the default gallery (GeoCLIP's is 100K of MP-16)
+    use_views: bool = True  # sample one stored augmented view per step when the store has them
+    images: str | None = None  # image-level training instead: a dataset CSV or photo folder...
+    images_dir: str | None = None  # ...its images folder...
+    backbone: str = "openai/clip-vit-large-patch14"  # ...and the frozen backbone run on every step
+    expects: str = ""  # the dataset this experiment was designed for (documentation)
+
+
+@dataclass
+class ModelSection:
+    init: str = "random"  # random | geoclip | path to a geovario model directory
+    geoclip_from: str | None = None  # folder of GeoCLIP release files for init: geoclip (default: find or download)
+    queue_size: int = 4096  # GeoCLIP 1.3.0
+    embed_dim: int = 512
+    hidden_dim: int = 1024
+    rff_dim: int = 256
+    sigmas: list[float] = field(default_factory=lambda: [1.0, 16.0, 256.0])
+
+
+@dataclass
+class LossSection:
+    name: str = "infonce"  # infonce | semivariogram | hcl_weighted | hcl_debiased | triplet | combined
+    # semivariogram (DESIGN.md §4; defaults documented in geovario/losses/semivariogram.py)
+    mode: str = "paper"  # paper | penalty
+    theta1_km: float | None = None  # hard negatives at h >= theta1 (default: the variogram's range)
+    theta2_km: float = 25.0  # false negatives at h <= theta2
+    s1: float = 5.0
+    s2: float = 5.0
+    mask_km: float | None = None
+    variogram: str | None = None  # fitted variogram JSON; default: fit on the train store before training
+    variogram_model: str = "spherical"
+    variogram_bins: int = 50
+    refit_every: int | None = None  # re-estimate on the learned embeddings every N steps
+    # hcl_weighted / hcl_debiased (thesis: beta = 1, tau+ = 0.1)
+    beta: float = 1.0
+    tau_plus: float = 0.1
+    # triplet (thesis: margin 1)
+    margin: float = 1.0
+    distance: str = "cosine"  # cosine | l2
+    # combined: [{name: infonce, weight: 0.5}, ...]
+    parts: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class NegativesSection:
+    source: str = "queue"  # queue (GeoCLIP: batch + GPS queue) | gallery (per-sample gallery negatives)
+    batch_noise_m: float = 150.0  # thesis: 150 m on batch GPS
+    queue_noise_m: float = 1000.0  # and 1000 m on queue GPS
+    selection: str = "mixed"  # gallery negatives: random | far | near | mixed (half near, half far)
+    k: int = 64  # gallery negatives per sample (thesis: 64 for InfoNCE, 4 x batch for triplet)
+    far_km: float = 2500.0  # "far" means at least this far from the true location
+    exclude_km: float = 1.0  # neighbours this close to the true location are not negatives
+    gallery: str | None = None  # CSV or store to draw from (default: train positions)
+
+
+@dataclass
+class OptimSection:
+    lr: float = 3e-5  # thesis / GeoCLIP
+    weight_decay: float = 1e-6
+    step_gamma: float = 0.87  # StepLR(step_size=1 epoch, gamma=0.87)
+    grad_clip: float | None = None
+
+
+@dataclass
+class TrainSection:
+    batch_size: int = 128  # thesis
+    epochs: int = 10
+    max_steps: int | None = None  # stop early after this many steps
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bfloat16 autocast on CUDA
+    checkpoint_every: int = 500  # steps; also at every epoch end and at the end
+    log_every: int = 10
+    out: str = ""  # run directory (default runs/<name>)
+
+
+@dataclass
+class Config:
+    name: str = "experiment"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    loss: LossSection = field(default_factory=LossSection)
+    negatives: NegativesSection = field(default_factory=NegativesSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "loss.name": ("infonce", "semivariogram", "hcl_weighted", "hcl_debiased", "triplet", "combined"),
+    "loss.mode": ("paper", "penalty"),
+    "loss.distance": ("cosine", "l2"),
+    "loss.variogram_model": ("spherical", "exponential", "gaussian", "stable"),
+    "negatives.source": ("queue", "gallery"),
+    "negatives.selection": ("random", "far", "near", "mixed"),
+    "model.init": None,  # free-form: checked when loading
+}
+
+
+def _check_type(key: str, value, annotation):
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        annotation = next(a for a in options if a is not type(None))
+        origin = typing.get_origin(annotation)
+    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if annotation is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if annotation is bool and isinstance(value, bool):
+        return value
+    if annotation is str and isinstance(value, str):
+        return value
+    if origin is list and isinstance(value, list):
+        inner = typing.get_args(annotation)[0]
+        return [_check_type(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+    if annotation is dict and isinstance(value, dict):
+        return value
+    expected = getattr(annotation, "__name__", str(annotation))
+    raise GeovarioError(f"config key {key}: expected {expected}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls, values: dict, prefix: str):
+    if not isinstance(values, dict):
+        raise GeovarioError(f"config key {prefix.rstrip('.') or '(top level)'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if key not in known:
+            raise GeovarioError(f"unknown config key {path} (known in {prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(known))})")
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _build(hints[key], value or {}, f"{path}.")
+        else:
+            kwargs[key] = _check_type(path, value, hints[key])
+            if path in CHOICES and CHOICES[path] and kwargs[key] not in CHOICES[path]:
+                raise GeovarioError(f"config key {path}: {kwargs[key]!r} is not one of {', '.join(CHOICES[path])}")
+    return cls(**kwargs)
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """``section.key=value`` strings, the value parsed as YAML (so 3e-5, true, null and [1, 2] work)."""
+    for item in overrides:
+        if "=" not in item:
+            raise GeovarioError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise GeovarioError(f"--set {key}: cannot parse {raw!r} ({e})") from None
+        node = values
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise GeovarioError(f"--set {key}: {part} is not a section")
+        node[parts[-1]] = value
+    return values
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise GeovarioError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise GeovarioError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise GeovarioError(f"{path}: a config must be a mapping of sections")
+    config = _build(Config, apply_overrides(values, overrides or []), "")
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Checks across keys: every message names the key to change."""
+    t, loss, neg = config.train, config.loss, config.negatives
+    for key, value in (("train.batch_size", t.batch_size), ("train.epochs", t.epochs), ("train.checkpoint_every", t.checkpoint_every),
+                       ("train.log_every", t.log_every), ("negatives.k", neg.k), ("loss.variogram_bins", loss.variogram_bins)):
+        if value < 1:
+            raise GeovarioError(f"config key {key}: must be at least 1, got {value}")
+    if t.batch_size < 2 and neg.source == "queue":
+        raise GeovarioError("config key train.batch_size: batch negatives need at least 2 samples per batch")
+    if neg.source == "queue" and config.model.queue_size < t.batch_size:
+        raise GeovarioError(f"config key model.queue_size: {config.model.queue_size} is smaller than train.batch_size "
+                            f"{t.batch_size}; the queue must hold at least one batch")
+    if not config.data.train and not config.data.images:
+        raise GeovarioError("config key data.train: no training store given (or data.images for image-level training)")
+    if config.optim.lr <= 0:
+        raise GeovarioError(f"config key optim.lr: must be positive, got {config.optim.lr}")
+    names = [loss.name] if loss.name != "combined" else [p.get("name") for p in loss.parts]
+    if loss.name == "combined":
+        if not loss.parts:
+            raise GeovarioError("config key loss.parts: a combined loss needs parts, e.g. [{name: infonce, weight: 1.0}]")
+        for i, part in enumerate(loss.parts):
+            if set(part) - {"name", "weight"} or part.get("name") not in CHOICES["loss.name"][:-1] or not isinstance(part.get("weight", 1.0), (int, float)):
+                raise GeovarioError(f"config key loss.parts[{i}]: expected {{name: <loss>, weight: <number>}}, got {part}")
+            part.setdefault("weight", 1.0)
+    if "semivariogram" in names and neg.source != "queue":
+        raise GeovarioError("config key negatives.source: the semivariogram loss needs the queue, whose frozen features "
+                            "give the image dissimilarity of every negative")
