@@ -53,6 +53,7 @@ class HCLDebiased(ContrastiveLoss):
         # In log space: log sum_j imp_j neg_j / mean imp = logsumexp((1+beta) l) - logsumexp(beta l) + log n
         log_reweighted = torch.logsumexp((1 + self.beta) * l_neg, 1) - torch.logsumexp(self.beta * l_neg, 1) + math.log(n)
         ng = (torch.exp(log_reweighted) - self.tau_plus * n * torch.exp(l_pos)) / (1 - self.tau_plus)
-        ng = torch.clamp(ng, min=n * math.exp(-float(inputs.logit_scale)))
+        floor = n * math.exp(-float(inputs.logit_scale.detach()))
+        ng = torch.clamp(ng, min=floor)
         loss = -(l_pos - torch.log(torch.exp(l_pos) + ng))
-        return LossOutput(loss.mean(), {"clamped_fraction": float((ng <= n * math.exp(-float(inputs.logit_scale)) * (1 + 1e-6)).float().mean())})
+        return LossOutput(loss.mean(), {"clamped_fraction": float((ng.detach() <= floor * (1 + 1e-6)).float().mean())})

@@ -1,0 +1,142 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+
+from geovario.cli import main
+from geovario.config import load_config
+from geovario.data.store import write_store
+from geovario.errors import GeovarioError
+from geovario.train import train
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+SMALL = ["model.queue_size=64", "model.embed_dim=16", "model.hidden_dim=32", "model.rff_dim=16", "train.batch_size=16",
+         "optim.lr=0.002", "negatives.k=8", "train.log_every=1", "train.checkpoint_every=1000"]
+
+
+def structured_features(latlon, dims, seed):
+    """Features that vary smoothly with position plus noise, so a model can learn where they come from."""
+    rng = np.random.default_rng(seed)
+    lat, lon = np.radians(latlon[:, 0]), np.radians(latlon[:, 1])
+    unit = np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], 1)
+    return np.cos(unit @ np.random.default_rng(99).normal(size=(3, dims)) * 3) + 0.2 * rng.normal(size=(len(latlon), dims))
+
+
+def make_store(folder, n, dims=32, seed=0):
+    rng = np.random.default_rng(seed)
+    latlon = np.stack([np.degrees(np.arcsin(rng.uniform(-0.9, 0.9, n))), rng.uniform(-180, 180, n)], 1)
+    return write_store(folder, structured_features(latlon, dims, seed), latlon)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stores")
+    return make_store(root / "train", 320, seed=0).folder, make_store(root / "val", 64, seed=1).folder
+
+
+@pytest.mark.parametrize("config_path", [c for c in CONFIGS if "geoclip" not in c.stem or c.stem == "geoclip_baseline"], ids=lambda p: p.stem)
+def test_every_config_trains_and_the_loss_falls(tmp_path, stores, config_path):
+    train_store, val_store = stores
+    config = load_config(config_path, SMALL + [f"data.train={train_store}", f"data.val={val_store}", "train.epochs=3"])
+    final = train(config, tmp_path / "run", progress=False)
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert len(metrics) == 60 and metrics["step"].tolist() == list(range(1, 61))
+    assert metrics["loss"].tail(10).mean() < metrics["loss"].head(10).mean()
+    assert "val_acc_2500km" in metrics.columns and metrics["val_acc_2500km"].notna().sum() == 3
+    assert (final / "model.safetensors").is_file() and (final / "gallery.csv").is_file()
+    assert main(["evaluate", "--model", str(final), "--store", str(val_store), "--out", str(tmp_path / "r.json"), "--no-admin", "--no-progress"]) == 0
+
+
+def test_finetune_from_geoclip(tmp_path, geoclip_reference_dir):
+    store = make_store(tmp_path / "store", 96, dims=768)
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "semivariogram_finetune_geoclip.yaml",
+                         [f"data.train={store.folder}", "data.val=null", f"model.geoclip_from={geoclip_reference_dir}",
+                          "model.queue_size=64", "train.batch_size=16", "train.max_steps=4", "train.log_every=1"])
+    final = train(config, tmp_path / "run", progress=False)
+    from geovario.modeldir import load_model_dir
+
+    model = load_model_dir(final).model
+    assert model.config.hidden_dim == 1024 and len(model.location_encoder.branches) == 3
+    assert abs(float(model.logit_scale.detach()) - 3.681) < 0.01  # started from GeoCLIP's, moved only a little
+
+
+def test_semivariogram_metrics_are_logged(tmp_path, stores):
+    config = load_config(None, SMALL + [f"data.train={stores[0]}", "loss.name=semivariogram", "train.max_steps=10", "loss.refit_every=5"])
+    train(config, tmp_path / "run", progress=False)
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert {"reweighted_fraction", "mean_hard_weight", "mean_false_weight"} <= set(metrics.columns)
+    assert (metrics["reweighted_fraction"] > 0).all()
+    assert json.loads((tmp_path / "run" / "variogram.json").read_text())["model"] == "spherical"
+
+
+def _run(config_file, run_dir, *extra):
+    return [sys.executable, "-m", "geovario", "train", "--config", str(config_file), "--out", str(run_dir), "--no-progress", *extra]
+
+
+def test_kill_minus_nine_and_resume_gives_bitwise_equal_weights(tmp_path, stores):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(
+        f"name: kill\ndata: {{train: {stores[0]}}}\n"
+        "model: {queue_size: 64, embed_dim: 32, hidden_dim: 128, rff_dim: 32}\n"
+        "loss: {name: semivariogram}\noptim: {lr: 0.001}\n"
+        "train: {batch_size: 16, epochs: 30, checkpoint_every: 7, log_every: 5}\n"
+    )
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_run(config_file, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "checkpoints" / "latest").is_file():
+        time.sleep(0.01)
+    time.sleep(0.3)  # well into the run, between checkpoints
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "model").exists(), "the run finished before it could be killed"
+    latest = (killed / "checkpoints" / "latest").read_text()
+    assert subprocess.run([sys.executable, "-m", "geovario", "train", "--resume", str(killed), "--no-progress"], capture_output=True).returncode == 0
+    assert subprocess.run(_run(config_file, tmp_path / "clean"), capture_output=True).returncode == 0
+    resumed, clean = load_file(killed / "model" / "model.safetensors"), load_file(tmp_path / "clean" / "model" / "model.safetensors")
+    assert resumed.keys() == clean.keys() and all((resumed[k] == clean[k]).all() for k in clean), f"resumed from {latest}"
+    steps = pd.read_csv(killed / "metrics.csv")["step"].tolist()
+    assert steps == sorted(set(steps)) == pd.read_csv(tmp_path / "clean" / "metrics.csv")["step"].tolist()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["loss.nme=infonce"], "unknown config key loss.nme"),
+    (["train.batch_size=big"], "config key train.batch_size: expected int, got str"),
+    (["optim.lr=[1]"], "config key optim.lr: expected float"),
+    (["model.queue_size=8"], "config key model.queue_size: 8 is smaller than train.batch_size 16"),
+    (["loss.name=semivariogramm"], "config key loss.name: 'semivariogramm' is not one of"),
+    (["loss.name=semivariogram", "negatives.source=gallery"], "config key negatives.source: the semivariogram loss needs the queue"),
+])
+def test_bad_configs_name_the_key(overrides, message, stores):
+    with pytest.raises(GeovarioError, match=message):
+        load_config(None, SMALL + [f"data.train={stores[0]}"] + overrides)
+
+
+def test_bad_configs_through_the_cli(tmp_path, stores, capsys):
+    def one_line_error(argv, message):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("geovario: error: ") and message in err[0], err
+
+    one_line_error(["train", "--set", "data.train=/nowhere/store", "--set", "model.queue_size=256", "--out", str(tmp_path / "r0"),
+                    "--config", str(CONFIGS[0])], "config key data.train: feature store /nowhere/store not found")
+    (tmp_path / "v.json").write_text("{not json")
+    one_line_error(["train", "--config", str(CONFIGS[0]), *sum([["--set", s] for s in SMALL], []), "--set", f"data.train={stores[0]}",
+                    "--set", "data.val=null", "--set", "loss.name=semivariogram", "--set", f"loss.variogram={tmp_path / 'v.json'}",
+                    "--out", str(tmp_path / "r1")], "config key loss.variogram:")
+    (tmp_path / "bad.yaml").write_text("loss: [unclosed\n")
+    one_line_error(["train", "--config", str(tmp_path / "bad.yaml")], "not valid YAML")
+    # A checkpoint from an incompatible model.
+    base = [*sum([["--set", s] for s in SMALL], []), "--set", f"data.train={stores[0]}", "--set", "data.val=null", "--set", "train.max_steps=3"]
+    assert main(["train", "--config", str(CONFIGS[0]), *base, "--out", str(tmp_path / "r2"), "--no-progress"]) == 0
+    capsys.readouterr()
+    one_line_error(["train", "--resume", str(tmp_path / "r2"), "--set", "model.embed_dim=8", "--set", "train.max_steps=6", "--no-progress"],
+                   "checkpoint from an incompatible model")
