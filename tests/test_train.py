@@ -75,6 +75,23 @@ def test_semivariogram_metrics_are_logged(tmp_path, stores):
     assert {"reweighted_fraction", "mean_hard_weight", "mean_false_weight"} <= set(metrics.columns)
     assert (metrics["reweighted_fraction"] > 0).all()
     assert json.loads((tmp_path / "run" / "variogram.json").read_text())["model"] == "spherical"
+    checkpoint = tmp_path / "run" / "checkpoints" / (tmp_path / "run" / "checkpoints" / "latest").read_text()
+    refitted = json.loads((checkpoint / "state.json").read_text())["variogram"]
+    assert refitted["model"] == "spherical" and refitted["n_points"] == 320  # re-estimated on learned embeddings
+
+
+def test_image_level_training(tmp_path, tiny_clip_dir):
+    from test_data_readers import jpeg
+
+    rows = ["IMG_FILE,LAT,LON"]
+    for i in range(24):
+        jpeg(tmp_path / "images" / f"{i}.jpg", seed=i)
+        rows.append(f"{i}.jpg,{-60 + 5 * i},{-170 + 14 * i}")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    config = load_config(None, SMALL + [f"data.images={tmp_path / 'data.csv'}", f"data.backbone={tiny_clip_dir}", "train.batch_size=8",
+                                        "train.max_steps=4", "train.epochs=2"])
+    final = train(config, tmp_path / "run", progress=False)
+    assert len(pd.read_csv(tmp_path / "run" / "metrics.csv")) == 4 and (final / "model.safetensors").is_file()
 
 
 def _run(config_file, run_dir, *extra):

@@ -81,7 +81,7 @@ class ImageData:
 
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         pixels = [geoclip_train_view(load_rgb(self.records[i].image), view_rng(seed, int(i), 0), self.backbone.preprocess) for i in index]
-        return self.backbone.encode_pixels(torch.from_numpy(np.stack(pixels))).cpu()
+        return self.backbone.encode_pixels(torch.from_numpy(np.stack(pixels))).cpu().clone()  # out of inference mode
 
 
 def open_training_data(config: Config):
@@ -322,6 +322,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, progress: b
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and device.type == "cuda")
     model.train()
     learned_space = False
+    tensorboard = _tensorboard(run_dir)
     bar = tqdm(total=total, initial=state.step, unit="step", desc=config.name, disable=None if progress else True)
     window_start, window_samples = time.perf_counter(), 0
     while state.step < total:
@@ -359,14 +360,29 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, progress: b
                 summary = validate(model, val, gallery, device)
                 row |= {f"val_acc_{k}km": v for k, v in summary["accuracy"].items()} | {"val_median_km": summary["median_km"]}
             _append_metrics(metrics_path, row)
+            if tensorboard is not None:
+                for key, value in row.items():
+                    if key not in ("step", "epoch") and isinstance(value, (int, float)):
+                        tensorboard.add_scalar(key, value, state.step)
             bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{rate:.0f}")
             window_start, window_samples = time.perf_counter(), 0
         if state.step % t.checkpoint_every == 0 or end_of_epoch or state.step == total:
             save_checkpoint(run_dir, model, optimizer, scheduler, state)
     bar.close()
+    if tensorboard is not None:
+        tensorboard.close()
     final = save_model_dir(run_dir / "model", model.cpu(), backbone=config.data.backbone, gallery=gallery.astype(np.float32),
                            meta={"trained": {"config": config.name, "steps": state.step, "loss": config.loss.name}})
     return final
+
+
+def _tensorboard(run_dir: Path):
+    """A TensorBoard writer beside metrics.csv when the tensorboard package is installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 def _uses(config: Config, name: str) -> bool:
