@@ -9,7 +9,6 @@ variogram, and the torch RNG state) therefore resumes bit for bit.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import shutil
@@ -244,7 +243,8 @@ def contrastive_inputs(model: GeoLocModel, features, gps, config: Config, genera
         if loss.needs_geometry:
             clean = torch.cat([gps, queue_gps])
             all_features = torch.cat([features, queue_features])
-            with torch.no_grad():
+            # Full precision even under autocast: delta = d - gamma(h) compares small differences.
+            with torch.no_grad(), torch.autocast(gps.device.type, enabled=False):
                 if learned_space:
                     query, pool = image.detach(), model.encode_images(all_features)
                 else:
