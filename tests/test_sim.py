@@ -1,0 +1,78 @@
+import json
+
+import numpy as np
+import pytest
+
+from geovario.cli import main
+from geovario.data.store import FeatureStore
+from geovario.geo import haversine_km
+from geovario.sim import WorldConfig, sample_positions, theoretical_variogram, world_features
+from geovario.variogram import empirical_variogram
+
+
+def test_the_variogram_engine_recovers_the_configured_scales():
+    # Without the look-alike term the world's variogram is known exactly (up to the norm).
+    config = WorldConfig(dim=128, lookalike_weight=0.0, seed=3)
+    latlon = sample_positions(config, 4000, np.random.default_rng(3))
+    empirical = empirical_variogram(world_features(latlon, config), latlon, bins=30, log_bins=True, min_lag_km=2.0)
+    lower, upper = theoretical_variogram(config, empirical.mean_h_km)
+    assert np.allclose(lower, upper)
+    populated = empirical.n >= 300
+    assert populated.sum() >= 20
+    np.testing.assert_allclose(empirical.gamma[populated], lower[populated], atol=0.03)  # stated tolerance: 0.03
+    # Each scale shows where it should: a rise around 10, 100 and 1,000 km, flat beyond ~3,000 km.
+    at = lambda km: float(np.interp(km, empirical.mean_h_km[populated], empirical.gamma[populated]))  # noqa: E731
+    assert at(3) < at(30) < at(300) < at(3000)
+    assert abs(at(6000) - at(15000)) < 0.03
+
+
+def test_far_places_with_the_same_climate_look_alike():
+    config = WorldConfig(dim=128, seed=4)
+    latlon = sample_positions(config, 3000, np.random.default_rng(4))
+    features, _, descriptor = world_features(latlon, config, components=True)
+    rng = np.random.default_rng(0)
+    i, j = rng.integers(0, 3000, (2, 200_000))
+    far = haversine_km(latlon[i, 0], latlon[i, 1], latlon[j, 0], latlon[j, 1]) > 5000
+    d = 1 - (features[i] * features[j]).sum(1)
+    gap = np.abs(descriptor[i] - descriptor[j])
+    same = far & (gap[:, 0] < 0.1) & (gap[:, 1] < 0.1)
+    different = far & (gap[:, 0] > 1.0)
+    assert same.sum() > 200 and different.sum() > 200
+    assert d[same].mean() < d[different].mean() - 0.05
+
+
+def test_simulate_command_writes_stores_and_truth(tmp_path, capsys):
+    assert main(["simulate", "--out", str(tmp_path / "w"), "--n-train", "300", "--n-test", "50", "--dim", "16"]) == 0
+    train, test = FeatureStore(tmp_path / "w" / "train"), FeatureStore(tmp_path / "w" / "test")
+    assert (len(train), len(test), train.dim) == (300, 50, 16)
+    np.testing.assert_allclose(np.linalg.norm(train.features(), axis=1), 1.0, atol=1e-3)
+    truth = json.loads((tmp_path / "w" / "truth.json").read_text())
+    assert truth["config"]["scales_km"] == [10.0, 100.0, 1000.0] and len(truth["variogram_bounds"]["lower"]) == 11
+    (tmp_path / "pos.csv").write_text("LAT,LON\n10,20\n-30,150\n")
+    assert main(["simulate", "--out", str(tmp_path / "w2"), "--n-train", "40", "--n-test", "5", "--dim", "8", "--positions", str(tmp_path / "pos.csv")]) == 0
+    assert np.abs(FeatureStore(tmp_path / "w2" / "train").gps - [10, 20]).min(axis=0).max() < 1.0
+    assert main(["simulate", "--out", str(tmp_path / "w3"), "--positions", str(tmp_path / "missing.csv"), "--n-train", "5"]) == 1
+    assert "positions file not found" in capsys.readouterr().err
+
+
+def test_demo_quick_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| infonce |" in out and "| semivariogram |" in out and "5/5 results" in out
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert set(report["runs"]) == {"infonce", "semivariogram"} and report["runs"]["infonce"]["n"] == 500
+    for name in ("variogram.png", "cumulative_error.png", "error_map_semivariogram.png", "report.md"):
+        assert (tmp_path / "demo" / name).is_file()
+
+
+def test_bench_losses_small(tmp_path, capsys):
+    assert main(["simulate", "--out", str(tmp_path / "w"), "--n-train", "640", "--n-test", "100", "--dim", "32"]) == 0
+    code = main(["bench", "losses", "--world", str(tmp_path / "w"), "--out", str(tmp_path / "b"), "--seeds", "2", "--epochs", "1",
+                 "--sweep", "s1=0,2"])
+    assert code == 0, capsys.readouterr().err
+    table = (tmp_path / "b" / "losses.md").read_text().splitlines()
+    assert len(table) == 4 and "semivariogram: s1=0" in table[2] and "±" in table[3]
+    data = json.loads((tmp_path / "b" / "losses.json").read_text())
+    assert all(len(run["reports"]) == 2 for run in data["runs"].values())
+    assert main(["bench", "losses", "--world", str(tmp_path / "w"), "--out", str(tmp_path / "c"), "--sweep", "alpha=1"]) == 1
+    assert "KEY one of theta1" in capsys.readouterr().err
