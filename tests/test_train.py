@@ -74,10 +74,10 @@ def test_semivariogram_metrics_are_logged(tmp_path, stores):
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert {"reweighted_fraction", "mean_hard_weight", "mean_false_weight"} <= set(metrics.columns)
     assert (metrics["reweighted_fraction"] > 0).all()
-    assert json.loads((tmp_path / "run" / "variogram.json").read_text())["model"] == "spherical"
+    assert json.loads((tmp_path / "run" / "variogram.json").read_text())["model"] == "stable"  # the default for the loss
     checkpoint = tmp_path / "run" / "checkpoints" / (tmp_path / "run" / "checkpoints" / "latest").read_text()
     refitted = json.loads((checkpoint / "state.json").read_text())["variogram"]
-    assert refitted["model"] == "spherical" and refitted["n_points"] == 320  # re-estimated on learned embeddings
+    assert refitted["model"] == "stable" and refitted["n_points"] == 320  # re-estimated on learned embeddings
 
 
 def test_image_level_training(tmp_path, tiny_clip_dir):

@@ -16,7 +16,7 @@ from geovario.errors import GeovarioError
 from geovario.experiments import train_and_evaluate
 from geovario.jsonio import write_json
 from geovario.sim import WorldConfig, simulate
-from geovario.variogram import empirical_variogram, fit_variogram
+from geovario.variogram import empirical_for_loss, fit_for_loss
 
 QUEUE_SV = ["loss.name=semivariogram", "negatives.source=queue"]
 DEFAULT_RUNS = {
@@ -84,8 +84,7 @@ def bench_losses(out: str | Path, runs: dict[str, list[str]], seeds: int = 3, wo
     from geovario.data.store import FeatureStore
 
     store = FeatureStore(world / "train")
-    variogram = fit_variogram(empirical_variogram(store.features(dtype=np.float16) if len(store) > 20_000 else store.features(),
-                                                  store.gps, bins=40, log_bins=True, min_lag_km=1.0), "spherical")
+    variogram = fit_for_loss(empirical_for_loss(store.features(dtype=np.float16) if len(store) > 20_000 else store.features(), store.gps))
     variogram.save(out / "variogram.json")
     results: dict[str, list[dict]] = {}
     for name, overrides in runs.items():

@@ -52,8 +52,8 @@ class LossSection:
     s2: float = 5.0
     mask_km: float | None = None
     variogram: str | None = None  # fitted variogram JSON; default: fit on the train store before training
-    variogram_model: str = "spherical"
-    variogram_bins: int = 50
+    variogram_model: str = "stable"  # fitted on log lags with equal bin weights (variogram.fit_for_loss)
+    variogram_bins: int = 40
     refit_every: int | None = None  # re-estimate on the learned embeddings every N steps
     # hcl_weighted / hcl_debiased (thesis: beta = 1, tau+ = 0.1)
     beta: float = 1.0

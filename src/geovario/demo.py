@@ -15,7 +15,7 @@ from geovario.experiments import train_and_evaluate
 from geovario.jsonio import write_json
 from geovario.report import markdown_table, plot_cumulative_error, plot_error_map
 from geovario.sim import WorldConfig, simulate
-from geovario.variogram import empirical_variogram, fit_variogram
+from geovario.variogram import empirical_for_loss, fit_for_loss
 from geovario.variogram.plot import plot_variograms
 
 
@@ -33,8 +33,8 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool
     simulate(out / "world", world_config)
     say("2/5 estimating the semivariogram of the training features")
     train_store = FeatureStore(out / "world" / "train")
-    empirical = empirical_variogram(train_store.features(), train_store.gps, bins=40, log_bins=True, min_lag_km=1.0, progress=progress)
-    variogram = fit_variogram(empirical, "spherical")
+    empirical = empirical_for_loss(train_store.features(), train_store.gps)
+    variogram = fit_for_loss(empirical)  # stable model, log-spaced lags, every bin weighted alike
     variogram.save(out / "variogram.json")
     plot_variograms([("simulated world", empirical, variogram)], out / "variogram.png", log_x=True)
     say(f"    {variogram}")

@@ -34,7 +34,7 @@ from geovario.metrics import distance_summary, errors_km
 from geovario.model import GeoLocModel, ModelConfig
 from geovario.modeldir import save_model_dir
 from geovario.negatives import GalleryNegatives
-from geovario.variogram import VariogramModel, empirical_variogram, fit_variogram
+from geovario.variogram import VariogramModel, empirical_for_loss, empirical_variogram, fit_for_loss, fit_variogram
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ def initial_variogram(config: Config, data, run_dir: Path) -> VariogramModel:
         raise GeovarioError("config key loss.variogram: image-level training needs a fitted variogram JSON")
     store = data.store
     features = store.features(dtype=np.float16) if len(store) > 20_000 else store.features()
-    model = fit_variogram(empirical_variogram(features, store.gps, bins=config.loss.variogram_bins), config.loss.variogram_model)
+    model = fit_for_loss(empirical_for_loss(features, store.gps, config.loss.variogram_bins), config.loss.variogram_model)
     model.save(saved)
     return model
 

@@ -7,10 +7,10 @@
 """
 
 from geovario.variogram.empirical import ESTIMATORS, MAX_LAG_KM, EmpiricalVariogram, bin_edges, empirical_variogram
-from geovario.variogram.fit import WEIGHTS, VariogramFitError, fit_variogram
+from geovario.variogram.fit import WEIGHTS, VariogramFitError, empirical_for_loss, fit_for_loss, fit_variogram
 from geovario.variogram.models import MODELS, VariogramModel, model_gamma
 
 __all__ = [
     "ESTIMATORS", "MAX_LAG_KM", "MODELS", "WEIGHTS", "EmpiricalVariogram", "VariogramFitError", "VariogramModel",
-    "bin_edges", "empirical_variogram", "fit_variogram", "model_gamma",
+    "bin_edges", "empirical_for_loss", "empirical_variogram", "fit_for_loss", "fit_variogram", "model_gamma",
 ]

@@ -98,3 +98,22 @@ def fit_variogram(
     }
     shape = float(params[3]) if model == "stable" else 1.0
     return VariogramModel(model, float(params[0]), float(params[1]), float(params[2]), shape, info)
+
+
+def empirical_for_loss(features, latlon, bins: int = 40) -> EmpiricalVariogram:
+    """The bins the semivariogram loss's fit uses: log-spaced lags from 1 km to half the globe."""
+    from geovario.variogram.empirical import empirical_variogram
+
+    return empirical_variogram(features, latlon, bins=bins, log_bins=True, min_lag_km=1.0)
+
+
+def fit_for_loss(empirical: EmpiricalVariogram, model: str = "stable") -> VariogramModel:
+    """The variogram the semivariogram loss uses: every (log-spaced) bin weighted alike.
+
+    The loss acts at short lags (false negatives, h <= 25 km) as well as long ones (hard negatives),
+    so every scale must fit. Cressie's N_k / gamma_k^2 weights let the long-lag bins, which hold
+    almost all pairs, decide alone: on the demo world that fit put the nugget at 0.45 where the
+    short-lag semivariance is 0.21. With equal bin weights the stable model fits all lags (rmse 0.027
+    against 0.064 for the spherical); the thesis also fitted a stable model with a nugget.
+    """
+    return fit_variogram(empirical, model, weights="none")
