@@ -34,7 +34,7 @@ from geovario.metrics import distance_summary, errors_km
 from geovario.model import GeoLocModel, ModelConfig
 from geovario.modeldir import save_model_dir
 from geovario.negatives import GalleryNegatives
-from geovario.variogram import VariogramModel, empirical_for_loss, empirical_variogram, fit_for_loss, fit_variogram
+from geovario.variogram import VariogramModel, empirical_for_loss, fit_for_loss
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -401,7 +401,7 @@ def _refit_on_learned(model, data: StoreData, config: Config, device) -> Variogr
     sample = np.sort(np.random.default_rng(config.train.seed).choice(len(data), min(len(data), 4000), replace=False))
     embeddings = model.encode_images(torch.from_numpy(data.store.rows(sample)).float().to(device)).cpu().numpy()
     try:
-        return fit_variogram(empirical_variogram(embeddings, data.store.gps[sample], bins=config.loss.variogram_bins), config.loss.variogram_model)
+        return fit_for_loss(empirical_for_loss(embeddings, data.store.gps[sample], config.loss.variogram_bins), config.loss.variogram_model)
     except GeovarioError:
         return None  # keep the previous fit
 
