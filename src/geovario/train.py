@@ -99,14 +99,12 @@ def open_training_data(config: Config):
 def _gallery_latlon(spec: str | None, data, config: Config, key: str) -> np.ndarray:
     """A LAT,LON CSV, a store's positions, or (default) up to gallery_max training positions."""
     if spec:
-        path = Path(spec)
-        if path.is_dir():
-            return FeatureStore(path).gps
-        if not path.is_file():
-            raise GeovarioError(f"config key {key}: {path} not found")
-        from geovario.modeldir import read_gallery
+        from geovario.evaluate import load_gallery
 
-        return read_gallery(path).astype(np.float64)
+        try:
+            return load_gallery(spec).astype(np.float64)
+        except GeovarioError as e:
+            raise GeovarioError(f"config key {key}: {e}") from None
     gps = data.gps.numpy().astype(np.float64)
     if len(gps) > config.data.gallery_max:
         keep = np.random.default_rng(config.train.seed).choice(len(gps), config.data.gallery_max, replace=False)
