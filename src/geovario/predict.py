@@ -71,24 +71,7 @@ class Predictor:
 
     def check_features(self, features: np.ndarray, source: str = "features") -> np.ndarray:
         """Validate an (N, feature_dim) array: shape, emptiness and finiteness."""
-        features = np.asarray(features)
-        if features.ndim == 1:
-            features = features[None, :]
-        if features.ndim != 2:
-            raise GeovarioError(f"{source}: expected an (N, {self.feature_dim}) array, got shape {features.shape}")
-        if features.shape[0] == 0:
-            raise GeovarioError(f"{source}: no feature rows")
-        if features.shape[1] != self.feature_dim:
-            raise GeovarioError(
-                f"{source}: features are {features.shape[1]}-d but the model expects {self.feature_dim}-d "
-                f"(shape {features.shape})"
-            )
-        if not np.issubdtype(features.dtype, np.number):
-            raise GeovarioError(f"{source}: features must be numeric, got dtype {features.dtype}")
-        bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
-        if len(bad):
-            raise GeovarioError(f"{source}: row {bad[0]} contains NaN or inf ({len(bad)} bad rows)")
-        return features.astype(np.float32, copy=False)
+        return check_feature_array(features, source, self.feature_dim)
 
     @torch.inference_mode()
     def predict_features(self, features: np.ndarray | torch.Tensor, top_k: int = 5, batch_size: int = 1024) -> list[list[Prediction]]:
@@ -109,6 +92,28 @@ class Predictor:
                     for i, p in zip(row_index, row_prob)
                 ])
         return results
+
+
+def check_feature_array(features: np.ndarray, source: str = "features", expected_dim: int | None = None) -> np.ndarray:
+    """An (N, D) float32 array of finite numbers, or a one-line error naming ``source`` and the problem."""
+    features = np.asarray(features)
+    if features.ndim == 1:
+        features = features[None, :]
+    width = expected_dim if expected_dim is not None else "D"
+    if features.ndim != 2:
+        raise GeovarioError(f"{source}: expected an (N, {width}) array, got shape {features.shape}")
+    if features.shape[0] == 0:
+        raise GeovarioError(f"{source}: no feature rows")
+    if expected_dim is not None and features.shape[1] != expected_dim:
+        raise GeovarioError(
+            f"{source}: features are {features.shape[1]}-d but the model expects {expected_dim}-d (shape {features.shape})"
+        )
+    if not np.issubdtype(features.dtype, np.number):
+        raise GeovarioError(f"{source}: features must be numeric, got dtype {features.dtype}")
+    bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
+    if len(bad):
+        raise GeovarioError(f"{source}: row {bad[0]} contains NaN or inf ({len(bad)} bad rows)")
+    return features.astype(np.float32, copy=False)
 
 
 def load_features_file(path: str | Path) -> np.ndarray:

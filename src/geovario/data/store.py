@@ -176,14 +176,9 @@ class ArrayFeatures(FeatureSource):
     """``--features F.npy --gps G.csv``: arrays from elsewhere, row i of one matching row i of the other."""
 
     def __init__(self, features: str | Path, gps: str | Path):
-        from geovario.predict import load_features_file
+        from geovario.predict import check_feature_array, load_features_file
 
-        array = load_features_file(features)
-        if array.ndim != 2 or len(array) == 0 or not np.issubdtype(array.dtype, np.number):
-            raise GeovarioError(f"{features}: expected a non-empty numeric (N, D) array, got {array.dtype} {array.shape}")
-        bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
-        if len(bad):
-            raise GeovarioError(f"{features}: row {bad[0]} contains NaN or inf ({len(bad)} bad rows)")
+        array = check_feature_array(load_features_file(features), str(features))
         self.gps = read_latlon_csv(gps, "GPS", dtype=np.float64)
         if len(self.gps) != len(array):
             raise GeovarioError(f"{features} has {len(array)} rows but {gps} has {len(self.gps)}; they must match row for row")
