@@ -185,6 +185,7 @@ def add_train_command(commands) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from geovario.config import Config, _build, apply_overrides, load_config, validate
     from geovario.jsonio import read_json
+    from geovario.distributed import is_main_process, teardown
     from geovario.train import train
 
     if args.resume:
@@ -200,7 +201,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
         run_dir = args.out or Path(config.train.out or f"runs/{config.name}")
     final = train(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
-    print(f"trained {config.name}: model in {final}, metrics in {run_dir / 'metrics.csv'}")
+    if is_main_process():  # under torchrun, rank 0 speaks for the job
+        print(f"trained {config.name}: model in {final}, metrics in {run_dir / 'metrics.csv'}")
+    teardown()
     return 0
 
 
@@ -251,7 +254,8 @@ def add_extract_command(commands) -> None:
             "Run the frozen CLIP backbone once over a dataset and write memory-mapped feature shards plus an "
             "index. Bad rows and unreadable images are skipped and listed in STORE/skipped.csv. Interrupted? "
             "Run the same command again: finished shards are kept, the rest is recomputed, and the result is "
-            "identical to an uninterrupted run."
+            "identical to an uninterrupted run. Under torchrun (torchrun --nproc_per_node N -m geovario "
+            "extract ...) each process encodes every N-th shard on its own GPU and rank 0 merges them."
         ),
     )
     extract.add_argument("--data", required=True, type=Path, help="dataset CSV or folder of photos")
@@ -267,7 +271,7 @@ def add_extract_command(commands) -> None:
     extract.add_argument("--seed", type=int, default=0, help="seed of the augmented views (default 0)")
     extract.add_argument("--workers", type=_positive_int, default=min(4, os.cpu_count() or 1),
                          help="image-decoding threads (default: up to 4)")
-    extract.add_argument("--device", help="torch device (default: cuda when available)")
+    extract.add_argument("--device", help="torch device (default: cuda when available; under torchrun cuda:LOCAL_RANK)")
     extract.add_argument("--strict", action="store_true", help="fail on the first bad row or image instead of skipping it")
     extract.add_argument("--overwrite", action="store_true", help="replace a store made with different settings or data")
     extract.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -521,6 +525,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    from geovario import distributed
     from geovario.backbones import ClipBackbone
     from geovario.data import read_dataset
     from geovario.extract import ExtractSettings, extract_features
@@ -530,11 +535,17 @@ def cmd_extract(args: argparse.Namespace) -> int:
     dataset = read_dataset(args.data, args.format, args.images)
     if args.strict:
         dataset.require_clean()
-    print(dataset.summary(20), file=sys.stderr)
-    backbone = ClipBackbone.load(args.backbone, args.device)
+    world, device = distributed.setup(args.device or "auto")  # one rank per device under torchrun
+    if world.is_main:
+        print(dataset.summary(20), file=sys.stderr)
+    backbone = ClipBackbone.load(args.backbone, device)
     settings = ExtractSettings(batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype,
                                views=args.views, seed=args.seed, workers=args.workers, strict=args.strict)
-    manifest = extract_features(dataset, backbone, args.out, settings, overwrite=args.overwrite, progress=not args.no_progress)
+    manifest = extract_features(dataset, backbone, args.out, settings, overwrite=args.overwrite, progress=not args.no_progress,
+                                world=world)
+    distributed.teardown()
+    if not world.is_main:
+        return 0
     counts = manifest["counts"]
     if args.json:
         print(json.dumps(manifest, indent=1))

@@ -87,7 +87,8 @@ class OptimSection:
 
 @dataclass
 class TrainSection:
-    batch_size: int = 128  # thesis
+    batch_size: int = 128  # thesis; the global batch, split evenly over torchrun's processes
+    local_loss: bool = False  # under torchrun: each process takes the loss of its own rows only (open_clip's --local-loss)
     epochs: int = 10
     max_steps: int | None = None  # stop early after this many steps
     seed: int = 0

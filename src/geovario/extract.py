@@ -5,6 +5,9 @@ is computed whole and written with atomic renames, its index CSV last, so a shar
 completely or not at all. After a crash or ``kill -9``, rerunning the same command skips the
 finished shards and recomputes the rest: batches inside a shard are always formed the same way,
 so the resumed store is identical to an uninterrupted one.
+
+Under torchrun each rank encodes every W-th shard on its own device, and rank 0 merges the shard
+indexes once all have finished: the store is the same as one process would write.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from geovario.atomic import atomic_path, atomic_write_bytes
 from geovario.augment import geoclip_train_view, view_rng
 from geovario.backbones import ClipBackbone
 from geovario.data.records import Dataset, Record
+from geovario.distributed import Dist
 from geovario.data.store import INDEX, INDEX_COLUMNS, MANIFEST, SHARDS, SKIPPED, STORE_FORMAT, STORE_VERSION, read_manifest
 from geovario.errors import GeovarioError
 from geovario.images import open_image
@@ -140,9 +144,11 @@ def extract_features(
     settings: ExtractSettings | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    world: Dist | None = None,
 ) -> dict:
-    """Build (or resume) the store at ``out``; returns its manifest."""
+    """Build (or resume) the store at ``out``; returns its manifest (on every rank of a torchrun job)."""
     settings = settings or ExtractSettings()
+    world = world or Dist()
     if settings.dtype not in ("float16", "float32"):
         raise GeovarioError(f"--dtype must be float16 or float32, got {settings.dtype!r}")
     out = Path(out)
@@ -165,18 +171,29 @@ def extract_features(
         "dataset": {"source": str(dataset.source), "format": dataset.format, "rows": dataset.n_rows,
                     "usable": len(records), "bad_rows": len(dataset.problems), "fingerprint": dataset_fingerprint(records)},
     }
-    _prepare_folder(out, manifest, overwrite)
+    problem = None
+    if world.is_main:
+        try:
+            _prepare_folder(out, manifest, overwrite)
+        except GeovarioError as e:
+            problem = str(e)
+    problem = world.broadcast(problem)  # also keeps the other ranks from starting before the folder is ready
+    if problem:
+        raise GeovarioError(problem)
     shard_dir = out / SHARDS
     n_shards = (len(records) + settings.shard_size - 1) // settings.shard_size
     names = [f"{k:05d}" for k in range(n_shards)]
-    done = sum(min(settings.shard_size, len(records) - k * settings.shard_size)
-               for k, name in enumerate(names) if (shard_dir / f"{name}.csv").is_file())
+    mine = [k for k in range(n_shards) if k % world.world_size == world.rank]
+    size = lambda k: min(settings.shard_size, len(records) - k * settings.shard_size)  # noqa: E731
+    done = sum(size(k) for k in mine if (shard_dir / f"{names[k]}.csv").is_file())
     header = INDEX_COLUMNS + meta_keys
     with ThreadPoolExecutor(max(1, settings.workers)) as pool, tqdm(
-        total=len(records), initial=done, unit="img", desc="extracting", disable=None if progress else True, smoothing=0.1
+        total=sum(size(k) for k in mine), initial=done, unit="img", desc="extracting" + (f" (rank {world.rank})" if world.enabled else ""),
+        disable=None if progress and world.is_main else True, smoothing=0.1
     ) as bar:
         job = _ShardJob(backbone, settings, pool)
-        for k, name in enumerate(names):
+        for k in mine:
+            name = names[k]
             if (shard_dir / f"{name}.csv").is_file():
                 continue
             first = k * settings.shard_size
@@ -189,7 +206,8 @@ def extract_features(
                        [[str(r.image), r.line, r.id, "bad image", why] for r, why in skipped])
             _write_csv(shard_dir / f"{name}.csv", header,  # last: marks the shard complete
                        [[r.id, repr(r.lat), repr(r.lon), os.path.abspath(r.image) if r.image else ""] + [r.meta.get(m, "") for m in meta_keys] for r in kept])
-    return _finalize(out, manifest, names, dataset)
+    world.barrier()  # every rank's shards are written
+    return world.broadcast(_finalize(out, manifest, names, dataset) if world.is_main else None)
 
 
 def _prepare_folder(out: Path, manifest: dict, overwrite: bool) -> None:

@@ -25,11 +25,13 @@ from tqdm.auto import tqdm
 
 from geovario.atomic import atomic_path, atomic_write_bytes
 from geovario.config import Config
+from geovario import distributed
 from geovario.data.store import FeatureStore
+from geovario.distributed import Dist, DistributedBatchSampler
 from geovario.errors import GeovarioError
 from geovario.geo import add_gps_noise, haversine_km_torch
 from geovario.jsonio import read_json, write_json
-from geovario.losses import LossInputs, build_loss
+from geovario.losses import LossInputs, LossOutput, build_loss
 from geovario.metrics import distance_summary, errors_km
 from geovario.model import GeoLocModel, ModelConfig
 from geovario.modeldir import save_model_dir
@@ -52,12 +54,15 @@ class StoreData:
     def __len__(self) -> int:
         return len(self.gps)
 
-    def features(self, index: np.ndarray, generator: torch.Generator) -> torch.Tensor:
-        plain = torch.from_numpy(self.store.rows(index))
+    def features(self, index: np.ndarray, rows: slice, generator: torch.Generator) -> torch.Tensor:
+        """Features of ``index[rows]``, this rank's rows of the global batch ``index``."""
         if not self.views:
-            return plain
-        # View 0 is the plain centre crop, 1..K the augmented ones (GeoCLIP samples one per step).
-        choice = torch.randint(0, self.views + 1, (len(index),), generator=generator)
+            return torch.from_numpy(self.store.rows(index[rows]))
+        # View 0 is the plain centre crop, 1..K the augmented ones (GeoCLIP samples one per step),
+        # drawn for the whole global batch so that every process count picks the same views.
+        choice = torch.randint(0, self.views + 1, (len(index),), generator=generator)[rows]
+        index = index[rows]
+        plain = torch.from_numpy(self.store.rows(index))
         views = torch.from_numpy(self.store.view_rows(index))
         picked = views[torch.arange(len(index)), torch.clamp(choice - 1, min=0)]
         return torch.where((choice == 0)[:, None], plain, picked)
@@ -74,22 +79,23 @@ class ImageData:
     def __len__(self) -> int:
         return len(self.records)
 
-    def features(self, index: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+    def features(self, index: np.ndarray, rows: slice, generator: torch.Generator) -> torch.Tensor:
         from geovario.augment import geoclip_train_view, view_rng
         from geovario.images import load_rgb
 
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        pixels = [geoclip_train_view(load_rgb(self.records[i].image), view_rng(seed, int(i), 0), self.backbone.preprocess) for i in index]
+        pixels = [geoclip_train_view(load_rgb(self.records[i].image), view_rng(seed, int(i), 0), self.backbone.preprocess)
+                  for i in index[rows]]
         return self.backbone.encode_pixels(torch.from_numpy(np.stack(pixels))).cpu().clone()  # out of inference mode
 
 
-def open_training_data(config: Config):
+def open_training_data(config: Config, device: torch.device):
     if config.data.images:
         from geovario.backbones import ClipBackbone
         from geovario.data import read_dataset
 
         dataset = read_dataset(config.data.images, images=config.data.images_dir)
-        return ImageData(dataset, ClipBackbone.load(config.data.backbone, "cpu"), config.train.seed)
+        return ImageData(dataset, ClipBackbone.load(config.data.backbone, device), config.train.seed)
     path = Path(config.data.train)
     if not path.is_dir():
         raise GeovarioError(f"config key data.train: feature store {path} not found")
@@ -222,51 +228,19 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> TrainState:
     return TrainState(step=state["step"], variogram=state["variogram"])
 
 
-# --- one step ----------------------------------------------------------------------------------------
-
-
-def contrastive_inputs(model: GeoLocModel, features, gps, config: Config, generator, negatives, rng, loss, learned_space: bool) -> LossInputs:
-    """Build the logits (and, for the semivariogram loss, lags and dissimilarities) for one batch."""
-    neg = config.negatives
-    image = model.encode_images(features)
-    scale = model.logit_scale.exp()
-    noisy = add_gps_noise(gps, neg.batch_noise_m, generator)
-    if neg.source == "queue":
-        queue_gps, queue_features = model.queue.filled()
-        candidates = torch.cat([noisy, add_gps_noise(queue_gps, neg.queue_noise_m, generator)])
-        queue_full = int(model.queue.count) >= model.queue.size
-        model.queue.enqueue(gps, features)  # as GeoCLIP: the step's own batch joins after it is read
-        logits = scale * image @ model.encode_locations(candidates).T
-        inputs = LossInputs(logits, torch.arange(len(gps), device=gps.device), scale, queue_full=queue_full)
-        if loss.needs_geometry:
-            clean = torch.cat([gps, queue_gps])
-            all_features = torch.cat([features, queue_features])
-            # Full precision even under autocast: delta = d - gamma(h) compares small differences.
-            with torch.no_grad(), torch.autocast(gps.device.type, enabled=False):
-                if learned_space:
-                    query, pool = image.detach(), model.encode_images(all_features)
-                else:
-                    query, pool = F.normalize(features, dim=-1), F.normalize(all_features, dim=-1)
-                inputs.dissimilarity = 1 - query.float() @ pool.float().T
-                inputs.lags_km = haversine_km_torch(gps[:, None].double(), clean[None].double())
-        return inputs
-    picked = torch.from_numpy(negatives.gallery[negatives.select(gps.cpu().numpy(), neg.k, neg.selection, rng)]).float().to(gps.device)
-    candidates = torch.cat([noisy[:, None], picked], dim=1)  # (B, 1 + k, 2): column 0 is the true location
-    locations = model.encode_locations(candidates.reshape(-1, 2)).reshape(len(gps), 1 + neg.k, -1)
-    logits = scale * torch.einsum("be,bke->bk", image, locations)
-    inputs = LossInputs(logits, torch.zeros(len(gps), dtype=torch.long, device=gps.device), scale)
-    if loss.needs_geometry:
-        inputs.lags_km = haversine_km_torch(gps[:, None].double(), candidates.double())
-    return inputs
-
-
 # --- the loop ------------------------------------------------------------------------------------------
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+class _Encoders(torch.nn.Module):
+    """What DDP wraps: one forward that runs every trained part, so DDP syncs all their gradients."""
+
+    def __init__(self, model: GeoLocModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor, locations: torch.Tensor):
+        m = self.model
+        return m.encode_images(features), m.encode_locations(locations), m.logit_scale.exp()
 
 
 @torch.no_grad()
@@ -285,93 +259,189 @@ def validate(model: GeoLocModel, val: FeatureStore, gallery: np.ndarray, device)
     return distance_summary(errors_km(val.gps, np.concatenate(predicted)))
 
 
-def train(config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
-    """Train, checkpointing into ``run_dir``; returns the final model directory."""
-    run_dir = Path(run_dir)
-    t = config.train
-    device = _device(t.device)
-    data = open_training_data(config)
-    if len(data) < t.batch_size:
-        raise GeovarioError(f"config key train.batch_size: {t.batch_size} is larger than the {len(data)} training samples")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        write_json(run_dir / "config.json", config.to_dict())
-    model = build_model(config, data.dim).to(device)
-    variogram = initial_variogram(config, data, run_dir) if _uses(config, "semivariogram") else None
-    loss_fn = build_loss(config.loss.name, config.loss.__dict__, variogram)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.optim.lr, weight_decay=config.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.optim.step_gamma)
-    state = TrainState()
-    if resume:
-        state = load_checkpoint(run_dir, model, optimizer, scheduler)
-        if state.variogram:
-            _set_variogram(loss_fn, VariogramModel.from_dict(state.variogram))
-    gallery = _gallery_latlon(config.data.gallery, data, config, "data.gallery")
-    negatives = None
-    if config.negatives.source == "gallery":
-        negatives = GalleryNegatives(_gallery_latlon(config.negatives.gallery, data, config, "negatives.gallery"),
-                                     config.negatives.far_km, config.negatives.exclude_km)
-    val = FeatureStore(config.data.val) if config.data.val else None
+class Trainer:
+    """One training run, on one process or as one rank of a torchrun job (see geovario.distributed).
 
-    steps_per_epoch = len(data) // t.batch_size
-    total = steps_per_epoch * t.epochs if t.max_steps is None else min(t.max_steps, steps_per_epoch * t.epochs)
-    metrics_path = run_dir / "metrics.csv"
-    _truncate_metrics(metrics_path, state.step)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and device.type == "cuda")
-    model.train()
-    learned_space = False
-    tensorboard = _tensorboard(run_dir)
-    bar = tqdm(total=total, initial=state.step, unit="step", desc=config.name, disable=None if progress else True)
-    window_start, window_samples = time.perf_counter(), 0
-    while state.step < total:
-        epoch, position = divmod(state.step, steps_per_epoch)
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(t.seed * 1_000_003 + epoch))
-        index = order[position * t.batch_size : (position + 1) * t.batch_size].numpy()
-        generator = torch.Generator().manual_seed(t.seed * 1_000_003 + 7919 * (state.step + 1))
-        rng = np.random.default_rng([t.seed, state.step])
-        features = data.features(index, generator).float().to(device)
-        gps = data.gps[index].to(device)
-        with amp:
-            inputs = contrastive_inputs(model, features, gps, config, generator, negatives, rng, loss_fn, learned_space)
-            out = loss_fn(inputs)
-        optimizer.zero_grad(set_to_none=True)
+    ``train.batch_size`` is the global batch: each of the W processes encodes batch_size / W samples,
+    image and location embeddings are all-gathered with gradient, and the loss sees the same logits
+    one process would. Every rank enqueues the gathered batch, so the queues stay identical. Only rank
+    0 writes logs and checkpoints.
+    """
+
+    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True):
+        self.config, self.run_dir = config, Path(run_dir)
+        t = config.train
+        self.world, self.device = distributed.setup(t.device)
+        self.data = open_training_data(config, self.device)
+        if len(self.data) < t.batch_size:
+            raise GeovarioError(f"config key train.batch_size: {t.batch_size} is larger than the {len(self.data)} training samples")
+        self.sampler = DistributedBatchSampler(len(self.data), t.batch_size, t.seed, self.world)
+        if self.world.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                write_json(self.run_dir / "config.json", config.to_dict())
+        self.model = build_model(config, self.data.dim).to(self.device)
+        self.encoders = _Encoders(self.model)
+        if self.world.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # The queues are kept identical by construction; broadcasting them every step would cost ~12 MB.
+            self.encoders = DistributedDataParallel(self.encoders, device_ids=[self.device] if self.device.type == "cuda" else None,
+                                                    broadcast_buffers=False)
+        variogram = None
+        if _uses(config, "semivariogram"):
+            fitted = initial_variogram(config, self.data, self.run_dir).to_dict() if self.world.is_main else None
+            variogram = VariogramModel.from_dict(self.world.broadcast(fitted))
+        self.loss_fn = build_loss(config.loss.name, config.loss.__dict__, variogram)
+        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.optim.lr,
+                                          weight_decay=config.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=config.optim.step_gamma)
+        self.state = TrainState()
+        self.learned_space = False
+        if resume:
+            self.world.barrier()  # rank 0 may have just created the run directory
+            self.state = load_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler)
+            if self.state.variogram:
+                _set_variogram(self.loss_fn, VariogramModel.from_dict(self.state.variogram))
+                self.learned_space = True
+        self.gallery = _gallery_latlon(config.data.gallery, self.data, config, "data.gallery")
+        self.negatives = None
+        if config.negatives.source == "gallery":
+            self.negatives = GalleryNegatives(_gallery_latlon(config.negatives.gallery, self.data, config, "negatives.gallery"),
+                                              config.negatives.far_km, config.negatives.exclude_km)
+        self.val = FeatureStore(config.data.val) if config.data.val and self.world.is_main else None
+        steps = self.sampler.steps_per_epoch
+        self.total = steps * t.epochs if t.max_steps is None else min(t.max_steps, steps * t.epochs)
+        self.amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and self.device.type == "cuda")
+        self.progress = progress and self.world.is_main
+
+    # --- one step ---
+
+    def loss_inputs(self, features: torch.Tensor, gps: torch.Tensor, generator, rng) -> LossInputs:
+        """The logits (and, for the semivariogram loss, lags and dissimilarities) for this rank's rows.
+
+        ``features`` and ``gps`` are this rank's rows of the global batch. Randomness is drawn for the
+        whole gathered batch, in the same order as one process, and each rank keeps its rows.
+        """
+        neg, world, model = self.config.negatives, self.world, self.model
+        rows = world.local_rows(len(gps) * world.world_size)
+        all_gps, all_features = world.gather(gps), world.gather(features)
+        noisy = add_gps_noise(all_gps, neg.batch_noise_m, generator)[rows]
+        if neg.source == "queue":
+            queue_gps, queue_features = model.queue.filled()
+            queue_noisy = add_gps_noise(queue_gps, neg.queue_noise_m, generator)
+            queue_full = int(model.queue.count) >= model.queue.size
+            model.queue.enqueue(all_gps, all_features)  # as GeoCLIP: the step's own batch joins after it is read
+            image, locations, scale = self.encoders(features, torch.cat([noisy, queue_noisy]))
+            candidates = torch.cat([world.gather_with_grad(locations[: len(gps)]), locations[len(gps) :]])
+            if self.config.train.local_loss:  # open_clip's local loss: own rows against every candidate
+                query, targets, query_gps, query_features = image, torch.arange(rows.start, rows.stop), gps, features
+            else:
+                query, targets, query_gps, query_features = world.gather_with_grad(image), torch.arange(len(all_gps)), all_gps, all_features
+            inputs = LossInputs(scale * query @ candidates.T, targets.to(gps.device), scale, queue_full=queue_full)
+            if self.loss_fn.needs_geometry:
+                clean = torch.cat([all_gps, queue_gps])
+                pool_features = torch.cat([all_features, queue_features])
+                # Full precision even under autocast: delta = d - gamma(h) compares small differences.
+                with torch.no_grad(), torch.autocast(gps.device.type, enabled=False):
+                    if self.learned_space:
+                        query_space, pool = query.detach(), model.encode_images(pool_features)
+                    else:
+                        query_space, pool = F.normalize(query_features, dim=-1), F.normalize(pool_features, dim=-1)
+                    inputs.dissimilarity = 1 - query_space.float() @ pool.float().T
+                    inputs.lags_km = haversine_km_torch(query_gps[:, None].double(), clean[None].double())
+            return inputs
+        # Gallery negatives: every row has its own candidates, so each rank's rows stand alone.
+        picked = self.negatives.gallery[self.negatives.select(all_gps.cpu().numpy(), neg.k, neg.selection, rng)[rows]]
+        candidates = torch.cat([noisy[:, None], torch.from_numpy(picked).float().to(gps.device)], dim=1)  # column 0: the truth
+        image, locations, scale = self.encoders(features, candidates.reshape(-1, 2))
+        logits = scale * torch.einsum("be,bke->bk", image, locations.reshape(len(gps), 1 + neg.k, -1))
+        inputs = LossInputs(logits, torch.zeros(len(gps), dtype=torch.long, device=gps.device), scale)
+        if self.loss_fn.needs_geometry:
+            inputs.lags_km = haversine_km_torch(gps[:, None].double(), candidates.double())
+        return inputs
+
+    def step(self) -> LossOutput:
+        """One optimizer step on the next global batch; the gradients stay in ``.grad`` until the next."""
+        t, step = self.config.train, self.state.step
+        index, rows = self.sampler.batch(step)
+        generator = torch.Generator().manual_seed(t.seed * 1_000_003 + 7919 * (step + 1))
+        rng = np.random.default_rng([t.seed, step])
+        features = self.data.features(index, rows, generator).float().to(self.device)
+        gps = self.data.gps[index[rows]].to(self.device)
+        with self.amp:
+            out = self.loss_fn(self.loss_inputs(features, gps, generator, rng))
+        self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        if config.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-        optimizer.step()
-        state.step += 1
-        window_samples += len(index)
-        bar.update(1)
-        end_of_epoch = state.step % steps_per_epoch == 0
-        if end_of_epoch:
-            scheduler.step()
-        if config.loss.refit_every and state.step % config.loss.refit_every == 0 and isinstance(data, StoreData):
-            refitted = _refit_on_learned(model, data, config, device)
+        if self.config.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        self.optimizer.step()
+        self.state.step += 1
+        if self.state.step % self.sampler.steps_per_epoch == 0:
+            self.scheduler.step()
+        refit = self.config.loss.refit_every
+        if refit and self.state.step % refit == 0 and isinstance(self.data, StoreData):
+            refitted = _refit_on_learned(self.model, self.data, self.config, self.device, self.world)
             if refitted is not None:
-                _set_variogram(loss_fn, refitted)
-                state.variogram, learned_space = refitted.to_dict(), True
-        if state.step % t.log_every == 0 or end_of_epoch or state.step == total:
-            rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
-            row = {"step": state.step, "epoch": epoch, "loss": float(out.loss.detach()), "lr": optimizer.param_groups[0]["lr"],
-                   "samples_per_s": rate, **out.stats}
-            if end_of_epoch and val is not None:
-                summary = validate(model, val, gallery, device)
-                row |= {f"val_acc_{k}km": v for k, v in summary["accuracy"].items()} | {"val_median_km": summary["median_km"]}
-            _append_metrics(metrics_path, row)
-            if tensorboard is not None:
-                for key, value in row.items():
-                    if key not in ("step", "epoch") and isinstance(value, (int, float)):
-                        tensorboard.add_scalar(key, value, state.step)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{rate:.0f}")
-            window_start, window_samples = time.perf_counter(), 0
-        if state.step % t.checkpoint_every == 0 or end_of_epoch or state.step == total:
-            save_checkpoint(run_dir, model, optimizer, scheduler, state)
-    bar.close()
-    if tensorboard is not None:
-        tensorboard.close()
-    final = save_model_dir(run_dir / "model", model.cpu(), backbone=config.data.backbone, gallery=gallery.astype(np.float32),
-                           meta={"trained": {"config": config.name, "steps": state.step, "loss": config.loss.name}})
-    return final
+                _set_variogram(self.loss_fn, refitted)
+                self.state.variogram, self.learned_space = refitted.to_dict(), True
+        return out
+
+    # --- the run ---
+
+    def run(self) -> Path:
+        """Train to the end, checkpointing into the run directory; returns the final model directory."""
+        config, t, world = self.config, self.config.train, self.world
+        metrics_path = self.run_dir / "metrics.csv"
+        tensorboard = None
+        if world.is_main:
+            _truncate_metrics(metrics_path, self.state.step)
+            tensorboard = _tensorboard(self.run_dir)
+        self.model.train()
+        bar = tqdm(total=self.total, initial=self.state.step, unit="step", desc=config.name, disable=None if self.progress else True)
+        window_start, window_samples = time.perf_counter(), 0
+        while self.state.step < self.total:
+            epoch = self.state.step // self.sampler.steps_per_epoch
+            out = self.step()
+            step = self.state.step
+            window_samples += t.batch_size
+            bar.update(1)
+            end_of_epoch = step % self.sampler.steps_per_epoch == 0
+            if step % t.log_every == 0 or end_of_epoch or step == self.total:
+                rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
+                loss = world.mean(float(out.loss.detach()))  # with local_loss, each rank holds its rows' loss
+                if world.is_main:
+                    row = {"step": step, "epoch": epoch, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                           "samples_per_s": rate, **out.stats}
+                    if end_of_epoch and self.val is not None:
+                        summary = validate(self.model, self.val, self.gallery, self.device)
+                        row |= {f"val_acc_{k}km": v for k, v in summary["accuracy"].items()} | {"val_median_km": summary["median_km"]}
+                    _append_metrics(metrics_path, row)
+                    if tensorboard is not None:
+                        for key, value in row.items():
+                            if key not in ("step", "epoch") and isinstance(value, (int, float)):
+                                tensorboard.add_scalar(key, value, step)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{rate:.0f}")
+                window_start, window_samples = time.perf_counter(), 0
+            if step % t.checkpoint_every == 0 or end_of_epoch or step == self.total:
+                if world.is_main:
+                    save_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.state)
+                world.barrier()  # nobody runs ahead of a checkpoint it might resume from
+        bar.close()
+        if tensorboard is not None:
+            tensorboard.close()
+        final = self.run_dir / "model"
+        if world.is_main:
+            save_model_dir(final, self.model.cpu(), backbone=config.data.backbone, gallery=self.gallery.astype(np.float32),
+                           meta={"trained": {"config": config.name, "steps": self.state.step, "loss": config.loss.name,
+                                             "processes": world.world_size}})
+        world.barrier()
+        return final
+
+
+def train(config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train, checkpointing into ``run_dir``; returns the final model directory (written by rank 0)."""
+    return Trainer(config, run_dir, resume=resume, progress=progress).run()
 
 
 def _tensorboard(run_dir: Path):
@@ -394,14 +464,30 @@ def _set_variogram(loss_fn, variogram: VariogramModel) -> None:
 
 
 @torch.no_grad()
-def _refit_on_learned(model, data: StoreData, config: Config, device) -> VariogramModel | None:
-    """Re-estimate the variogram on learned image embeddings of a fixed sample of training images."""
+def _refit_on_learned(model, data: StoreData, config: Config, device, world: Dist) -> VariogramModel | None:
+    """Re-estimate the variogram on learned image embeddings of a fixed sample of training images.
+
+    Each rank embeds its share of the sample; with every embedding gathered, each rank bins its share
+    of the pairs, the per-bin sums are all-reduced, and rank 0's fit is broadcast.
+    """
     sample = np.sort(np.random.default_rng(config.train.seed).choice(len(data), min(len(data), 4000), replace=False))
-    embeddings = model.encode_images(torch.from_numpy(data.store.rows(sample)).float().to(device)).cpu().numpy()
-    try:
-        return fit_for_loss(empirical_for_loss(embeddings, data.store.gps[sample], config.loss.variogram_bins), config.loss.variogram_model)
-    except GeovarioError:
-        return None  # keep the previous fit
+    mine = np.array_split(sample, world.world_size)[world.rank]
+    local = model.encode_images(torch.from_numpy(data.store.rows(mine)).float().to(device))
+    sizes = [len(part) for part in np.array_split(sample, world.world_size)]
+    padded = torch.zeros(max(sizes), local.shape[1], dtype=local.dtype, device=local.device)  # all_gather wants equal sizes
+    padded[: len(local)] = local
+    gathered = world.gather(padded).reshape(world.world_size, max(sizes), -1)
+    embeddings = torch.cat([gathered[r, :n] for r, n in enumerate(sizes)]).float().cpu().numpy()
+    empirical = empirical_for_loss(embeddings, data.store.gps[sample], config.loss.variogram_bins,
+                                   shard=(world.rank, world.world_size), reduce_sum=world.all_reduce_sum)
+    fitted = None
+    if world.is_main:
+        try:
+            fitted = fit_for_loss(empirical, config.loss.variogram_model).to_dict()
+        except GeovarioError:
+            pass  # keep the previous fit
+    fitted = world.broadcast(fitted)
+    return None if fitted is None else VariogramModel.from_dict(fitted)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

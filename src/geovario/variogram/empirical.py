@@ -99,6 +99,11 @@ class _Bins:
             root = torch.sqrt(torch.sqrt(torch.clamp(2 * d.double(), min=0)))  # |f_i - f_j|^(1/2)
             self.wroot += weight * torch.bincount(idx, weights=root, minlength=n).numpy()
 
+    def reduce(self, reduce_sum) -> None:
+        """Sum the running sums over processes (each one binned its share of the pairs)."""
+        packed = reduce_sum(np.stack([self.count, self.w, self.wd, self.wh, self.wroot]))
+        self.count, self.w, self.wd, self.wh, self.wroot = (np.asarray(row) for row in packed)
+
     def result(self, edges, estimator, sampling, n_points) -> EmpiricalVariogram:
         k = self.k
         count, w = self.count[:k], self.w[:k]
@@ -167,6 +172,8 @@ def empirical_variogram(
     seed: int = 0,
     normalize: bool = True,
     progress: bool = False,
+    shard: tuple[int, int] = (0, 1),
+    reduce_sum=None,
 ) -> EmpiricalVariogram:
     """Binned semivariance of 1 - cos(f_i, f_j) against haversine lag.
 
@@ -174,6 +181,8 @@ def empirical_variogram(
     ``latlon`` is (N, 2) degrees. Exact for N <= ``exact_max``; stratified sampling above it.
     ``normalize=False`` gives the classical Matheron 1/2 |f_i - f_j|^2 of the raw vectors (for a
     1-d field, exactly what scikit-gstat computes; gstools reports it divided by D).
+    Data-parallel (exact sampling only): process ``shard = (rank, world)`` bins every world-th block
+    of rows, and ``reduce_sum`` (an all-reduce over processes) adds up the per-bin sums.
     """
     if estimator not in ESTIMATORS:
         raise GeovarioError(f"unknown estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
@@ -184,15 +193,19 @@ def empirical_variogram(
     accumulator = _Bins(edges)
     robust = estimator == "cressie"
     if len(features) <= exact_max:
-        _exact_pairs(features, norms, latlon, accumulator, robust, progress)
+        _exact_pairs(features, norms, latlon, accumulator, robust, progress, shard)
         sampling = "exact"
+    elif shard != (0, 1):
+        raise ValueError(f"sharded estimation needs exact sampling (at most exact_max={exact_max} points)")
     else:
         _stratified_pairs(features, norms, latlon, accumulator, robust, max_pairs, short_lag_km, seed, progress)
         sampling = "stratified"
+    if reduce_sum is not None:
+        accumulator.reduce(reduce_sum)
     return accumulator.result(edges, estimator, sampling, len(features))
 
 
-def _exact_pairs(features, norms, latlon, acc: _Bins, robust: bool, progress: bool) -> None:
+def _exact_pairs(features, norms, latlon, acc: _Bins, robust: bool, progress: bool, shard=(0, 1)) -> None:
     n = len(features)
     if norms is not None:  # d = 1 - cos
         unit = torch.from_numpy(np.asarray(features, dtype=np.float32) / norms[:, None])
@@ -203,8 +216,10 @@ def _exact_pairs(features, norms, latlon, acc: _Bins, robust: bool, progress: bo
     sphere = _unit_sphere(latlon)
     block = max(64, min(n, 4_000_000 // n))
     with tqdm(total=n * (n - 1) // 2, unit="pair", unit_scale=True, desc="pairs", disable=None if progress else True) as bar:
-        for i0 in range(0, n, block):
+        for b, i0 in enumerate(range(0, n, block)):
             i1 = min(i0 + block, n)
+            if b % shard[1] != shard[0]:
+                continue
             rows, rows_sphere = unit[i0:i1], sphere[i0:i1]
             # The diagonal block, upper triangle only.
             upper = torch.triu_indices(i1 - i0, i1 - i0, offset=1)

@@ -100,11 +100,11 @@ def fit_variogram(
     return VariogramModel(model, float(params[0]), float(params[1]), float(params[2]), shape, info)
 
 
-def empirical_for_loss(features, latlon, bins: int = 40) -> EmpiricalVariogram:
+def empirical_for_loss(features, latlon, bins: int = 40, shard=(0, 1), reduce_sum=None) -> EmpiricalVariogram:
     """The bins the semivariogram loss's fit uses: log-spaced lags from 1 km to half the globe."""
     from geovario.variogram.empirical import empirical_variogram
 
-    return empirical_variogram(features, latlon, bins=bins, log_bins=True, min_lag_km=1.0)
+    return empirical_variogram(features, latlon, bins=bins, log_bins=True, min_lag_km=1.0, shard=shard, reduce_sum=reduce_sum)
 
 
 def fit_for_loss(empirical: EmpiricalVariogram, model: str = "stable") -> VariogramModel:

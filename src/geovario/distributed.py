@@ -1,0 +1,169 @@
+"""Data-parallel training and extraction under torchrun (or srun): one process per device.
+
+torchrun sets RANK, LOCAL_RANK and WORLD_SIZE (with MASTER_ADDR and MASTER_PORT); under SLURM's
+srun without torchrun, SLURM_PROCID, SLURM_LOCALID and SLURM_NTASKS stand in for them once
+MASTER_ADDR is set. With a world of one process, nothing here communicates and every helper is
+the identity, so the training code has one path.
+
+The backend is NCCL on CUDA and gloo on CPU. Each process uses cuda:LOCAL_RANK when CUDA is there.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from geovario.errors import GeovarioError
+
+# Long enough for rank 0 to fit the initial variogram on millions of features while the others wait.
+TIMEOUT_MINUTES = float(os.environ.get("GEOVARIO_DIST_TIMEOUT_MIN", "60"))
+
+
+def launch_env() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from torchrun's variables, else SLURM's, else a single process."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"])
+    if "SLURM_PROCID" in env and "MASTER_ADDR" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
+        return int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"])
+    return 0, 0, 1
+
+
+def is_main_process() -> bool:
+    return (dist.get_rank() if dist.is_initialized() else launch_env()[0]) == 0
+
+
+@dataclass
+class Dist:
+    """This process's place in the job, and the collectives the training loop uses."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def local_rows(self, global_batch: int) -> slice:
+        """This rank's rows of a global batch: rank r holds rows [r * b, (r + 1) * b)."""
+        b = global_batch // self.world_size
+        return slice(self.rank * b, (self.rank + 1) * b)
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate every rank's rows in rank order, without gradient (GPS, frozen features)."""
+        if not self.enabled:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    def gather_with_grad(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate every rank's rows in rank order; the gradient of each part flows back to its rank.
+
+        torch's autograd-aware all-gather sums, in backward, what every rank's loss sends to each
+        part. DDP then averages parameter gradients over ranks, which together give exactly the
+        gradient of the single-process loss on the whole global batch.
+        """
+        if not self.enabled:
+            return tensor
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(tensor))
+
+    def all_reduce_sum(self, array: np.ndarray) -> np.ndarray:
+        if not self.enabled:
+            return array
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
+        if dist.get_backend() == "nccl":
+            tensor = tensor.cuda()
+        dist.all_reduce(tensor)
+        return tensor.cpu().numpy()
+
+    def mean(self, value: float) -> float:
+        return float(self.all_reduce_sum(np.array([value]))[0]) / self.world_size
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` (any picklable value produced by this code) on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def _device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def setup(device_name: str = "auto") -> tuple[Dist, torch.device]:
+    """Join the process group the launcher describes (once per process) and pick this rank's device."""
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        return Dist(rank, local, world), _device(device_name, local)
+    rank, local, world = launch_env()
+    device = _device(device_name, local)
+    if world == 1:
+        return Dist(), device
+    if "MASTER_ADDR" not in os.environ:
+        raise GeovarioError(f"WORLD_SIZE={world} but MASTER_ADDR is not set; launch with torchrun (see docs/distributed.md)")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(minutes=TIMEOUT_MINUTES))
+    return Dist(rank, local, world), device
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class DistributedBatchSampler:
+    """Global batches cut from one seeded permutation per epoch; each rank reads its rows of them.
+
+    Unlike torch's ``DistributedSampler``, which deals indices out round-robin, rank r reads the
+    contiguous rows [r * b, (r + 1) * b) of the global batch. Gathering the ranks' rows in rank order
+    therefore rebuilds exactly the batch, in the order, one process would take; with per-sample
+    randomness drawn for the global batch too, W processes follow the single-process run.
+    """
+
+    def __init__(self, n_samples: int, global_batch: int, seed: int, world: Dist):
+        if global_batch % world.world_size:
+            raise GeovarioError(f"config key train.batch_size: the global batch {global_batch} must be divisible by "
+                                f"the {world.world_size} processes")
+        self.n, self.global_batch, self.seed, self.world = n_samples, global_batch, seed, world
+        self.steps_per_epoch = n_samples // global_batch  # the last partial batch is dropped
+        self._epoch, self._order = -1, None
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._order = epoch, torch.randperm(self.n, generator=generator)
+        return self._order
+
+    def batch(self, step: int) -> tuple[np.ndarray, slice]:
+        """(the global batch's sample indices, this rank's rows of it) for a step counted from 0."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        order = self.epoch_order(epoch)
+        b = self.global_batch
+        return order[position * b : (position + 1) * b].numpy(), self.world.local_rows(b)

@@ -1,0 +1,53 @@
+"""One rank of a geovario training job, for tests/test_distributed.py; run under torchrun:
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py SPEC.json OUT_DIR
+
+SPEC.json lists scenarios ``{"name", "overrides", "steps"}``. For each, this rank builds the real
+``Trainer`` (which joins the process group from torchrun's variables), takes ``steps`` steps and writes
+``OUT_DIR/<name>.rank<R>.safetensors``: its gradients, parameters and queue after the last step.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from geovario import distributed
+from geovario.config import load_config
+from geovario.train import Trainer
+
+
+def snapshot(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """Gradients of the last step, parameters and queue buffers, by name."""
+    model = trainer.model
+    tensors = {f"grad.{n}": p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.grad is not None}
+    tensors |= {f"param.{n}": p.detach().cpu().clone() for n, p in model.named_parameters()}
+    tensors |= {f"queue.{k}": v.detach().cpu().clone() for k, v in model.queue.state_dict().items()}
+    if trainer.state.variogram:
+        text = json.dumps(trainer.state.variogram, sort_keys=True).encode()
+        tensors["variogram"] = torch.tensor(list(text), dtype=torch.uint8)  # the fitted model's JSON, as bytes
+    return tensors
+
+
+def run_scenario(scenario: dict, out: Path) -> dict[str, torch.Tensor]:
+    trainer = Trainer(load_config(None, scenario["overrides"]), out / scenario["name"], progress=False)
+    for _ in range(scenario["steps"]):
+        trainer.step()
+    return snapshot(trainer)
+
+
+def main(spec_path: str, out: str) -> int:
+    out_dir = Path(out)
+    for scenario in json.loads(Path(spec_path).read_text()):
+        tensors = run_scenario(scenario, out_dir / "runs")
+        save_file(tensors, str(out_dir / f"{scenario['name']}.rank{distributed.setup()[0].rank}.safetensors"))
+    distributed.teardown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))

@@ -1,0 +1,180 @@
+"""Data-parallel training: 2 processes on CPU with gloo give what one process gives on the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ddp_worker import run_scenario
+from geovario.cli import main
+from geovario.distributed import Dist, DistributedBatchSampler, launch_env
+from geovario.errors import GeovarioError
+from test_train import SMALL, make_store
+
+TESTS = Path(__file__).resolve().parent
+GLOBAL_BATCH = 16
+
+
+def torchrun(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def scenarios(store) -> list[dict]:
+    base = SMALL + [f"data.train={store}", f"train.batch_size={GLOBAL_BATCH}"]
+    one_step = [
+        {"name": "infonce", "overrides": base + ["loss.name=infonce"], "steps": 1},
+        {"name": "semivariogram", "overrides": base + ["loss.name=semivariogram"], "steps": 1},
+        {"name": "semivariogram_local", "overrides": base + ["loss.name=semivariogram", "train.local_loss=true"], "steps": 1},
+        {"name": "infonce_local", "overrides": base + ["loss.name=infonce", "train.local_loss=true"], "steps": 1},
+        {"name": "triplet_gallery", "overrides": base + ["loss.name=triplet", "negatives.source=gallery"], "steps": 1},
+    ]
+    # 20 steps of 16 cross an epoch of the 256-sample store; a 40-entry queue wraps mid-batch; the
+    # variogram is re-estimated on learned embeddings (all-reduced bin sums) at steps 10 and 20.
+    long = [
+        {"name": "queue20", "overrides": base + ["loss.name=semivariogram", "model.queue_size=40", "loss.refit_every=10"], "steps": 20},
+    ]
+    return one_step + long
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """Every scenario, run once by 2 gloo processes under torchrun and once in this process."""
+    root = tmp_path_factory.mktemp("ddp")
+    store = make_store(root / "store", 256).folder
+    spec = scenarios(store)
+    (root / "spec.json").write_text(json.dumps(spec))
+    torchrun(str(TESTS / "ddp_worker.py"), str(root / "spec.json"), str(root))
+    results = {}
+    for scenario in spec:
+        ranks = [load_file(root / f"{scenario['name']}.rank{r}.safetensors") for r in (0, 1)]
+        results[scenario["name"]] = ranks, run_scenario(scenario, root / "single")
+    return results
+
+
+@pytest.mark.parametrize("name", ["infonce", "semivariogram", "infonce_local", "semivariogram_local", "triplet_gallery"])
+def test_one_step_gradients_equal_a_single_process(two_ranks, name):
+    (rank0, rank1), single = two_ranks[name]
+    grads = [k for k in single if k.startswith("grad.")]
+    assert len(grads) == sum(1 for k in single if k.startswith("param.")) > 10  # every parameter got a gradient
+    total = torch.cat([single[k].double().flatten() for k in grads]).norm()
+    for key in grads:
+        assert torch.equal(rank0[key], rank1[key]), key  # DDP leaves the same averaged gradient on both ranks
+        norm, error = float(single[key].double().norm()), float((rank0[key].double() - single[key].double()).norm())
+        if norm < 1e-6 * total:  # zero up to rounding (the triplet loss's cos = logits / scale leaves ~1e-9 on the scale)
+            assert float(rank0[key].double().norm()) < 1e-6 * total, key
+        else:
+            assert error < 1e-5 * norm, (key, error / norm)
+
+
+def test_queues_identical_after_20_steps(two_ranks):
+    (rank0, rank1), single = two_ranks["queue20"]
+    queue = [k for k in single if k.startswith("queue.")]
+    assert {k.split(".", 1)[1] for k in queue} == {"gps", "features", "ptr", "count"}
+    for key in queue:
+        assert torch.equal(rank0[key], rank1[key]), key
+        assert torch.equal(rank0[key], single[key]), key  # the gathered batch is the single-process batch, in order
+    assert int(single["queue.ptr"]) == (20 * GLOBAL_BATCH) % 40 and int(single["queue.count"]) == 40
+
+
+def test_refit_variogram_is_shared_and_matches_single_process(two_ranks):
+    (rank0, rank1), single = two_ranks["queue20"]
+    fits = [json.loads(bytes(t.tolist())) for t in (rank0["variogram"], rank1["variogram"], single["variogram"])]
+    assert fits[0] == fits[1]  # broadcast from rank 0
+    assert fits[0]["n_points"] == 256 and fits[0]["model"] == "stable"
+    for key in ("nugget", "sill", "range_km"):
+        assert fits[0][key] == pytest.approx(fits[2][key], rel=1e-4), key
+
+
+def test_twenty_steps_follow_the_single_process_trajectory(two_ranks):
+    (rank0, rank1), single = two_ranks["queue20"]
+    for key in (k for k in single if k.startswith("param.")):
+        assert torch.equal(rank0[key], rank1[key]), key
+        torch.testing.assert_close(rank0[key], single[key], rtol=1e-4, atol=1e-5)
+
+
+def test_geovario_train_under_torchrun_then_evaluate_and_resume(tmp_path):
+    """`torchrun --nproc_per_node 2 -m geovario train`, killed-and-resumed in the middle, equals one uninterrupted process."""
+    store = make_store(tmp_path / "store", 128).folder
+    val = make_store(tmp_path / "val", 32, seed=1).folder
+    config = ["--config", str(TESTS.parent / "configs" / "geoclip_baseline.yaml")]
+    config += [arg for s in SMALL + [f"data.train={store}", "data.val=null", "train.epochs=2", "train.checkpoint_every=3"] for arg in ("--set", s)]
+    run = tmp_path / "ddp"
+    torchrun("-m", "geovario", "train", *config, "--set", "train.max_steps=6", "--out", str(run), "--no-progress")
+    assert (run / "checkpoints" / "latest").read_text() == "step-00000006"
+    done = torchrun("-m", "geovario", "train", "--resume", str(run), "--set", "train.max_steps=null", "--no-progress")
+    assert done.stdout.count("trained geoclip_baseline") == 1  # rank 0 alone reports
+    metrics = (run / "metrics.csv").read_text().splitlines()
+    assert [int(line.split(",")[0]) for line in metrics[1:]] == list(range(1, 17))
+    meta = json.loads((run / "model" / "config.json").read_text())
+    assert meta["trained"]["processes"] == 2 and meta["trained"]["steps"] == 16
+
+    assert main(["train", *config, "--out", str(tmp_path / "single"), "--no-progress"]) == 0
+    ddp, single = load_file(run / "model" / "model.safetensors"), load_file(tmp_path / "single" / "model" / "model.safetensors")
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-5)
+    report = tmp_path / "report.json"
+    assert main(["evaluate", "--model", str(run / "model"), "--store", str(val), "--out", str(report), "--no-admin", "--no-progress"]) == 0
+    assert json.loads(report.read_text())["n"] == 32
+
+
+def test_sampler_splits_each_global_batch_into_contiguous_rank_rows():
+    ranks = [DistributedBatchSampler(100, 16, seed=3, world=Dist(r, r, 2)) for r in (0, 1)]
+    one = DistributedBatchSampler(100, 16, seed=3, world=Dist())
+    assert one.steps_per_epoch == 6
+    for step in (0, 5, 6, 13):
+        index, rows = one.batch(step)
+        parts = [index_r[rows_r] for index_r, rows_r in (s.batch(step) for s in ranks)]
+        np.testing.assert_array_equal(np.concatenate(parts), index[rows])
+    epoch0 = np.concatenate([one.batch(s)[0] for s in range(6)])
+    assert len(set(epoch0)) == 96  # no sample twice within an epoch
+    assert not np.array_equal(one.batch(0)[0], one.batch(6)[0])  # a new order each epoch
+
+
+def test_batch_must_split_evenly_over_processes():
+    with pytest.raises(GeovarioError, match="train.batch_size: the global batch 15 must be divisible by the 2 processes"):
+        DistributedBatchSampler(100, 15, seed=0, world=Dist(0, 0, 2))
+
+
+def test_launch_environment(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "MASTER_ADDR"):
+        monkeypatch.delenv(key, raising=False)
+    assert launch_env() == (0, 0, 1)
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    assert launch_env() == (0, 0, 1)  # an srun allocation alone is not a distributed launch
+    monkeypatch.setenv("MASTER_ADDR", "node1")
+    assert launch_env() == (5, 1, 8)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert launch_env() == (3, 3, 4)  # torchrun's variables win
+
+
+def test_extract_under_torchrun_writes_the_single_process_store(tmp_path, tiny_clip_dir):
+    from test_store_extract import make_dataset
+
+    from geovario.data.store import FeatureStore
+
+    csv = make_dataset(tmp_path, 11, bad={4: "corrupt"})
+    args = ["--data", str(csv), "--backbone", str(tiny_clip_dir), "--shard-size", "3", "--batch-size", "2", "--dtype", "float32",
+            "--no-progress"]
+    done = torchrun("-m", "geovario", "extract", *args, "--out", str(tmp_path / "ddp"))
+    assert done.stdout.count("10 features") == 1  # rank 0 alone reports
+    assert main(["extract", *args, "--out", str(tmp_path / "single")]) == 0
+    ddp, single = FeatureStore(tmp_path / "ddp"), FeatureStore(tmp_path / "single")
+    assert ddp.manifest["complete"] and [s["rows"] for s in ddp.manifest["shards"]] == [3, 2, 3, 2]  # 4 shards, 2 per rank
+    assert ddp.ids.tolist() == single.ids.tolist()
+    np.testing.assert_allclose(ddp.features(), single.features(), rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "ddp" / "skipped.csv").read_text() == (tmp_path / "single" / "skipped.csv").read_text()
