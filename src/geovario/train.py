@@ -332,8 +332,13 @@ class Trainer:
             queue_noisy = add_gps_noise(queue_gps, neg.queue_noise_m, generator)
             queue_full = int(model.queue.count) >= model.queue.size
             model.queue.enqueue(all_gps, all_features)  # as GeoCLIP: the step's own batch joins after it is read
-            image, locations, scale = self.encoders(features, torch.cat([noisy, queue_noisy]))
-            candidates = torch.cat([world.gather_with_grad(locations[: len(gps)]), locations[len(gps) :]])
+            # Each rank encodes its rows of the batch and its share of the queue (padded to equal shares
+            # for the all-gather); the gathered embeddings are [batch, queue] in single-process order.
+            b, share = len(gps), -(-len(queue_noisy) // world.world_size)
+            mine = queue_noisy[world.rank * share : (world.rank + 1) * share]
+            image, locations, scale = self.encoders(features, torch.cat([noisy, F.pad(mine, (0, 0, 0, share - len(mine)))]))
+            gathered = world.gather_with_grad(locations).reshape(world.world_size, b + share, -1)
+            candidates = torch.cat([gathered[:, :b].flatten(0, 1), gathered[:, b:].flatten(0, 1)[: len(queue_noisy)]])
             if self.config.train.local_loss:  # open_clip's local loss: own rows against every candidate
                 query, targets, query_gps, query_features = image, torch.arange(rows.start, rows.stop), gps, features
             else:
