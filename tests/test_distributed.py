@@ -178,3 +178,24 @@ def test_extract_under_torchrun_writes_the_single_process_store(tmp_path, tiny_c
     assert ddp.ids.tolist() == single.ids.tolist()
     np.testing.assert_allclose(ddp.features(), single.features(), rtol=1e-5, atol=1e-6)
     assert (tmp_path / "ddp" / "skipped.csv").read_text() == (tmp_path / "single" / "skipped.csv").read_text()
+
+
+def test_each_rank_reads_its_rows_with_the_views_one_process_would_pick(tmp_path, tiny_clip_dir):
+    from test_store_extract import make_dataset
+
+    from geovario.backbones import ClipBackbone
+    from geovario.data import read_dataset
+    from geovario.data.store import FeatureStore
+    from geovario.extract import ExtractSettings, extract_features
+    from geovario.train import StoreData
+
+    dataset = read_dataset(make_dataset(tmp_path, 8))
+    extract_features(dataset, ClipBackbone.load(str(tiny_clip_dir), "cpu"), tmp_path / "store",
+                     ExtractSettings(batch_size=4, views=3, dtype="float32"), progress=False)
+    data = StoreData(FeatureStore(tmp_path / "store"), use_views=True)
+    index = np.array([5, 2, 7, 0, 3, 6])
+    whole = data.features(index, slice(0, 6), torch.Generator().manual_seed(11))
+    parts = [data.features(index, Dist(r, r, 3).local_rows(6), torch.Generator().manual_seed(11)) for r in range(3)]
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=0)
+    plain = torch.from_numpy(data.store.rows(index))
+    assert 0 < int((whole != plain).any(1).sum()) < 6  # some samples got an augmented view, some the plain crop
