@@ -83,7 +83,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluation_commands(commands)
     add_train_command(commands)
     add_world_commands(commands)
+    add_serve_command(commands)
     return parser
+
+
+def add_serve_command(commands) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="a local web page: drop a photo, see where it was taken",
+        description=("Serve a page at http://HOST:PORT/ that geolocates a dropped photo: the top-k places on a map, "
+                     "sized by probability, with place names, and the photo's EXIF GPS as the true location when it "
+                     "has one. JSON API: POST /api/predict (multipart field 'file'), GET /api/health, docs at "
+                     "/api/docs. The model, its cached gallery and the backbone load once at start-up."),
+    )
+    serve.add_argument("--model", required=True, type=Path, help="geovario model directory")
+    serve.add_argument("--backbone", metavar="NAME_OR_DIR", help="CLIP checkpoint (default: the one the model directory names)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
+    serve.add_argument("--port", type=_positive_int, default=8000, help="port (default 8000)")
+    serve.add_argument("--top-k", type=_positive_int, default=5, help="places per photo (default 5)")
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="larger uploads get HTTP 413 (default 20)")
+    serve.add_argument("--max-pixels", type=_positive_int, default=50_000_000,
+                       help="images with more pixels get HTTP 413, before decoding: the decompression-bomb guard (default 50,000,000)")
+    serve.add_argument("--tiles", default="https://tile.openstreetmap.org/{z}/{x}/{y}.png", metavar="URL|none",
+                       help="map tile URL template (default OpenStreetMap); 'none' shows only the bundled world outline")
+    serve.add_argument("--device", help="torch device (default: cuda when available)")
 
 
 def add_world_commands(commands) -> None:
@@ -641,6 +665,28 @@ def _format_table(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from PIL import Image
+
+    from geovario.serve import GeoService, ServeSettings, create_app
+
+    if not args.max_upload_mb > 0:
+        raise GeovarioError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    settings = ServeSettings(top_k=args.top_k, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                             tiles=None if args.tiles.lower() == "none" else args.tiles)
+    Image.MAX_IMAGE_PIXELS = args.max_pixels  # PIL's own decompression-bomb limit, for every decoder
+    try:
+        service = GeoService(str(args.model), args.backbone, args.device, settings)
+    except ValueError as e:
+        raise GeovarioError(f"--top-k: {e}") from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"geovario: warning: listening on {args.host}: anyone who can reach this machine can use the page", file=sys.stderr)
+    print(f"geovario: serving {args.model} at http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr)
+    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 COMMANDS = {
     ("weights", "geoclip"): cmd_weights_geoclip,
     ("predict", None): cmd_predict,
@@ -655,6 +701,7 @@ COMMANDS = {
     ("simulate", None): cmd_simulate,
     ("demo", None): cmd_demo,
     ("bench", "losses"): cmd_bench_losses,
+    ("serve", None): cmd_serve,
 }
 
 

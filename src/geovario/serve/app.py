@@ -1,0 +1,106 @@
+"""The HTTP side of `geovario serve`: FastAPI routes, the upload size limit and the static page.
+
+    GET  /              the page (static/index.html)
+    GET  /api/health    model, gallery size and limits, as JSON
+    POST /api/predict   multipart field "file" (an image); ?top_k=N; JSON answer or {"detail": why}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from geovario import __version__
+from geovario.serve.service import GeoService, UploadError
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class UploadLimit:
+    """ASGI middleware: answer 413 to a request body over ``max_bytes``, before it is all read.
+
+    A declared Content-Length over the limit is refused at once; a chunked body is counted as it
+    arrives, so no upload can fill memory or the temp dir beyond the limit.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
+            return await self.app(scope, receive, send)
+        refusal = JSONResponse({"detail": f"upload too large: the limit is {self.max_bytes / 2**20:g} MB"}, status_code=413)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await refusal(scope, receive, send)
+        received, overflowed, refused = 0, False, False
+
+        async def counted_receive():
+            nonlocal received, overflowed
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    overflowed = True
+                    raise _TooLarge
+            return message
+
+        async def refuse_once():
+            nonlocal refused
+            if not refused:
+                refused = True
+                await refusal(scope, receive, send)
+
+        async def guarded_send(message):
+            # The app may catch the overflow and answer 400 for a broken body: answer 413 instead.
+            if overflowed:
+                if message["type"] == "http.response.start":
+                    await refuse_once()
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except _TooLarge:
+            await refuse_once()
+
+
+def create_app(service: GeoService) -> FastAPI:
+    settings = service.settings
+    app = FastAPI(title="geovario", version=__version__, description="Drop a photo, see where it was taken.",
+                  docs_url="/api/docs", redoc_url=None)
+    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+
+    @app.get("/api/health")
+    def health() -> dict:
+        return {"status": "ok", "version": __version__, **service.info()}
+
+    @app.post("/api/predict")
+    def predict(file: UploadFile = File(..., description="a photo: JPEG, PNG, WebP, GIF, BMP or TIFF"),
+                top_k: int | None = Query(None, description="how many places to return (default: the server's --top-k)")) -> dict:
+        # A plain def: FastAPI runs it in a worker thread, so decoding and the forward pass never block the loop.
+        data = file.file.read()
+        try:
+            return service.predict(data, file.filename or "upload", file.content_type, top_k)
+        except UploadError as e:
+            raise HTTPException(e.status, str(e)) from None
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/config.js", include_in_schema=False)
+    def page_config() -> Response:
+        config = {"tiles": settings.tiles, "topK": settings.top_k, "maxUploadBytes": settings.max_upload_bytes}
+        return Response(f"window.GEOVARIO = {json.dumps(config)};\n", media_type="text/javascript")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

@@ -1,0 +1,106 @@
+// geovario's page: upload a photo to /api/predict, then show the top-k places on a map and in a table.
+(function () {
+  "use strict";
+  const config = window.GEOVARIO || { tiles: null, topK: 5 };
+  const $ = (id) => document.getElementById(id);
+
+  // The map: a bundled Natural Earth outline (its own pane, under the tiles) so it is never blank
+  // offline; OpenStreetMap tiles on top when they load.
+  const map = L.map("map", { worldCopyJump: true, minZoom: 1 }).setView([20, 0], 2);
+  map.createPane("outline").style.zIndex = 150;
+  fetch("/static/vendor/world-atlas/countries-110m.json")
+    .then((r) => r.json())
+    .then((topology) => {
+      L.geoJSON(topojson.feature(topology, topology.objects.countries), {
+        pane: "outline", interactive: false,
+        style: { color: "#6b7a8f", weight: 0.7, fillColor: "#eef0e6", fillOpacity: 1 },
+      }).addTo(map);
+    });
+  if (config.tiles) {
+    L.tileLayer(config.tiles, {
+      maxZoom: 18, attribution: '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors',
+    }).addTo(map);
+  }
+  const markers = L.layerGroup().addTo(map);
+
+  function setStatus(text, isError) {
+    $("status").textContent = text;
+    $("status").className = isError ? "error" : "";
+  }
+
+  function escape(text) {
+    const div = document.createElement("div");
+    div.textContent = text;
+    return div.innerHTML;
+  }
+
+  function show(answer) {
+    markers.clearLayers();
+    const body = $("results").querySelector("tbody");
+    body.innerHTML = "";
+    const points = [];
+    answer.predictions.forEach((p) => {
+      const radius = 6 + 26 * Math.sqrt(p.prob);  // area grows with the probability
+      const marker = L.circleMarker([p.lat, p.lon], {
+        radius, color: "#173f8a", weight: 2, fillColor: "#2767d9", fillOpacity: 0.55, className: "prediction",
+      }).bindPopup(`<b>#${p.rank}</b> ${escape(p.label)}<br>${(100 * p.prob).toFixed(1)}%`);
+      marker.bindTooltip(String(p.rank), { permanent: true, direction: "center", className: "rank-label" });
+      markers.addLayer(marker);
+      points.push([p.lat, p.lon]);
+      const row = body.insertRow();
+      row.className = "prediction-row";
+      row.innerHTML = `<td>${p.rank}</td><td>${escape(p.label || "open sea")}</td>` +
+        `<td>${p.lat.toFixed(3)}, ${p.lon.toFixed(3)}</td>` +
+        `<td class="prob"><span class="bar" style="width:${Math.max(2, 60 * p.prob)}px"></span>${(100 * p.prob).toFixed(1)}%</td>`;
+    });
+    $("results").hidden = false;
+    if (answer.exif) {
+      const t = answer.exif;
+      const truth = L.marker([t.lat, t.lon], { title: "true location (EXIF GPS)" })
+        .bindPopup(`True location from the photo's EXIF GPS<br>${t.error_km.toFixed(1)} km from the best guess`)
+        .bindTooltip("true", { permanent: true, direction: "right" });
+      markers.addLayer(truth);
+      markers.addLayer(L.polyline([[t.lat, t.lon], points[0]], { color: "#1a7f37", dashArray: "5 6", weight: 2 }));
+      points.push([t.lat, t.lon]);
+      $("truth").textContent = `The photo's EXIF GPS puts it at ${t.lat.toFixed(4)}, ${t.lon.toFixed(4)}: ` +
+        `the best guess is ${t.error_km.toFixed(1)} km away.`;
+      $("truth").hidden = false;
+    } else {
+      $("truth").hidden = true;
+    }
+    map.fitBounds(L.latLngBounds(points).pad(0.6), { maxZoom: 8 });
+    setStatus(`${answer.image.width}×${answer.image.height} ${answer.image.format}, geolocated in ${answer.elapsed_ms} ms`);
+  }
+
+  async function upload(file) {
+    if (!file) return;
+    $("photo").src = URL.createObjectURL(file);
+    $("photo").hidden = false;
+    $("drop-text").hidden = true;
+    if (config.maxUploadBytes && file.size > config.maxUploadBytes) {
+      setStatus(`${file.name} is ${(file.size / 2 ** 20).toFixed(1)} MB; the limit is ${config.maxUploadBytes / 2 ** 20} MB`, true);
+      return;
+    }
+    setStatus("Geolocating…");
+    const form = new FormData();
+    form.append("file", file, file.name);
+    try {
+      const response = await fetch(`/api/predict?top_k=${config.topK}`, { method: "POST", body: form });
+      const answer = await response.json();
+      if (!response.ok) throw new Error(answer.detail || response.statusText);
+      show(answer);
+    } catch (error) {
+      markers.clearLayers();
+      $("results").hidden = true;
+      $("truth").hidden = true;
+      setStatus(String(error.message || error), true);
+    }
+  }
+
+  $("file").addEventListener("change", (e) => upload(e.target.files[0]));
+  const drop = $("drop");
+  ["dragenter", "dragover"].forEach((type) => drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+  ["dragleave", "drop"].forEach((type) => drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
+  drop.addEventListener("drop", (e) => upload(e.dataTransfer.files[0]));
+  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") $("file").click(); });
+})();

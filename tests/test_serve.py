@@ -1,0 +1,145 @@
+"""`geovario serve`'s API: a prediction with places and EXIF truth, and one refusal per kind of bad upload."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import random_gallery, tiny_config
+from geovario.cli import main
+from geovario.geo import haversine_km
+from geovario.model import GeoLocModel
+from geovario.modeldir import save_model_dir
+from test_data_readers import gps_exif
+
+pytest.importorskip("httpx", reason="the API tests drive the app through httpx (pip install -e '.[test]')")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from geovario.serve import GeoService, ServeSettings, create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def served_model(tmp_path_factory):
+    import torch
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("serve") / "model"
+    return save_model_dir(folder, GeoLocModel(tiny_config()), backbone="unused", gallery=random_gallery(500))
+
+
+@pytest.fixture(scope="module")
+def client(served_model, tiny_clip_dir):
+    service = GeoService(str(served_model), str(tiny_clip_dir), "cpu", ServeSettings(top_k=5))
+    with TestClient(create_app(service)) as client:
+        yield client
+
+
+def photo(lat=None, lon=None, size=(320, 240), format="JPEG") -> bytes:
+    pixels = np.random.default_rng(1).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    extra = {"exif": gps_exif(lat, lon)} if lat is not None else {}
+    Image.fromarray(pixels).save(buffer, format, **extra)
+    return buffer.getvalue()
+
+
+def upload(client, data: bytes, name="photo.jpg", content_type="image/jpeg", **params):
+    return client.post("/api/predict", files={"file": (name, data, content_type)}, params=params)
+
+
+def test_health_and_page(client, served_model):
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok" and health["gallery_size"] == 500 and health["top_k"] == 5
+    assert health["model"] == str(served_model) and health["max_upload_bytes"] == 20 * 2**20
+    page = client.get("/")
+    assert page.status_code == 200 and "/static/vendor/leaflet/leaflet.js" in page.text  # vendored, no CDN
+    assert "cdn" not in page.text.lower() and client.get("/static/vendor/leaflet/leaflet.js").status_code == 200
+    assert client.get("/static/vendor/world-atlas/countries-110m.json").json()["type"] == "Topology"
+    assert '"tiles": "https://tile.openstreetmap.org/' in client.get("/config.js").text
+
+
+def test_predict_returns_places_and_the_exif_truth(client):
+    answer = upload(client, photo(48.8584, 2.2945)).json()
+    predictions = answer["predictions"]
+    assert [p["rank"] for p in predictions] == [1, 2, 3, 4, 5]
+    probs = [p["prob"] for p in predictions]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    assert all(set(p["place"]) == {"city", "subregion", "region", "country"} for p in predictions)
+    assert all(p["label"] == ", ".join(x for x in (p["place"]["city"], p["place"]["region"], p["place"]["country"]) if x)
+               for p in predictions)
+    exif = answer["exif"]
+    assert exif["lat"] == pytest.approx(48.8584, abs=1e-4) and exif["lon"] == pytest.approx(2.2945, abs=1e-4)
+    assert exif["error_km"] == pytest.approx(float(haversine_km(exif["lat"], exif["lon"], predictions[0]["lat"], predictions[0]["lon"])))
+    assert answer["image"] == {"width": 320, "height": 240, "format": "JPEG"}
+    assert len(upload(client, photo(), top_k=2).json()["predictions"]) == 2
+    assert upload(client, photo()).json()["exif"] is None
+
+
+def test_png_and_webp_are_accepted(client):
+    for format, content_type in (("PNG", "image/png"), ("WEBP", "image/webp")):
+        answer = upload(client, photo(format=format), name=f"x.{format.lower()}", content_type=content_type)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["image"]["format"] in ("PNG", "WebP")
+
+
+def test_oversize_upload_gets_413(client):
+    big = photo() + b"\0" * (20 * 2**20)  # a valid JPEG padded past the 20 MB default
+    response = upload(client, big)
+    assert response.status_code == 413 and "the limit is 20 MB" in response.json()["detail"]
+
+
+def test_oversize_chunked_upload_gets_413_while_streaming(served_model, tiny_clip_dir):
+    service = GeoService(str(served_model), str(tiny_clip_dir), "cpu", ServeSettings(max_upload_bytes=2**20))
+    boundary = "geovario"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
+
+    def body():  # no Content-Length: only counting the stream can stop it
+        yield head + photo()
+        for _ in range(64):
+            yield b"\0" * 65536
+
+    with TestClient(create_app(service)) as client:
+        response = client.post("/api/predict", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert response.status_code == 413 and "the limit is 1 MB" in response.json()["detail"]
+
+
+def test_not_an_image_gets_415(client):
+    response = upload(client, b"hello, this is text\n", name="notes.txt", content_type="text/plain")
+    assert response.status_code == 415 and "not an image (sent as text/plain)" in response.json()["detail"]
+    response = upload(client, b"%PDF-1.7\n" + b"x" * 500, name="scan.jpg")  # named and declared as a JPEG: the bytes decide
+    assert response.status_code == 415 and response.json()["detail"] == "scan.jpg: not an image file; upload a JPEG, PNG or WebP photo"
+
+
+def test_truncated_jpeg_gets_422(client):
+    data = photo()
+    response = upload(client, data[: len(data) // 2], name="cut.jpg")
+    assert response.status_code == 422 and response.json()["detail"].startswith("cut.jpg: corrupt or truncated image")
+
+
+def test_zero_byte_upload_gets_400(client):
+    response = upload(client, b"", name="empty.jpg")
+    assert response.status_code == 400 and response.json()["detail"] == "empty.jpg: the upload is empty (0 bytes)"
+
+
+@pytest.mark.parametrize("size", [(10_000, 8_000), (20_000, 20_000)], ids=["over-our-limit", "over-twice-PILs"])
+def test_png_bomb_is_refused_before_decoding(client, size):
+    buffer = io.BytesIO()
+    Image.new("1", size).save(buffer, "PNG")  # 80 or 400 million pixels in a small file
+    assert len(buffer.getvalue()) < 2**20
+    response = upload(client, buffer.getvalue(), name="bomb.png", content_type="image/png")
+    assert response.status_code == 413
+    detail = response.json()["detail"]
+    assert detail.startswith("bomb.png: refused,") and "pixels" in detail
+    if size == (10_000, 8_000):
+        assert detail == "bomb.png: refused, 10000x8000 pixels is more than the limit of 50,000,000"
+
+
+def test_bad_top_k_gets_422(client):
+    assert upload(client, photo(), top_k=0).status_code == 422
+    assert upload(client, photo(), top_k=1000).status_code == 422
+
+
+def test_serve_cli_refuses_a_missing_model(tmp_path, capsys):
+    assert main(["serve", "--model", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("geovario: error:") and "nope" in err[0]
