@@ -1,6 +1,7 @@
 """`geovario serve`'s API: a prediction with places and EXIF truth, and one refusal per kind of bad upload."""
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -24,8 +25,10 @@ def served_model(tmp_path_factory):
     import torch
 
     torch.manual_seed(0)
+    model = GeoLocModel(tiny_config())
+    model.logit_scale.data.fill_(math.log(300))  # a decisive model: probabilities that differ visibly on the map
     folder = tmp_path_factory.mktemp("serve") / "model"
-    return save_model_dir(folder, GeoLocModel(tiny_config()), backbone="unused", gallery=random_gallery(500))
+    return save_model_dir(folder, model, backbone="unused", gallery=random_gallery(500))
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +146,19 @@ def test_serve_cli_refuses_a_missing_model(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "nope")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("geovario: error:") and "nope" in err[0]
+
+
+def test_load_check_200_concurrent_requests_without_errors():
+    """benchmarks/serve_load.py against a real `geovario serve` process: bounded in time, zero errors."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serve_load.py"), "--requests", "200", "--timeout", "240", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    results = json.loads(done.stdout)
+    assert results["concurrent"]["requests"] == 200 and results["concurrent"]["errors"] == 0
+    assert 0 < results["concurrent"]["p50_ms"] <= results["concurrent"]["p95_ms"]

@@ -8,10 +8,23 @@
   // offline; OpenStreetMap tiles on top when they load.
   const map = L.map("map", { worldCopyJump: true, minZoom: 1 }).setView([20, 0], 2);
   map.createPane("outline").style.zIndex = 150;
+  // Natural Earth cuts shapes at the antimeridian for spherical projections; on a flat map a ring that
+  // jumps from +180 to -180 would draw a band across the world, so keep each ring's longitudes continuous.
+  function unwrapRings(geometry) {
+    const polygons = geometry.type === "Polygon" ? [geometry.coordinates] : geometry.type === "MultiPolygon" ? geometry.coordinates : [];
+    polygons.forEach((polygon) => polygon.forEach((ring) => {
+      for (let i = 1; i < ring.length; i++) {
+        while (ring[i][0] - ring[i - 1][0] > 180) ring[i][0] -= 360;
+        while (ring[i][0] - ring[i - 1][0] < -180) ring[i][0] += 360;
+      }
+    }));
+  }
   fetch("/static/vendor/world-atlas/countries-110m.json")
     .then((r) => r.json())
     .then((topology) => {
-      L.geoJSON(topojson.feature(topology, topology.objects.countries), {
+      const countries = topojson.feature(topology, topology.objects.countries);
+      countries.features.forEach((feature) => feature.geometry && unwrapRings(feature.geometry));
+      L.geoJSON(countries, {
         pane: "outline", interactive: false,
         style: { color: "#6b7a8f", weight: 0.7, fillColor: "#eef0e6", fillOpacity: 1 },
       }).addTo(map);
@@ -39,8 +52,9 @@
     const body = $("results").querySelector("tbody");
     body.innerHTML = "";
     const points = [];
+    const top = answer.predictions[0].prob;
     answer.predictions.forEach((p) => {
-      const radius = 6 + 26 * Math.sqrt(p.prob);  // area grows with the probability
+      const radius = 5 + 25 * Math.sqrt(p.prob / top);  // area grows with the probability, the best guess largest
       const marker = L.circleMarker([p.lat, p.lon], {
         radius, color: "#173f8a", weight: 2, fillColor: "#2767d9", fillOpacity: 0.55, className: "prediction",
       }).bindPopup(`<b>#${p.rank}</b> ${escape(p.label)}<br>${(100 * p.prob).toFixed(1)}%`);

@@ -1,0 +1,90 @@
+"""End to end: `geovario serve` on a tiny random CLIP, driven by Playwright in Debian's headless Chromium.
+
+Uploads a geotagged JPEG through the page and checks that the markers, the table and the EXIF truth
+appear, with the map tiles unreachable (as offline) so the bundled world outline must show. The
+screenshot is kept in $GEOVARIO_TEST_ARTIFACTS (default test-artifacts/) as serve-e2e.png.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from test_serve import photo, served_model  # noqa: F401  (a fixture)
+
+CHROMIUM = os.environ.get("GEOVARIO_CHROMIUM", "/usr/bin/chromium")
+# As the machines' notes advise: no background connections, which this closed network refuses.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path, served_model, tiny_clip_dir):
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "geovario", "serve", "--model", str(served_model), "--backbone", str(tiny_clip_dir),
+                                "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{url}/api/health", timeout=1)
+                break
+            except OSError:
+                if process.poll() is not None:
+                    pytest.fail(f"geovario serve exited: {(tmp_path / 'serve.log').read_text()[-2000:]}")
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_drop_a_photo_and_see_markers_table_and_truth(server, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+    if not (os.access(CHROMIUM, os.X_OK) or shutil.which(CHROMIUM)):
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set GEOVARIO_CHROMIUM)")
+    image = tmp_path / "eiffel.jpg"
+    image.write_bytes(photo(48.8584, 2.2945, size=(640, 480)))
+    artifacts = Path(os.environ.get("GEOVARIO_TEST_ARTIFACTS", REPO / "test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            tiles = []
+            page.route("**/tile.openstreetmap.org/**", lambda route: (tiles.append(route.request.url), route.abort()))
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server)
+            page.wait_for_selector(".leaflet-outline-pane path", state="attached", timeout=30_000)  # the offline world outline
+            page.set_input_files("#file", str(image))
+            page.wait_for_selector("#results tbody tr.prediction-row", timeout=60_000)
+            rows = page.locator("#results tbody tr.prediction-row")
+            assert rows.count() == 5
+            assert page.locator("path.prediction").count() == 5  # one circle marker per place, sized by probability
+            radii = [float(page.locator("path.prediction").nth(i).get_attribute("d").split("a")[1].split(",")[0]) for i in range(5)]
+            assert radii == sorted(radii, reverse=True) and radii[0] > radii[-1]
+            assert page.locator(".leaflet-marker-icon").count() == 1  # the EXIF "true" marker
+            assert "km away" in page.locator("#truth").inner_text()
+            assert "%" in rows.nth(0).inner_text()
+            assert page.locator(".leaflet-outline-pane path").count() > 100  # country outlines drawn, not a blank map
+            assert tiles, "the page should have tried the OpenStreetMap tiles"
+            assert not errors, errors
+            page.screenshot(path=str(artifacts / "serve-e2e.png"))
+        finally:
+            browser.close()
+    assert (artifacts / "serve-e2e.png").stat().st_size > 10_000
