@@ -59,6 +59,7 @@ def test_health_and_page(client, served_model):
     assert "cdn" not in page.text.lower() and client.get("/static/vendor/leaflet/leaflet.js").status_code == 200
     assert client.get("/static/vendor/world-atlas/countries-110m.json").json()["type"] == "Topology"
     assert '"tiles": "https://tile.openstreetmap.org/' in client.get("/config.js").text
+    assert "/api/predict" in client.get("/openapi.json").json()["paths"]
 
 
 def test_predict_returns_places_and_the_exif_truth(client):

@@ -93,8 +93,8 @@ def add_serve_command(commands) -> None:
         help="a local web page: drop a photo, see where it was taken",
         description=("Serve a page at http://HOST:PORT/ that geolocates a dropped photo: the top-k places on a map, "
                      "sized by probability, with place names, and the photo's EXIF GPS as the true location when it "
-                     "has one. JSON API: POST /api/predict (multipart field 'file'), GET /api/health, docs at "
-                     "/api/docs. The model, its cached gallery and the backbone load once at start-up."),
+                     "has one. JSON API: POST /api/predict (multipart field 'file'), GET /api/health, schema at "
+                     "/openapi.json. The model, its cached gallery and the backbone load once at start-up."),
     )
     serve.add_argument("--model", required=True, type=Path, help="geovario model directory")
     serve.add_argument("--backbone", metavar="NAME_OR_DIR", help="CLIP checkpoint (default: the one the model directory names)")

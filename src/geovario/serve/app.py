@@ -3,6 +3,7 @@
     GET  /              the page (static/index.html)
     GET  /api/health    model, gallery size and limits, as JSON
     POST /api/predict   multipart field "file" (an image); ?top_k=N; JSON answer or {"detail": why}
+    GET  /openapi.json  the API's schema
 """
 
 from __future__ import annotations
@@ -75,8 +76,10 @@ class UploadLimit:
 
 def create_app(service: GeoService) -> FastAPI:
     settings = service.settings
+    # No Swagger/ReDoc pages: FastAPI loads them from a CDN, and this server works offline; the schema
+    # itself is at /openapi.json.
     app = FastAPI(title="geovario", version=__version__, description="Drop a photo, see where it was taken.",
-                  docs_url="/api/docs", redoc_url=None)
+                  docs_url=None, redoc_url=None)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
 
     @app.get("/api/health")
