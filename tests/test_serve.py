@@ -149,6 +149,18 @@ def test_serve_cli_refuses_a_missing_model(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("geovario: error:") and "nope" in err[0]
 
 
+def test_serve_cli_refuses_a_busy_port_before_loading(served_model, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--model", str(served_model), "--port", str(port)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"geovario: error: --host 127.0.0.1 --port {port}: cannot listen there (Address already in use); choose another --port"]
+
+
 def test_load_check_200_concurrent_requests_without_errors():
     """benchmarks/serve_load.py against a real `geovario serve` process: bounded in time, zero errors."""
     import json

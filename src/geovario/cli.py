@@ -665,6 +665,18 @@ def _format_table(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _check_can_listen(host: str, port: int) -> None:
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind((host, port))
+    except OSError as e:
+        raise GeovarioError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); choose another --port") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from PIL import Image
@@ -676,6 +688,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(top_k=args.top_k, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                              tiles=None if args.tiles.lower() == "none" else args.tiles)
     Image.MAX_IMAGE_PIXELS = args.max_pixels  # PIL's own decompression-bomb limit, for every decoder
+    _check_can_listen(args.host, args.port)  # before the slow model load, not after
     try:
         service = GeoService(str(args.model), args.backbone, args.device, settings)
     except ValueError as e:
