@@ -23,9 +23,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from geovario import distributed
 from geovario.atomic import atomic_path, atomic_write_bytes
 from geovario.config import Config
-from geovario import distributed
 from geovario.data.store import FeatureStore
 from geovario.distributed import Dist, DistributedBatchSampler
 from geovario.errors import GeovarioError
@@ -476,9 +476,9 @@ def _refit_on_learned(model, data: StoreData, config: Config, device, world: Dis
     of the pairs, the per-bin sums are all-reduced, and rank 0's fit is broadcast.
     """
     sample = np.sort(np.random.default_rng(config.train.seed).choice(len(data), min(len(data), 4000), replace=False))
-    mine = np.array_split(sample, world.world_size)[world.rank]
-    local = model.encode_images(torch.from_numpy(data.store.rows(mine)).float().to(device))
-    sizes = [len(part) for part in np.array_split(sample, world.world_size)]
+    parts = np.array_split(sample, world.world_size)
+    local = model.encode_images(torch.from_numpy(data.store.rows(parts[world.rank])).float().to(device))
+    sizes = [len(part) for part in parts]
     padded = torch.zeros(max(sizes), local.shape[1], dtype=local.dtype, device=local.device)  # all_gather wants equal sizes
     padded[: len(local)] = local
     gathered = world.gather(padded).reshape(world.world_size, max(sizes), -1)
