@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from geovario.backbones import default_device
 from geovario.errors import GeovarioError
 
 # Long enough for rank 0 to fit the initial variogram on millions of features while the others wait.
@@ -106,9 +107,7 @@ class Dist:
 
 
 def _device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = default_device() if name == "auto" else torch.device(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device
