@@ -45,7 +45,10 @@ def main(spec_path: str, out: str) -> int:
     for scenario in json.loads(Path(spec_path).read_text()):
         tensors = run_scenario(scenario, out_dir / "runs")
         save_file(tensors, str(out_dir / f"{scenario['name']}.rank{distributed.setup()[0].rank}.safetensors"))
-    distributed.teardown()
+    rank = distributed.setup()[0].rank
+    import torch.distributed.fsdp  # noqa: F401  what transformers imports while extraction's group is up
+    freed = distributed.teardown()
+    (out_dir / f"teardown.rank{rank}.json").write_text(json.dumps({"group_freed": freed}))
     return 0
 
 

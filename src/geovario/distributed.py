@@ -11,12 +11,19 @@ The backend is NCCL on CUDA and gloo on CPU. Each process uses cuda:LOCAL_RANK w
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
+# Imported before any process group exists, on purpose: this module binds `group=group.WORLD` as
+# default arguments, so importing it later (transformers does, through torch.distributed.fsdp) pins
+# the default group forever. A pinned gloo group outlives destroy_process_group, and its worker
+# threads can then release a finished broadcast's tensors during interpreter shutdown, which aborts
+# the process ("terminate called without an active exception") after the job has succeeded.
+import torch.distributed.nn.functional as dist_nn
 
 from geovario.backbones import default_device
 from geovario.errors import GeovarioError
@@ -77,9 +84,7 @@ class Dist:
         """
         if not self.enabled:
             return tensor
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(tensor))
+        return torch.cat(dist_nn.all_gather(tensor))
 
     def all_reduce_sum(self, array: np.ndarray) -> np.ndarray:
         if not self.enabled:
@@ -132,9 +137,18 @@ def setup(device_name: str = "auto") -> tuple[Dist, torch.device]:
     return Dist(rank, local, world), device
 
 
-def teardown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def teardown() -> bool:
+    """Leave the process group once every rank is done with it; True when the group is freed.
+
+    Freed means its communication threads have been joined, so nothing of torch.distributed is
+    left running when the interpreter shuts down.
+    """
+    if not dist.is_initialized():
+        return True
+    group = weakref.ref(dist.group.WORLD)
+    dist.barrier()  # no rank tears down while a peer is still inside a collective
+    dist.destroy_process_group()
+    return group() is None
 
 
 class DistributedBatchSampler:
