@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -42,6 +43,15 @@ def tiny_model_dir(tmp_path) -> Path:
     torch.manual_seed(0)
     model = GeoLocModel(tiny_config())
     return save_model_dir(tmp_path / "tiny-model", model, backbone="unused", gallery=random_gallery(300))
+
+
+@pytest.fixture(scope="module")
+def served_model(tmp_path_factory) -> Path:
+    """A tiny model directory for `geovario serve`, decisive enough that its probabilities differ on the map."""
+    torch.manual_seed(0)
+    model = GeoLocModel(tiny_config())
+    model.logit_scale.data.fill_(math.log(300))
+    return save_model_dir(tmp_path_factory.mktemp("serve") / "model", model, backbone="unused", gallery=random_gallery(500))
 
 
 @pytest.fixture(scope="session")

@@ -1,34 +1,19 @@
 """`geovario serve`'s API: a prediction with places and EXIF truth, and one refusal per kind of bad upload."""
 
 import io
-import math
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import random_gallery, tiny_config
 from geovario.cli import main
 from geovario.geo import haversine_km
-from geovario.model import GeoLocModel
-from geovario.modeldir import save_model_dir
 from test_data_readers import gps_exif
 
 pytest.importorskip("httpx", reason="the API tests drive the app through httpx (pip install -e '.[test]')")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from geovario.serve import GeoService, ServeSettings, create_app  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def served_model(tmp_path_factory):
-    import torch
-
-    torch.manual_seed(0)
-    model = GeoLocModel(tiny_config())
-    model.logit_scale.data.fill_(math.log(300))  # a decisive model: probabilities that differ visibly on the map
-    folder = tmp_path_factory.mktemp("serve") / "model"
-    return save_model_dir(folder, model, backbone="unused", gallery=random_gallery(500))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from test_serve import photo, served_model  # noqa: F401  (a fixture)
+from test_serve import photo
 
 CHROMIUM = os.environ.get("GEOVARIO_CHROMIUM", "/usr/bin/chromium")
 # As the machines' notes advise: no background connections, which this closed network refuses.

@@ -1,7 +1,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from geovario.cli import main
 from geovario.data.store import FeatureStore
