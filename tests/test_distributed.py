@@ -149,6 +149,17 @@ def test_sampler_splits_each_global_batch_into_contiguous_rank_rows():
     assert not np.array_equal(one.batch(0)[0], one.batch(6)[0])  # a new order each epoch
 
 
+def test_shares_padded_and_gathered_rebuild_the_items_in_order():
+    for n in (0, 1, 5, 40, 4000, 4001):
+        for world_size in (1, 2, 3, 4, 8):
+            items = np.arange(n)
+            shares = [items[Dist(r, r, world_size).share(n)] for r in range(world_size)]
+            size = -(-n // world_size)
+            assert all(len(part) <= size for part in shares) and sum(map(len, shares)) == n
+            gathered = np.concatenate([np.pad(part, (0, size - len(part)), constant_values=-1) for part in shares])
+            assert gathered[:n].tolist() == items.tolist()
+
+
 def test_batch_must_split_evenly_over_processes():
     with pytest.raises(GeovarioError, match="train.batch_size: the global batch 15 must be divisible by the 2 processes"):
         DistributedBatchSampler(100, 15, seed=0, world=Dist(0, 0, 2))

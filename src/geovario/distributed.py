@@ -67,6 +67,15 @@ class Dist:
         b = global_batch // self.world_size
         return slice(self.rank * b, (self.rank + 1) * b)
 
+    def share(self, n: int) -> slice:
+        """This rank's share of n items cut into equal contiguous shares of ceil(n / W).
+
+        Only the last non-empty share can be short, so gathering the shares padded to full length
+        and keeping the first n rows rebuilds the n items in order.
+        """
+        size = -(-n // self.world_size)
+        return slice(self.rank * size, (self.rank + 1) * size)
+
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate every rank's rows in rank order, without gradient (GPS, frozen features)."""
         if not self.enabled:

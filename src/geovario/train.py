@@ -334,8 +334,8 @@ class Trainer:
             model.queue.enqueue(all_gps, all_features)  # as GeoCLIP: the step's own batch joins after it is read
             # Each rank encodes its rows of the batch and its share of the queue (padded to equal shares
             # for the all-gather); the gathered embeddings are [batch, queue] in single-process order.
-            b, share = len(gps), -(-len(queue_noisy) // world.world_size)
-            mine = queue_noisy[world.rank * share : (world.rank + 1) * share]
+            own = world.share(len(queue_noisy))
+            b, share, mine = len(gps), own.stop - own.start, queue_noisy[own]
             image, locations, scale = self.encoders(features, torch.cat([noisy, F.pad(mine, (0, 0, 0, share - len(mine)))]))
             gathered = world.gather_with_grad(locations).reshape(world.world_size, b + share, -1)
             candidates = torch.cat([gathered[:, :b].flatten(0, 1), gathered[:, b:].flatten(0, 1)[: len(queue_noisy)]])
@@ -476,13 +476,10 @@ def _refit_on_learned(model, data: StoreData, config: Config, device, world: Dis
     of the pairs, the per-bin sums are all-reduced, and rank 0's fit is broadcast.
     """
     sample = np.sort(np.random.default_rng(config.train.seed).choice(len(data), min(len(data), 4000), replace=False))
-    parts = np.array_split(sample, world.world_size)
-    local = model.encode_images(torch.from_numpy(data.store.rows(parts[world.rank])).float().to(device))
-    sizes = [len(part) for part in parts]
-    padded = torch.zeros(max(sizes), local.shape[1], dtype=local.dtype, device=local.device)  # all_gather wants equal sizes
-    padded[: len(local)] = local
-    gathered = world.gather(padded).reshape(world.world_size, max(sizes), -1)
-    embeddings = torch.cat([gathered[r, :n] for r, n in enumerate(sizes)]).float().cpu().numpy()
+    own = world.share(len(sample))
+    local = model.encode_images(torch.from_numpy(data.store.rows(sample[own])).float().to(device))
+    padded = F.pad(local, (0, 0, 0, own.stop - own.start - len(local)))  # all_gather wants equal sizes
+    embeddings = world.gather(padded)[: len(sample)].float().cpu().numpy()
     empirical = empirical_for_loss(embeddings, data.store.gps[sample], config.loss.variogram_bins,
                                    shard=(world.rank, world.world_size), reduce_sum=world.all_reduce_sum)
     fitted = None
