@@ -114,6 +114,17 @@ def test_bad_rows_skip_with_report_or_fail_with_strict(tmp_path, backbone, capsy
     assert len(err) == 1 and "data.csv:5: latitude 91.0 outside" in err[0]
 
 
+def test_no_usable_rows_fails_before_loading_the_backbone(tmp_path, capsys):
+    csv = tmp_path / "data.csv"
+    csv.write_text("IMG_FILE,LAT,LON\na.jpg,91,0\nb.jpg,nan,2\n")
+    # A backbone that can't load: the answer must be about the rows, found without trying.
+    assert main(["extract", "--data", str(csv), "--backbone", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "s")]) == 1
+    err = capsys.readouterr().err
+    assert "data.csv:2: latitude 91.0 outside" in err  # the report says why
+    assert err.strip().splitlines()[-1] == f"geovario: error: {csv}: no usable rows"
+    assert not (tmp_path / "s").exists()
+
+
 def test_resume_recomputes_only_missing_shards_and_refuses_other_settings(tmp_path, backbone):
     dataset = read_dataset(make_dataset(tmp_path, 10))
     settings = ExtractSettings(batch_size=3, shard_size=4, views=2, seed=7)

@@ -559,9 +559,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     dataset = read_dataset(args.data, args.format, args.images)
     if args.strict:
         dataset.require_clean()
-    world, device = distributed.setup(args.device or "auto")  # one rank per device under torchrun
-    if world.is_main:
+    if distributed.is_main_process():
         print(dataset.summary(20), file=sys.stderr)
+    dataset.require_usable()  # before the slow backbone load
+    world, device = distributed.setup(args.device or "auto")  # one rank per device under torchrun
     backbone = ClipBackbone.load(args.backbone, device)
     settings = ExtractSettings(batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype,
                                views=args.views, seed=args.seed, workers=args.workers, strict=args.strict)

@@ -152,9 +152,8 @@ def extract_features(
     if settings.dtype not in ("float16", "float32"):
         raise GeovarioError(f"--dtype must be float16 or float32, got {settings.dtype!r}")
     out = Path(out)
+    dataset.require_usable()
     records = dataset.records
-    if not records:
-        raise GeovarioError(f"{dataset.source}: no usable rows to extract")
     meta_keys = list(dict.fromkeys(k for r in records for k in r.meta))
     manifest = {
         "format": STORE_FORMAT,

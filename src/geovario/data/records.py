@@ -70,6 +70,10 @@ class Dataset:
         if self.problems:
             more = f" (and {len(self.problems) - 1} more; see `geovario data check {self.source}`)" if len(self.problems) > 1 else ""
             raise GeovarioError(f"{self.problems[0]}{more}")
+        self.require_usable()
+
+    def require_usable(self) -> None:
+        """At least one usable row, or an error naming the dataset."""
         if not self.records:
             raise GeovarioError(f"{self.source}: no usable rows")
 
