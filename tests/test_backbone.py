@@ -71,6 +71,8 @@ def test_bad_backbone_names_give_one_line(tmp_path):
     with pytest.raises(GeovarioError, match="no config.json"):
         ClipBackbone.load(str(tmp_path))
     with pytest.raises(GeovarioError, match="cannot load backbone"):
+        ClipBackbone.load("not here!")  # neither a folder nor a valid hub id; refused without a network call
+    with pytest.raises(GeovarioError, match=r"nor-on-the-hub: backbone folder not found \(and not a hub id"):
         ClipBackbone.load(str(tmp_path / "not-here" / "nor-on-the-hub"))
 
 

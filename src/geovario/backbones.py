@@ -115,6 +115,9 @@ class ClipBackbone:
         local = Path(name_or_dir)
         if local.exists() and not (local / "config.json").is_file():
             raise GeovarioError(f"{local}: no config.json; not a transformers CLIP checkpoint")
+        # A hub id is "org/name"; anything shaped like a path that isn't there is a missing folder.
+        if not local.exists() and (local.is_absolute() or name_or_dir.startswith((".", "~")) or name_or_dir.count("/") > 1):
+            raise GeovarioError(f"{name_or_dir}: backbone folder not found (and not a hub id such as openai/clip-vit-large-patch14)")
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # a full CLIPModel checkpoint has text weights we skip on purpose
         hf_logging.disable_progress_bar()
