@@ -15,12 +15,25 @@ from geovario.modeldir import save_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GEOVARIO_SHARED_DIR", REPO.parent / "shared"))
+# CI sets this: a test that skips (no ../shared, no geoclip wheel, no chromium, no test extra) fails the run.
+NO_SKIPS = os.environ.get("GEOVARIO_NO_SKIPS") == "1"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if NO_SKIPS and skipped:
+        for report in skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            reporter.write_line(f"GEOVARIO_NO_SKIPS: {report.nodeid} skipped: {reason}", red=True)
+        reporter.write_line(f"GEOVARIO_NO_SKIPS: {len(skipped)} skipped tests fail this run", red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def tiny_config(feature_dim: int = 32) -> ModelConfig:
     return ModelConfig(
         feature_dim=feature_dim, head_hidden_dim=32, embed_dim=16, sigmas=[1.0, 16.0],
-        rff_dim=8, hidden_dim=32, hidden_layers=2, queue_size=64,
+        rff_dim=8, hidden_dim=32, hidden_layers=2, 
     )
 
 

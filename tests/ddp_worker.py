@@ -4,7 +4,8 @@
 
 SPEC.json lists scenarios ``{"name", "overrides", "steps"}``. For each, this rank builds the real
 ``Trainer`` (which joins the process group from torchrun's variables), takes ``steps`` steps and writes
-``OUT_DIR/<name>.rank<R>.safetensors``: its gradients, parameters and queue after the last step.
+``OUT_DIR/<name>.rank<R>.safetensors``: its gradients, parameters and queue after the last step
+(and, with ``"record": true``, every step's candidate columns).
 """
 
 from __future__ import annotations
@@ -22,22 +23,39 @@ from geovario.train import Trainer
 
 
 def snapshot(trainer: Trainer) -> dict[str, torch.Tensor]:
-    """Gradients of the last step, parameters and queue buffers, by name."""
+    """Gradients of the last step, parameters and the negative source's state (queue buffers), by name."""
     model = trainer.model
     tensors = {f"grad.{n}": p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.grad is not None}
     tensors |= {f"param.{n}": p.detach().cpu().clone() for n, p in model.named_parameters()}
-    tensors |= {f"queue.{k}": v.detach().cpu().clone() for k, v in model.queue.state_dict().items()}
+    tensors |= {k: v.detach().cpu().clone() for k, v in trainer.negatives.state_dict().items()}
     if trainer.state.variogram:
         text = json.dumps(trainer.state.variogram, sort_keys=True).encode()
         tensors["variogram"] = torch.tensor(list(text), dtype=torch.uint8)  # the fitted model's JSON, as bytes
     return tensors
 
 
+def candidate_record(trainer: Trainer, step: int) -> dict[str, torch.Tensor]:
+    """What the step's candidates say about every column: its true and encoded GPS and its geometry."""
+    c = trainer.last_candidates
+    fields = {"query_gps": c.query_gps, "column_gps": c.column_gps, "targets": c.targets, "lags_km": c.lags_km,
+              "dissimilarity": c.dissimilarity}
+    if hasattr(c, "column_locations"):  # the queue: every column's noisy GPS, as encoded
+        fields["column_locations"] = c.column_locations
+    else:  # the gallery: per-row columns
+        fields["column_locations"] = c.locations.reshape(len(c.query_gps), -1, 2)
+        fields["column_index"] = torch.from_numpy(c.column_index)
+    return {f"step{step}.{k}": v.detach().cpu().clone() for k, v in fields.items() if v is not None}
+
+
 def run_scenario(scenario: dict, out: Path) -> dict[str, torch.Tensor]:
+    """Take the scenario's steps; with ``record``, keep every step's candidates too."""
     trainer = Trainer(load_config(None, scenario["overrides"]), out / scenario["name"], progress=False)
-    for _ in range(scenario["steps"]):
+    records = {}
+    for step in range(scenario["steps"]):
         trainer.step()
-    return snapshot(trainer)
+        if scenario.get("record"):
+            records |= candidate_record(trainer, step)
+    return snapshot(trainer) | records
 
 
 def main(spec_path: str, out: str) -> int:

@@ -138,6 +138,9 @@ def test_bad_rows_are_each_reported_with_their_line(tmp_path, images):
 def test_unusable_files_are_one_line_errors(tmp_path, text, message):
     with pytest.raises(GeovarioError, match=message):
         read_dataset(write(tmp_path / "d.csv", text))
+
+
+def test_a_named_format_still_needs_its_columns(tmp_path):
     with pytest.raises(GeovarioError, match="missing column LAT"):
         read_dataset(write(tmp_path / "e.csv", "IMG_FILE,LON\nimg0.jpg,3\n"), format="mp16")
 

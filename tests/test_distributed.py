@@ -15,6 +15,8 @@ from ddp_worker import run_scenario
 from geovario.cli import main
 from geovario.distributed import Dist, DistributedBatchSampler, launch_env
 from geovario.errors import GeovarioError
+from geovario.data.store import FeatureStore
+from test_negatives import check_gallery_record, check_queue_record, make_view_store
 from test_train import SMALL, make_store
 
 TESTS = Path(__file__).resolve().parent
@@ -30,21 +32,32 @@ def torchrun(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
     return done
 
 
-def scenarios(store) -> list[dict]:
+def scenarios(store, view_store) -> list[dict]:
     base = SMALL + [f"data.train={store}", f"train.batch_size={GLOBAL_BATCH}"]
-    one_step = [
-        {"name": "infonce", "overrides": base + ["loss.name=infonce"], "steps": 1},
-        {"name": "semivariogram", "overrides": base + ["loss.name=semivariogram"], "steps": 1},
-        {"name": "semivariogram_local", "overrides": base + ["loss.name=semivariogram", "train.local_loss=true"], "steps": 1},
-        {"name": "infonce_local", "overrides": base + ["loss.name=infonce", "train.local_loss=true"], "steps": 1},
-        {"name": "triplet_gallery", "overrides": base + ["loss.name=triplet", "negatives.source=gallery"], "steps": 1},
+    queue = base + ["model.queue_size=40"]
+    # Gradients after 5 steps: the 40-entry queue wrapped mid-batch at the third and is full and wrapped since.
+    wrapped = [
+        {"name": "infonce", "overrides": queue + ["loss.name=infonce"], "steps": 5},
+        {"name": "semivariogram", "overrides": queue + ["loss.name=semivariogram"], "steps": 5},
+        {"name": "semivariogram_local", "overrides": queue + ["loss.name=semivariogram", "train.local_loss=true"], "steps": 5},
+        {"name": "infonce_local", "overrides": queue + ["loss.name=infonce", "train.local_loss=true"], "steps": 5},
+        {"name": "triplet_gallery", "overrides": base + ["loss.name=triplet", "negatives.source=gallery"], "steps": 3},
     ]
-    # 20 steps of 16 cross an epoch of the 256-sample store; a 40-entry queue wraps mid-batch; the
-    # variogram is re-estimated on learned embeddings (all-reduced bin sums) at steps 10 and 20.
+    # 20 steps of 16 cross an epoch of the 256-sample store; the variogram is re-estimated on learned
+    # embeddings (all-reduced bin sums) at steps 10 and 20.
     long = [
-        {"name": "queue20", "overrides": base + ["loss.name=semivariogram", "model.queue_size=40", "loss.refit_every=10"], "steps": 20},
+        {"name": "queue20", "overrides": queue + ["loss.name=semivariogram", "loss.refit_every=10"], "steps": 20},
     ]
-    return one_step + long
+    # Every step's columns, on a store whose augmented views differ from the plain features.
+    views = SMALL + [f"data.train={view_store}", f"train.batch_size={GLOBAL_BATCH}", "loss.name=semivariogram"]
+    geometry = [
+        {"name": "geometry_noise", "overrides": views + ["model.queue_size=40"], "steps": 6, "record": True},
+        {"name": "geometry_clean_local", "overrides": views + ["model.queue_size=40", "negatives.batch_noise_m=0",
+                                                               "negatives.queue_noise_m=0", "train.local_loss=true"],
+         "steps": 6, "record": True},
+        {"name": "geometry_gallery", "overrides": views + ["negatives.source=gallery"], "steps": 3, "record": True},
+    ]
+    return wrapped + long + geometry
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +65,8 @@ def two_ranks(tmp_path_factory):
     """Every scenario, run once by 2 gloo processes under torchrun and once in this process."""
     root = tmp_path_factory.mktemp("ddp")
     store = make_store(root / "store", 256).folder
-    spec = scenarios(store)
+    view_store = make_view_store(root / "views").folder
+    spec = scenarios(store, view_store)
     (root / "spec.json").write_text(json.dumps(spec))
     torchrun(str(TESTS / "ddp_worker.py"), str(root / "spec.json"), str(root))
     results = {}
@@ -60,6 +74,7 @@ def two_ranks(tmp_path_factory):
         ranks = [load_file(root / f"{scenario['name']}.rank{r}.safetensors") for r in (0, 1)]
         results[scenario["name"]] = ranks, run_scenario(scenario, root / "single")
     results["teardown"] = [json.loads((root / f"teardown.rank{r}.json").read_text()) for r in (0, 1)]
+    results["view_store"] = FeatureStore(view_store)
     return results
 
 
@@ -71,8 +86,10 @@ def test_teardown_frees_the_group_even_after_transformers_imports(two_ranks):
 
 
 @pytest.mark.parametrize("name", ["infonce", "semivariogram", "infonce_local", "semivariogram_local", "triplet_gallery"])
-def test_one_step_gradients_equal_a_single_process(two_ranks, name):
+def test_gradients_equal_a_single_process_on_a_wrapped_queue(two_ranks, name):
     (rank0, rank1), single = two_ranks[name]
+    if "queue.count" in single:  # the last step ran on a full queue that had wrapped around
+        assert int(single["queue.count"]) == 40 and int(single["queue.ptr"]) == (5 * GLOBAL_BATCH) % 40
     grads = [k for k in single if k.startswith("grad.")]
     assert len(grads) == sum(1 for k in single if k.startswith("param.")) > 10  # every parameter got a gradient
     total = torch.cat([single[k].double().flatten() for k in grads]).norm()
@@ -83,6 +100,33 @@ def test_one_step_gradients_equal_a_single_process(two_ranks, name):
             assert float(rank0[key].double().norm()) < 1e-6 * total, key
         else:
             assert error < 1e-5 * norm, (key, error / norm)
+
+
+def _records(tensors: dict, step: int) -> dict:
+    prefix = f"step{step}."
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+@pytest.mark.parametrize("name, noise, local_loss", [("geometry_noise", True, False), ("geometry_clean_local", False, True)])
+def test_queue_columns_carry_their_own_geometry_on_every_rank(two_ranks, name, noise, local_loss):
+    ranks, single = two_ranks[name]
+    store = two_ranks["view_store"]
+    for step in range(6):  # before the wrap (0-1), wrapping mid-batch (2), wrapped (3-5)
+        for rank, tensors in enumerate(ranks):
+            check_queue_record(_records(tensors, step), store, step, noise, Dist(rank, rank, 2), local_loss)
+        check_queue_record(_records(single, step), store, step, noise, Dist(), local_loss)
+
+
+def test_gallery_columns_carry_their_own_geometry_on_every_rank(two_ranks):
+    ranks, single = two_ranks["geometry_gallery"]
+    store = two_ranks["view_store"]
+    for step in range(3):
+        for world, tensors in [(Dist(0, 0, 2), ranks[0]), (Dist(1, 1, 2), ranks[1]), (Dist(), single)]:
+            index, rows = DistributedBatchSampler(len(store), GLOBAL_BATCH, 0, world).batch(step)
+            check_gallery_record(_records(tensors, step), store, index[rows], k=8)
+        # The two ranks' rows together pick the negatives one process picks.
+        both = torch.cat([_records(t, step)["column_index"] for t in ranks])
+        assert torch.equal(both, _records(single, step)["column_index"])
 
 
 def test_queues_identical_after_20_steps(two_ranks):
@@ -111,6 +155,7 @@ def test_twenty_steps_follow_the_single_process_trajectory(two_ranks):
         torch.testing.assert_close(rank0[key], single[key], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_geovario_train_under_torchrun_then_evaluate_and_resume(tmp_path):
     """`torchrun --nproc_per_node 2 -m geovario train`, killed-and-resumed in the middle, equals one uninterrupted process."""
     store = make_store(tmp_path / "store", 128).folder
@@ -213,8 +258,9 @@ def test_each_rank_reads_its_rows_with_the_views_one_process_would_pick(tmp_path
                      ExtractSettings(batch_size=4, views=3, dtype="float32"), progress=False)
     data = StoreData(FeatureStore(tmp_path / "store"), use_views=True)
     index = np.array([5, 2, 7, 0, 3, 6])
-    whole = data.features(index, slice(0, 6), torch.Generator().manual_seed(11))
-    parts = [data.features(index, Dist(r, r, 3).local_rows(6), torch.Generator().manual_seed(11)) for r in range(3)]
-    torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=0)
+    whole = data.batch(index, slice(0, 6), torch.Generator().manual_seed(11), "cpu")
+    parts = [data.batch(index, Dist(r, r, 3).local_rows(6), torch.Generator().manual_seed(11), "cpu") for r in range(3)]
+    torch.testing.assert_close(torch.cat([p.features for p in parts]), whole.features, rtol=0, atol=0)
     plain = torch.from_numpy(data.store.rows(index))
-    assert 0 < int((whole != plain).any(1).sum()) < 6  # some samples got an augmented view, some the plain crop
+    assert 0 < int((whole.features != plain).any(1).sum()) < 6  # some samples got an augmented view, some the plain crop
+    torch.testing.assert_close(whole.reference, plain, rtol=0, atol=0)  # the reference is always the plain crop

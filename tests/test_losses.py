@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from geovario.errors import GeovarioError
 from geovario.losses import HCLDebiased, HCLWeighted, InfoNCE, LossInputs, SemivariogramWeightedInfoNCE, Triplet, WeightedSum
 from geovario.variogram import VariogramModel
 
@@ -88,7 +89,11 @@ def test_penalty_mode_multiplies_negative_logits_once_the_queue_is_full():
             if j != i and h < VARIOGRAM.range_km:
                 logits[i, j] *= math.exp(max(0.0, d - float(VARIOGRAM(np.array([h]))[0])))
     expected = torch.nn.functional.cross_entropy(logits, inputs.targets)
-    assert float(loss(inputs).loss) == pytest.approx(float(expected), rel=1e-12)
+    out = loss(inputs)
+    assert float(out.loss) == pytest.approx(float(expected), rel=1e-12)
+    b, c = logits.shape
+    penalized = sum(1 for i in range(b) for j in range(c) if j != i and logits[i, j] != inputs.logits[i, j])
+    assert out.stats["penalized_fraction"] == pytest.approx(penalized / (b * (c - 1)))  # over the negatives only
     inputs.queue_full = False
     assert torch.equal(loss(inputs).loss, InfoNCE()(inputs).loss)
 
@@ -105,16 +110,47 @@ def test_hcl_weighted_matches_the_thesis_formula():
     assert float(HCLWeighted(beta=1.0)(inputs).loss) == pytest.approx(total / len(inputs.logits), rel=1e-10)
 
 
-def test_hcl_debiased_on_a_hand_computed_case():
-    # One row, positive logit 1, negatives 0 and ln 2, scale 1, tau+ = 0.1, beta = 1.
+def test_hcl_debiased_on_hand_computed_cases():
+    # One row, positive logit 1, negatives 0 and ln 2, scale 1, tau+ = 0.1, beta = 1. By hand:
+    # pos = e, neg = (1, 2), imp = neg, R = (1*1 + 2*2) / ((1 + 2) / 2) = 10/3,
+    # Ng = (10/3 - 0.1 * 2 * e) / 0.9 = 3.0996411, above the floor 2/e, and L = log(1 + Ng / e).
     inputs = LossInputs(torch.tensor([[1.0, 0.0, math.log(2)]], dtype=torch.float64), torch.tensor([0]), torch.tensor(1.0))
-    pos, neg = math.e, [1.0, 2.0]
-    imp = neg  # neg ** beta
-    reweighted = sum(i * n for i, n in zip(imp, neg)) / (sum(imp) / 2)  # (1 + 4) / 1.5 = 10/3
-    ng = max((-0.1 * 2 * pos + reweighted) / 0.9, 2 * math.exp(-1.0))
-    expected = -math.log(pos / (pos + ng))
-    assert float(HCLDebiased(0.1, 1.0)(inputs).loss) == pytest.approx(expected, rel=1e-12)
-    assert expected == pytest.approx(-math.log(math.e / (math.e + (10 / 3 - 0.2 * math.e) / 0.9)))
+    out = HCLDebiased(0.1, 1.0)(inputs)
+    assert float(out.loss) == pytest.approx(0.7609433086301557, rel=1e-12) and out.stats["clamped_fraction"] == 0.0
+    # The clamp: positive logit 3, negatives 0 and 0, scale 3. R = 2, so Ng = (2 - 0.1 * 2 * e^3) / 0.9 < 0
+    # and is raised to the floor N e^-scale = 2 e^-3; L = log(1 + 2 e^-3 / e^3).
+    clamped = LossInputs(torch.tensor([[3.0, 0.0, 0.0]], dtype=torch.float64), torch.tensor([0]), torch.tensor(3.0))
+    out = HCLDebiased(0.1, 1.0)(clamped)
+    assert float(out.loss) == pytest.approx(0.004945256391496459, rel=1e-12) and out.stats["clamped_fraction"] == 1.0
+    # tau+ = 0 is HCL without debiasing: L = log(1 + R / pos), with R = 10/3 in the first case.
+    assert float(HCLDebiased(0.0, 1.0)(inputs).loss) == pytest.approx(math.log(1 + (10 / 3) / math.e), rel=1e-12)
+
+
+def linear_hcl_debiased(inputs, tau_plus=0.1, beta=1.0):
+    """HCL's debiased loss as Robinson et al. write it, in Python float64, row by row."""
+    scale, total = float(inputs.logit_scale), 0.0
+    for i in range(len(inputs.logits)):
+        t = int(inputs.targets[i])
+        pos = math.exp(float(inputs.logits[i, t]))
+        neg = [math.exp(float(v)) for j, v in enumerate(inputs.logits[i]) if j != t]
+        imp = [n**beta for n in neg]
+        reweighted = sum(a * n for a, n in zip(imp, neg)) / (sum(imp) / len(imp))
+        ng = max((-tau_plus * len(neg) * pos + reweighted) / (1 - tau_plus), len(neg) * math.exp(-scale))
+        total += -math.log(pos / (pos + ng))
+    return total / len(inputs.logits)
+
+
+@pytest.mark.parametrize("scale", [5.0, 20.0, 100.0])
+def test_hcl_debiased_in_log_space_equals_the_linear_formula_and_stays_finite(scale):
+    # At scale 100, e^{(1 + beta) l} reaches e^200: past float32 (e^88), though not float64 (e^709).
+    inputs = make_inputs(b=8, c=40, scale=scale)
+    expected = linear_hcl_debiased(inputs)
+    assert float(HCLDebiased(0.1, 1.0)(inputs).loss) == pytest.approx(expected, rel=1e-10)
+    single = LossInputs(inputs.logits.float().requires_grad_(True), inputs.targets, torch.tensor(scale))
+    loss = HCLDebiased(0.1, 1.0)(single).loss
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(single.logits.grad).all()
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-4)
 
 
 @pytest.mark.parametrize("distance", ["cosine", "l2"])
@@ -136,3 +172,9 @@ def test_weighted_sum_and_gradients():
     assert combo.needs_geometry and "semivariogram_reweighted_fraction" in out.stats
     out.loss.backward()
     assert torch.isfinite(inputs.logits.grad).all()
+
+
+def test_a_variogram_from_another_estimator_is_refused():
+    robust = VariogramModel("spherical", nugget=0.1, psill=0.4, range_km=2000.0, info={"estimator": "cressie"})
+    with pytest.raises(GeovarioError, match="needs a variogram estimated as the mean of d per lag .*cressie estimator"):
+        SemivariogramWeightedInfoNCE(robust)

@@ -16,7 +16,7 @@ def test_roundtrip_restores_weights_and_config(tiny_model_dir):
     assert loaded.backbone == "unused"
     torch.manual_seed(0)
     original = GeoLocModel(tiny_config())
-    for key, value in original.weights_state_dict().items():
+    for key, value in original.state_dict().items():
         torch.testing.assert_close(loaded.model.state_dict()[key], value, rtol=0, atol=0)
     assert read_gallery(loaded.gallery_path).shape == (300, 2)
 

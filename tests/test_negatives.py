@@ -1,14 +1,199 @@
-import numpy as np
+"""Negative sources: every column of every step carries its own location and its own image.
 
-from geovario.geo import haversine_km
-from geovario.negatives import GalleryNegatives
+The expectations are built here from scratch: which sample each column holds (the global batch,
+then a plain ring buffer of earlier batches), its great-circle distance from scikit-learn's
+haversine, and its dissimilarity from the store's plain (view-0) features in float64.
+"""
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics.pairwise import haversine_distances
+
+from geovario.config import load_config
+from geovario.data.store import FeatureStore, write_store
+from geovario.distributed import Dist, DistributedBatchSampler
+from geovario.errors import GeovarioError
+from geovario.geo import EARTH_RADIUS_KM, haversine_km
+from geovario.negatives import GalleryNeighbours, NegativeQueue
+from geovario.train import Trainer, train
+from test_train import SMALL, structured_features
+
+BATCH, QUEUE = 16, 40  # the queue wraps mid-batch at the third step
+
+
+def spread_positions(n: int) -> np.ndarray:
+    """n positions on a 6 x 8 degree grid within +-54 degrees latitude: every pair is at least 300 km apart."""
+    lat = np.arange(-54.0, 55.0, 6.0)
+    lon = np.arange(-180.0, 180.0, 8.0)
+    grid = np.stack(np.meshgrid(lat, lon, indexing="ij"), -1).reshape(-1, 2)
+    return grid[np.random.default_rng(0).permutation(len(grid))[:n]]
+
+
+def make_view_store(folder, n=192, dims=24, seed=0):
+    """A store whose augmented views differ from the plain features, so a geometry read from a view shows."""
+    latlon = spread_positions(n)
+    plain = structured_features(latlon, dims, seed)
+    views = plain[:, None] + np.random.default_rng(seed + 1).normal(scale=0.8, size=(n, 3, dims))
+    return write_store(folder, plain, latlon, views=views, dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def view_store(tmp_path_factory):
+    return make_view_store(tmp_path_factory.mktemp("views") / "store")
+
+
+def ring_buffer_ids(batches: list[np.ndarray], size: int) -> list[int]:
+    """Sample ids a GPS queue of ``size`` holds after ``batches``, in storage order (GeoCLIP's ring buffer)."""
+    slots, ptr, count = [None] * size, 0, 0
+    for batch in batches:
+        ids = [int(i) for i in batch]
+        if len(ids) >= size:
+            ids, ptr = ids[-size:], 0
+        for i in ids:
+            slots[ptr], ptr = i, (ptr + 1) % size
+        count = min(size, count + len(ids))
+    return slots[:count]
+
+
+def reference_geometry(store: FeatureStore, queries: np.ndarray, columns: np.ndarray, embed=None):
+    """(lags km, 1 - cos) from scikit-learn's haversine and the plain features in float64.
+
+    ``columns`` is (C,) for columns every query shares, or (q, C) for per-query columns.
+    """
+    gps = np.radians(store.gps.astype(np.float32).astype(np.float64))  # training reads the GPS as float32
+    features = store.rows(np.arange(len(store))).astype(np.float64)
+    if embed is not None:
+        with torch.no_grad():
+            features = embed(torch.from_numpy(features).float()).double().numpy()
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    per_row = columns if columns.ndim == 2 else np.broadcast_to(columns, (len(queries), len(columns)))
+    lags = np.stack([haversine_distances(gps[[q]], gps[c])[0] for q, c in zip(queries, per_row)]) * EARTH_RADIUS_KM
+    dissimilarity = np.stack([1 - unit[c] @ unit[q] for q, c in zip(queries, per_row)])
+    return lags, dissimilarity
+
+
+def expected_queue_step(store, step, world=Dist(), local_loss=False, batch=BATCH, queue=QUEUE, seed=0):
+    """(query sample ids, column sample ids) of a queue step: [global batch, queue in storage order]."""
+    sampler = DistributedBatchSampler(len(store), batch, seed, world)
+    index, rows = sampler.batch(step)
+    columns = np.array(list(index) + ring_buffer_ids([sampler.batch(s)[0] for s in range(step)], queue))
+    return (index[rows] if local_loss else index), columns
+
+
+def check_queue_record(record: dict, store, step, noise: bool, world=Dist(), local_loss=False, embed=None):
+    """Every column's GPS, encoded GPS, lag and dissimilarity belong to that column's own sample."""
+    queries, columns = expected_queue_step(store, step, world, local_loss)
+    gps = torch.from_numpy(store.gps.astype(np.float32))
+    torch.testing.assert_close(record["query_gps"], gps[queries], rtol=0, atol=0)
+    torch.testing.assert_close(record["column_gps"], gps[columns], rtol=0, atol=0)
+    first = world.rank * len(queries) if local_loss else 0
+    assert record["targets"].tolist() == list(range(first, first + len(queries)))
+    encoded = record["column_locations"].double().numpy()
+    moved = haversine_km(encoded[:, 0], encoded[:, 1], gps[columns, 0].double().numpy(), gps[columns, 1].double().numpy())
+    if noise:  # 150 m on the batch, 1000 m on the queue: each column is encoded near its own sample
+        assert moved.max() < 8.0 and moved.mean() > 0.05
+    else:
+        assert moved.max() == 0.0
+    lags, dissimilarity = reference_geometry(store, queries, columns, embed)
+    np.testing.assert_allclose(record["lags_km"].numpy(), lags, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(record["dissimilarity"].numpy(), dissimilarity, rtol=0, atol=2e-5)
+
+
+def record_of(trainer, step):
+    from ddp_worker import candidate_record
+
+    return {k.split(".", 1)[1]: v for k, v in candidate_record(trainer, step).items()}
+
+
+def queue_trainer(store, tmp_path, *extra):
+    config = load_config(None, SMALL + [f"data.train={store.folder}", "loss.name=semivariogram", f"model.queue_size={QUEUE}",
+                                        f"train.batch_size={BATCH}", *extra])
+    return Trainer(config, tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("noise", [True, False], ids=["noise", "no-noise"])
+def test_queue_columns_carry_their_own_geometry_before_and_after_the_wrap(tmp_path, view_store, noise):
+    extra = [] if noise else ["negatives.batch_noise_m=0", "negatives.queue_noise_m=0"]
+    trainer = queue_trainer(view_store, tmp_path, *extra)
+    for step in range(6):  # steps 0-1 fill the queue, step 2 wraps it mid-batch, 3-5 run on a wrapped queue
+        trainer.step()
+        record = record_of(trainer, step)
+        assert record["column_gps"].shape[0] == BATCH + min(QUEUE, BATCH * step)
+        check_queue_record(record, view_store, step, noise)
+        assert torch.equal(trainer.last_candidates.locations, record["column_locations"])  # one process encodes every column
+
+
+def test_learned_space_geometry_embeds_each_columns_own_plain_features(tmp_path, view_store):
+    trainer = queue_trainer(view_store, tmp_path, "loss.refit_every=2")
+    for step in range(6):
+        before = copy.deepcopy(trainer.model)  # the model the step's geometry is computed with
+        learned = trainer.learned_space
+        trainer.step()
+        check_queue_record(record_of(trainer, step), view_store, step, noise=True,
+                           embed=before.encode_images if learned else None)
+    assert trainer.learned_space  # refitted at steps 2 and 4
+
+
+def check_gallery_record(record: dict, store, queries: np.ndarray, k: int):
+    """Column 0 is the query's own location; columns 1..k the gallery points the record names, with their geometry."""
+    gps = store.gps.astype(np.float32).astype(np.float64)
+    picked = record["column_index"].numpy()
+    columns = np.concatenate([queries[:, None], picked], 1)  # the gallery is the training store: index = sample
+    assert picked.shape == (len(queries), k) and (picked != queries[:, None]).all()
+    np.testing.assert_array_equal(record["column_gps"].numpy(), gps[columns])
+    np.testing.assert_array_equal(record["column_locations"][:, 1:].double().numpy(), gps[picked].astype(np.float32))
+    moved = haversine_km(*record["column_locations"][:, 0].double().numpy().T, *gps[queries].T)
+    assert 0 < moved.max() < 2.0  # the true location, with 150 m of noise
+    lags, dissimilarity = reference_geometry(store, queries, columns)
+    np.testing.assert_allclose(record["lags_km"].numpy(), lags, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(record["dissimilarity"].numpy(), dissimilarity, rtol=0, atol=2e-5)
+
+
+def test_gallery_columns_carry_their_own_geometry(tmp_path, view_store):
+    config = load_config(None, SMALL + [f"data.train={view_store.folder}", "loss.name=semivariogram", "negatives.source=gallery",
+                                        "negatives.selection=mixed", f"train.batch_size={BATCH}"])
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    for step in range(3):
+        trainer.step()
+        index, rows = trainer.sampler.batch(step)
+        check_gallery_record(record_of(trainer, step), view_store, index[rows], k=8)
+
+
+def test_gallery_of_positions_only_cannot_serve_a_geometry_loss(tmp_path, view_store):
+    (tmp_path / "g.csv").write_text("LAT,LON\n" + "\n".join(f"{a},{b}" for a, b in spread_positions(50)) + "\n")
+    config = load_config(None, SMALL + [f"data.train={view_store.folder}", "loss.name=semivariogram", "negatives.source=gallery",
+                                        f"negatives.gallery={tmp_path / 'g.csv'}"])
+    with pytest.raises(GeovarioError, match="config key negatives.gallery: .*must be a feature store"):
+        Trainer(config, tmp_path / "run", progress=False)
+
+
+def test_no_false_negatives_where_no_two_places_are_close(tmp_path):
+    """The reproduction of issue 13: positions >= 300 km apart, no GPS noise, queue wrapping at step 4.
+
+    Before the fix the wrapped queue's overwritten columns carried the current batch's own GPS and
+    features, so every query met itself at h = 0 and 1/79 of negatives counted as false negatives.
+    (From the second epoch on a queue can hold a sample's own earlier entry: that pair is at 0 km.)
+    """
+    store = make_view_store(tmp_path / "store", n=320)  # 20 steps an epoch: no sample comes back into a batch
+    config = load_config(None, SMALL + [f"data.train={store.folder}", "loss.name=semivariogram", "loss.theta2_km=25",
+                                        "negatives.batch_noise_m=0", "negatives.queue_noise_m=0", "model.queue_size=64",
+                                        "train.batch_size=16", "train.max_steps=12"])
+    train(config, tmp_path / "run", progress=False)
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert metrics["step"].tolist() == list(range(1, 13))
+    assert (metrics["false_fraction"] == 0).all(), metrics["false_fraction"].tolist()
+    assert (metrics["hard_fraction"] > 0).all()  # the loss did act: far look-alikes were found
 
 
 def test_selections_respect_their_definitions():
     rng = np.random.default_rng(0)
     gallery = np.stack([np.degrees(np.arcsin(rng.uniform(-1, 1, 3000))), rng.uniform(-180, 180, 3000)], 1)
     gallery[:5] = [[45.0, 7.0], [45.001, 7.0], [45.05, 7.0], [45.2, 7.1], [46.0, 7.0]]  # neighbours of the query
-    negatives = GalleryNegatives(gallery, far_km=2500, exclude_km=1.0)
+    negatives = GalleryNeighbours(gallery, far_km=2500, exclude_km=1.0)
     query = np.array([[45.0, 7.0]])
 
     def km(index):
@@ -22,3 +207,45 @@ def test_selections_respect_their_definitions():
     assert (km(random) > 1.0).all() and len(set(random[0])) > 40
     mixed = negatives.select(query, 6, "mixed", rng)
     assert mixed[0, :3].tolist() == [2, 3, 4] and (km(mixed[:, 3:]) >= 2500).all()
+
+
+def _reference_queue(chunks, size):
+    """What a queue of ``size`` must hold: the last ``size`` rows ever enqueued, as a set of ids."""
+    seen = np.concatenate(chunks) if chunks else np.zeros(0)
+    return set(seen[-size:].tolist())
+
+
+@pytest.mark.parametrize("batch_sizes", [[3] * 10, [7, 1, 16, 5, 2, 9], [20], [13, 13, 13], [16, 16, 16, 16, 1]])
+def test_queue_wraps_for_any_batch_size(batch_sizes):
+    size = 16
+    queue = NegativeQueue(size, feature_dim=3)
+    chunks, next_id, expected_ptr = [], 0, 0
+    for n in batch_sizes:
+        ids = np.arange(next_id, next_id + n, dtype=np.float32)
+        next_id += n
+        gps = torch.from_numpy(np.stack([ids, -ids], 1))
+        features = torch.from_numpy(np.stack([ids, ids * 2, ids * 3], 1))
+        queue.enqueue(gps, features)
+        chunks.append(ids)
+        gps_rows, feature_rows = queue.filled()
+        assert len(gps_rows) == min(size, next_id)
+        assert set(gps_rows[:, 0].tolist()) == _reference_queue(chunks, size)
+        assert gps_rows[:, 0].tolist() == ring_buffer_ids(chunks, size)  # and in the storage order the columns use
+        # The feature queue stays row-aligned with the GPS queue.
+        torch.testing.assert_close(feature_rows[:, 0], gps_rows[:, 0])
+        torch.testing.assert_close(feature_rows[:, 2], 3 * gps_rows[:, 0])
+        torch.testing.assert_close(gps_rows[:, 1], -gps_rows[:, 0])
+        # GeoCLIP's pointer rule: advance by n, or restart at 0 after a batch as large as the queue.
+        expected_ptr = 0 if n >= size else (expected_ptr + n) % size
+        assert int(queue.ptr) == expected_ptr
+
+
+def test_queue_pointer_matches_geoclip_ring_buffer():
+    queue = NegativeQueue(10, feature_dim=1)
+    for n in [4, 4, 4]:
+        queue.enqueue(torch.zeros(n, 2))
+    assert int(queue.ptr) == 2 and int(queue.count) == 10
+    queue.enqueue(torch.zeros(25, 2))  # larger than the queue: keeps the tail, pointer back to 0
+    assert int(queue.ptr) == 0
+    with pytest.raises(ValueError, match="3 GPS rows but 2 feature rows"):
+        queue.enqueue(torch.zeros(3, 2), torch.zeros(2, 1))

@@ -146,6 +146,7 @@ def test_serve_cli_refuses_a_busy_port_before_loading(served_model, capsys):
     assert err == [f"geovario: error: --host 127.0.0.1 --port {port}: cannot listen there (Address already in use); choose another --port"]
 
 
+@pytest.mark.slow
 def test_load_check_200_concurrent_requests_without_errors():
     """benchmarks/serve_load.py against a real `geovario serve` process: bounded in time, zero errors."""
     import json

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from geovario.cli import main
@@ -55,17 +57,54 @@ def test_every_config_trains_and_the_loss_falls(tmp_path, stores, config_path):
     assert main(["evaluate", "--model", str(final), "--store", str(val_store), "--out", str(tmp_path / "r.json"), "--no-admin", "--no-progress"]) == 0
 
 
-def test_finetune_from_geoclip(tmp_path, geoclip_reference_dir):
-    store = make_store(tmp_path / "store", 96, dims=768)
-    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "semivariogram_finetune_geoclip.yaml",
-                         [f"data.train={store.folder}", "data.val=null", f"model.geoclip_from={geoclip_reference_dir}",
-                          "model.queue_size=64", "train.batch_size=16", "train.max_steps=4", "train.log_every=1"])
-    final = train(config, tmp_path / "run", progress=False)
+def test_finetune_from_geoclip_starts_from_its_weights_and_learns(tmp_path, geoclip_reference_dir):
+    from geovario.interop.geoclip import geoclip_model, read_release_folder
     from geovario.modeldir import load_model_dir
+    from geovario.train import Trainer
 
-    model = load_model_dir(final).model
-    assert model.config.hidden_dim == 1024 and len(model.location_encoder.branches) == 3
-    assert abs(float(model.logit_scale.detach()) - 3.681) < 0.01  # started from GeoCLIP's, moved only a little
+    store = make_store(tmp_path / "store", 256, dims=768)
+    overrides = [f"data.train={store.folder}", "data.val=null", f"model.geoclip_from={geoclip_reference_dir}", "model.queue_size=64",
+                 "train.batch_size=16", "train.max_steps=30", "train.log_every=1", "optim.lr=0.001"]
+    config_file = Path(__file__).resolve().parents[1] / "configs" / "semivariogram_finetune_geoclip.yaml"
+    trainer = Trainer(load_config(config_file, overrides), tmp_path / "run", progress=False)
+    release = geoclip_model(read_release_folder(geoclip_reference_dir)).state_dict()
+    start = trainer.model.state_dict()
+    assert start.keys() == release.keys() and all(torch.equal(start[k], release[k]) for k in release)  # every weight, strictly
+    final = trainer.run()
+    losses = pd.read_csv(tmp_path / "run" / "metrics.csv")["loss"]
+    assert losses.tail(5).mean() < 0.8 * losses.head(5).mean()  # it learned this store, from GeoCLIP's start
+    tuned = load_model_dir(final).model.state_dict()
+    assert not torch.equal(tuned["image_head.mlp.0.weight"], release["image_head.mlp.0.weight"])
+    assert torch.equal(tuned["location_encoder.branches.0.rff.b"], release["location_encoder.branches.0.rff.b"])  # fixed RFF
+    # A shape that contradicts the pretrained model is refused, naming the key.
+    with pytest.raises(GeovarioError, match=r"config key model.embed_dim: 256 contradicts the initial model \(geoclip\), which has 512"):
+        Trainer(load_config(config_file, overrides + ["model.embed_dim=256"]), tmp_path / "bad", progress=False)
+
+
+def test_init_from_a_model_directory_is_strict_and_keeps_its_shapes(tmp_path, stores):
+    from geovario.train import Trainer
+
+    first = train(load_config(None, SMALL + [f"data.train={stores[0]}", "train.max_steps=3"]), tmp_path / "first", progress=False)
+    trained = load_file(first / "model.safetensors")
+    base = [s for s in SMALL if not s.startswith(("model.embed_dim", "model.hidden_dim", "model.rff_dim"))]
+    again = Trainer(load_config(None, base + [f"data.train={stores[0]}", f"model.init={first}"]), tmp_path / "again", progress=False)
+    state = again.model.state_dict()
+    assert state.keys() == trained.keys() and all(torch.equal(state[k], trained[k]) for k in trained)
+    assert again.model.config.embed_dim == 16  # the directory's shape, not GeoCLIP's default 512
+    with pytest.raises(GeovarioError, match="config key model.hidden_dim: 64 contradicts the initial model"):
+        Trainer(load_config(None, base + [f"data.train={stores[0]}", f"model.init={first}", "model.hidden_dim=64"]),
+                tmp_path / "bad", progress=False)
+
+
+def test_logit_scale_is_clamped_at_ln_100(tmp_path, stores):
+    from geovario.train import MAX_LOGIT_SCALE, Trainer
+
+    assert MAX_LOGIT_SCALE == pytest.approx(4.60517, abs=1e-5)
+    trainer = Trainer(load_config(None, SMALL + [f"data.train={stores[0]}"]), tmp_path / "run", progress=False)
+    with torch.no_grad():
+        trainer.model.logit_scale.fill_(6.0)  # a temperature of 1/403
+    trainer.step()
+    assert float(trainer.model.logit_scale.detach()) == pytest.approx(math.log(100), abs=1e-6)
 
 
 def test_semivariogram_metrics_are_logged(tmp_path, stores):
@@ -74,10 +113,11 @@ def test_semivariogram_metrics_are_logged(tmp_path, stores):
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert {"reweighted_fraction", "mean_hard_weight", "mean_false_weight"} <= set(metrics.columns)
     assert (metrics["reweighted_fraction"] > 0).all()
-    assert json.loads((tmp_path / "run" / "variogram.json").read_text())["model"] == "stable"  # the default for the loss
+    frozen = json.loads((tmp_path / "run" / "variogram.json").read_text())
     checkpoint = tmp_path / "run" / "checkpoints" / (tmp_path / "run" / "checkpoints" / "latest").read_text()
     refitted = json.loads((checkpoint / "state.json").read_text())["variogram"]
-    assert refitted["model"] == "stable" and refitted["n_points"] == 320  # re-estimated on learned embeddings
+    assert frozen["n_points"] == refitted["n_points"] == 320
+    assert refitted["bins"] != frozen["bins"]  # re-estimated, on the learned embeddings
 
 
 def test_image_level_training(tmp_path, tiny_clip_dir):
@@ -94,10 +134,34 @@ def test_image_level_training(tmp_path, tiny_clip_dir):
     assert len(pd.read_csv(tmp_path / "run" / "metrics.csv")) == 4 and (final / "model.safetensors").is_file()
 
 
+def test_image_level_reference_features_are_the_plain_centre_crop(tmp_path, tiny_clip_dir):
+    """The dissimilarity reads what extraction stores as view 0, whatever augmentation the head is fed."""
+    from test_data_readers import jpeg
+
+    from geovario.backbones import ClipBackbone
+    from geovario.data import read_dataset
+    from geovario.train import ImageData
+
+    rows = ["IMG_FILE,LAT,LON"] + [f"{i}.jpg,{i},{i}" for i in range(6)]
+    for i in range(6):
+        jpeg(tmp_path / "images" / f"{i}.jpg", size=(96, 64), seed=i)
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    dataset = read_dataset(tmp_path / "data.csv", images=tmp_path / "images")
+    backbone = ClipBackbone.load(str(tiny_clip_dir), "cpu")
+    data = ImageData(dataset, backbone, reference=True)
+    index = np.array([4, 1, 5, 0])
+    batch = data.batch(index, slice(1, 3), torch.Generator().manual_seed(0), "cpu")
+    plain = backbone.encode_paths([dataset.records[i].image for i in (1, 5)], batch_size=2)
+    torch.testing.assert_close(batch.reference, plain, rtol=1e-4, atol=1e-5)
+    assert (batch.features - batch.reference).abs().max() > 1e-3  # the head is fed an augmented crop
+    np.testing.assert_array_equal(batch.gps.numpy(), [[1, 1], [5, 5]])
+
+
 def _run(config_file, run_dir, *extra):
     return [sys.executable, "-m", "geovario", "train", "--config", str(config_file), "--out", str(run_dir), "--no-progress", *extra]
 
 
+@pytest.mark.slow
 def test_kill_minus_nine_and_resume_gives_bitwise_equal_weights(tmp_path, stores):
     config_file = tmp_path / "c.yaml"
     config_file.write_text(
@@ -130,7 +194,6 @@ def test_kill_minus_nine_and_resume_gives_bitwise_equal_weights(tmp_path, stores
     (["optim.lr=[1]"], "config key optim.lr: expected float"),
     (["model.queue_size=8"], "config key model.queue_size: 8 is smaller than train.batch_size 16"),
     (["loss.name=semivariogramm"], "config key loss.name: 'semivariogramm' is not one of"),
-    (["loss.name=semivariogram", "negatives.source=gallery"], "config key negatives.source: the semivariogram loss needs the queue"),
 ])
 def test_bad_configs_name_the_key(overrides, message, stores):
     with pytest.raises(GeovarioError, match=message):

@@ -323,7 +323,8 @@ def add_variogram_command(commands) -> None:
     vario.add_argument("--min-lag-km", type=float, help="first log-bin edge (default: max lag / 10,000)")
     vario.add_argument("--max-lag-km", type=float, default=MAX_LAG_KM, help=f"largest lag (default {MAX_LAG_KM:g}, half the Earth's circumference)")
     vario.add_argument("--model", choices=MODELS, default="spherical", help="variogram model (default spherical)")
-    vario.add_argument("--estimator", choices=ESTIMATORS, default="matheron", help="Matheron mean, or Cressie-Hawkins robust (default matheron)")
+    vario.add_argument("--estimator", choices=ESTIMATORS, default="matheron", help="matheron: the mean of 1 - cos per bin (default; the only one the loss accepts); "
+                       "cressie: Cressie-Hawkins' robust estimator, with its constants derived for D-dimensional isotropic Gaussian increments")
     vario.add_argument("--weights", choices=WEIGHTS, default="cressie", help="fit weights: N_k/γ_k² (Cressie 1985), N_k, or none (default cressie)")
     vario.add_argument("--exact-max", type=_positive_int, default=20_000, help="use every pair up to this many points (default 20000)")
     vario.add_argument("--max-pairs", type=_positive_int, default=4_000_000, help="pairs sampled above --exact-max (default 4,000,000)")

@@ -34,11 +34,13 @@ class DataConfig:
 class ModelSection:
     init: str = "random"  # random | geoclip | path to a geovario model directory
     geoclip_from: str | None = None  # folder of GeoCLIP release files for init: geoclip (default: find or download)
-    queue_size: int = 4096  # GeoCLIP 1.3.0
-    embed_dim: int = 512
-    hidden_dim: int = 1024
-    rff_dim: int = 256
-    sigmas: list[float] = field(default_factory=lambda: [1.0, 16.0, 256.0])
+    queue_size: int = 4096  # GeoCLIP 1.3.0's GPS queue (batch + queue negatives; kept by geovario.negatives)
+    # Shapes; unset, a random model takes GeoCLIP 1.3.0's (512, 1024, 256, [1, 16, 256]) and a
+    # pretrained one keeps its own. Set against a pretrained model, they must agree with it.
+    embed_dim: int | None = None
+    hidden_dim: int | None = None
+    rff_dim: int | None = None
+    sigmas: list[float] | None = None
 
 
 @dataclass
@@ -222,7 +224,6 @@ def validate(config: Config) -> None:
         raise GeovarioError("config key data.train: no training store given (or data.images for image-level training)")
     if config.optim.lr <= 0:
         raise GeovarioError(f"config key optim.lr: must be positive, got {config.optim.lr}")
-    names = [loss.name] if loss.name != "combined" else [p.get("name") for p in loss.parts]
     if loss.name == "combined":
         if not loss.parts:
             raise GeovarioError("config key loss.parts: a combined loss needs parts, e.g. [{name: infonce, weight: 1.0}]")
@@ -230,6 +231,3 @@ def validate(config: Config) -> None:
             if set(part) - {"name", "weight"} or part.get("name") not in CHOICES["loss.name"][:-1] or not isinstance(part.get("weight", 1.0), (int, float)):
                 raise GeovarioError(f"config key loss.parts[{i}]: expected {{name: <loss>, weight: <number>}}, got {part}")
             part.setdefault("weight", 1.0)
-    if "semivariogram" in names and neg.source != "queue":
-        raise GeovarioError("config key negatives.source: the semivariogram loss needs the queue, whose frozen features "
-                            "give the image dissimilarity of every negative")

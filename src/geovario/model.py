@@ -1,4 +1,4 @@
-"""GeoCLIP-family model: a location encoder, an image head and the queues used in training.
+"""GeoCLIP-family model: a location encoder and an image head, compared by a scaled cosine.
 
 Architecture follows GeoCLIP 1.3.0 (Vivanco et al., NeurIPS 2023): GPS is projected with
 EqualEarth, encoded by random Fourier features at several scales sigma, each scale feeds its own
@@ -29,7 +29,6 @@ class ModelConfig:
     rff_dim: int = 256  # frequencies per branch; the encoding has 2 * rff_dim values (cos, sin)
     hidden_dim: int = 1024
     hidden_layers: int = 3
-    queue_size: int = 4096  # GeoCLIP 1.3.0 GPS queue
     init_logit_scale: float = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
 
     @classmethod
@@ -103,50 +102,12 @@ class ImageHead(nn.Module):
         return self.mlp(features)
 
 
-class NegativeQueue(nn.Module):
-    """A ring buffer of past batch GPS with their frozen image features kept row-aligned.
-
-    The GPS rows are the extra negatives of GeoCLIP's loss; the features beside them let the
-    semivariogram loss compute image dissimilarity for every queued negative. ``count`` tracks how
-    much is filled, so an unfilled queue never contributes placeholder entries.
-    """
-
-    def __init__(self, size: int, feature_dim: int):
-        super().__init__()
-        self.size = size
-        self.register_buffer("gps", torch.zeros(size, 2))
-        self.register_buffer("features", torch.zeros(size, feature_dim))
-        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
-        self.register_buffer("count", torch.zeros((), dtype=torch.long))
-
-    @torch.no_grad()
-    def enqueue(self, gps: torch.Tensor, features: torch.Tensor | None = None) -> None:
-        """Append a batch, overwriting the oldest entries; a batch larger than the queue keeps its tail."""
-        if self.size == 0:
-            return
-        n = gps.shape[0]
-        if features is not None and features.shape[0] != n:
-            raise ValueError(f"enqueue: {n} GPS rows but {features.shape[0]} feature rows")
-        if n >= self.size:
-            gps, features = gps[-self.size :], None if features is None else features[-self.size :]
-            start, n = 0, self.size
-        else:
-            start = int(self.ptr)
-        positions = (start + torch.arange(n, device=self.gps.device)) % self.size
-        self.gps[positions] = gps.to(self.gps)
-        if features is not None:
-            self.features[positions] = features.to(self.features)
-        self.ptr.fill_((start + n) % self.size)
-        self.count.fill_(min(self.size, int(self.count) + n))
-
-    def filled(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (gps, features) rows written so far, in storage order."""
-        n = int(self.count)
-        return self.gps[:n], self.features[:n]
-
-
 class GeoLocModel(nn.Module):
-    """Image head + location encoder + learnable logit scale + the negative queue."""
+    """Image head + location encoder + learnable logit scale.
+
+    GeoCLIP keeps its GPS queue inside the model; geovario keeps it with the other training
+    negatives (``geovario.negatives``), so the model's state dict is exactly its learned weights.
+    """
 
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
@@ -154,7 +115,6 @@ class GeoLocModel(nn.Module):
         self.image_head = ImageHead(self.config)
         self.location_encoder = LocationEncoder(self.config)
         self.logit_scale = nn.Parameter(torch.tensor(self.config.init_logit_scale))
-        self.queue = NegativeQueue(self.config.queue_size, self.config.feature_dim)
 
     def encode_images(self, features: torch.Tensor) -> torch.Tensor:
         """Backbone features -> unit image embeddings."""
@@ -168,7 +128,3 @@ class GeoLocModel(nn.Module):
         """Logits (N_images, N_locations) = exp(logit_scale) * cos(image, location)."""
         # Scale after the matmul, as GeoCLIP does, so the rounding matches its logits.
         return self.logit_scale.exp() * (self.encode_images(features) @ self.encode_locations(latlon).T)
-
-    def weights_state_dict(self) -> dict[str, torch.Tensor]:
-        """The learned weights only (what a model directory stores); queues are training state."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("queue.")}

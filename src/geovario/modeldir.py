@@ -60,7 +60,7 @@ def save_model_dir(
     """Write a model directory; ``gallery`` is an (N, 2) array of (lat, lon) degrees."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.weights_state_dict().items()}
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights_path = path / WEIGHTS_FILE
     with atomic_path(weights_path) as tmp:
         save_file(weights, str(tmp), metadata={"format": FORMAT})
@@ -104,7 +104,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Mode
     except (SafetensorError, OSError, ValueError) as e:
         raise GeovarioError(f"{weights_path}: cannot read safetensors file, truncated or corrupt ({e})") from None
     model = GeoLocModel(ModelConfig.from_dict(config.get("model", {})))
-    expected_shapes = {k: tuple(v.shape) for k, v in model.weights_state_dict().items()}
+    expected_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(expected_shapes.keys() - weights.keys())
     unexpected = sorted(weights.keys() - expected_shapes.keys())
     misshapen = [
@@ -118,7 +118,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Mode
             (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)) if items
         )
         raise GeovarioError(f"{weights_path}: weights do not fit the architecture in config.json ({found})")
-    model.load_state_dict(weights, strict=False)
+    model.load_state_dict(weights)
     gallery = config.get("gallery")
     return ModelDir(
         path=path,

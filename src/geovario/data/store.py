@@ -201,8 +201,11 @@ def open_feature_source(store: str | Path | None = None, features: str | Path | 
 
 
 def write_store(folder: str | Path, features: np.ndarray, latlon: np.ndarray, ids=None, meta: dict | None = None,
-                dtype: str = "float16", shard_size: int = 65536, source: str = "arrays") -> "FeatureStore":
-    """Write arrays already in memory as a finished store (simulated worlds, features from elsewhere)."""
+                dtype: str = "float16", shard_size: int = 65536, source: str = "arrays", views: np.ndarray | None = None) -> "FeatureStore":
+    """Write arrays already in memory as a finished store (simulated worlds, features from elsewhere).
+
+    ``views`` (N, K, D), when given, are K augmented views per row beside the plain features.
+    """
     import csv
     import io
 
@@ -213,6 +216,8 @@ def write_store(folder: str | Path, features: np.ndarray, latlon: np.ndarray, id
     folder = Path(folder)
     (folder / SHARDS).mkdir(parents=True, exist_ok=True)
     features, latlon = np.asarray(features), np.asarray(latlon, dtype=np.float64)
+    if views is not None and (views.ndim != 3 or views.shape[0] != len(features) or views.shape[2] != features.shape[1]):
+        raise GeovarioError(f"views must be (N, K, D) = ({len(features)}, K, {features.shape[1]}), got {views.shape}")
     ids = [str(i) for i in (ids if ids is not None else range(len(features)))]
     meta = meta or {}
     shards = []
@@ -220,6 +225,9 @@ def write_store(folder: str | Path, features: np.ndarray, latlon: np.ndarray, id
         name = f"{k:05d}"
         with atomic_path(folder / SHARDS / f"{name}.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(features[start : start + shard_size], dtype=dtype))
+        if views is not None:
+            with atomic_path(folder / SHARDS / f"{name}.views.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(views[start : start + shard_size], dtype=dtype))
         shards.append({"name": name, "rows": min(shard_size, len(features) - start)})
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -231,7 +239,7 @@ def write_store(folder: str | Path, features: np.ndarray, latlon: np.ndarray, id
     write_json(folder / MANIFEST, {
         "format": STORE_FORMAT, "format_version": STORE_VERSION, "geovario_version": __version__, "complete": True,
         "backbone": {"name": source, "revision": "", "feature_dim": int(features.shape[1])}, "preprocess": None,
-        "dtype": dtype, "shard_size": shard_size, "views": 0, "seed": 0,
+        "dtype": dtype, "shard_size": shard_size, "views": 0 if views is None else int(views.shape[1]), "seed": 0,
         "dataset": {"source": source, "format": "arrays", "rows": len(features), "usable": len(features), "bad_rows": 0},
         "shards": shards, "counts": {"features": len(features), "skipped_images": 0, "bad_rows": 0, "converted_to_rgb": {}},
     })

@@ -170,10 +170,10 @@ def geoclip_model(release: Release) -> GeoLocModel:
     logit_scale = _load_pth(release.files["logit_scale_weights.pth"], "logit_scale_weights.pth")
     model = GeoLocModel(ModelConfig())  # the defaults are GeoCLIP 1.3.0's shapes
     state = convert_state_dicts(location, image_mlp, logit_scale)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("queue.")]
-    if missing or unexpected:
-        raise GeovarioError(f"GeoCLIP weights do not map onto the model (missing {missing}, unexpected {unexpected})")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise GeovarioError(f"GeoCLIP weights do not map onto the model ({' '.join(str(e).split())[:300]})") from None
     return model.eval()
 
 

@@ -9,7 +9,8 @@ over the N negatives, imp_j = neg_j^beta:
     Ng = ( -tau_plus N pos + sum_j imp_j neg_j / mean_j imp_j ) / (1 - tau_plus),
     Ng = max(Ng, N e^{-scale})     (the smallest value the N negatives can take)
     L_i = -log( pos / (pos + Ng) )
-tau_plus = 0.1 and beta = 1 as in the thesis.
+tau_plus = 0.1 and beta = 1 as in the thesis. Computed in log space, so it stays finite at any logit
+scale (the learned scale is clamped at ln 100, where e^{(1 + beta) l} would overflow float32).
 """
 
 from __future__ import annotations
@@ -45,15 +46,25 @@ class HCLDebiased(ContrastiveLoss):
         self.tau_plus, self.beta = tau_plus, beta
 
     def forward(self, inputs: LossInputs) -> LossOutput:
+        """In log space throughout: at logit scale 100, e^{(1 + beta) l} is e^200, past float32's range."""
         logits, negative = inputs.logits, inputs.negatives_mask()
         rows = torch.arange(len(logits), device=logits.device)
         n = negative.shape[1] - 1
         l_pos = logits[rows, inputs.targets]
         l_neg = logits[negative].view(len(logits), n)
-        # In log space: log sum_j imp_j neg_j / mean imp = logsumexp((1+beta) l) - logsumexp(beta l) + log n
-        log_reweighted = torch.logsumexp((1 + self.beta) * l_neg, 1) - torch.logsumexp(self.beta * l_neg, 1) + math.log(n)
-        ng = (torch.exp(log_reweighted) - self.tau_plus * n * torch.exp(l_pos)) / (1 - self.tau_plus)
-        floor = n * math.exp(-float(inputs.logit_scale.detach()))
-        ng = torch.clamp(ng, min=floor)
-        loss = -(l_pos - torch.log(torch.exp(l_pos) + ng))
-        return LossOutput(loss.mean(), {"clamped_fraction": float((ng.detach() <= floor * (1 + 1e-6)).float().mean())})
+        # log R, R = sum_j imp_j neg_j / mean_j imp_j = e^{logsumexp((1 + beta) l) - logsumexp(beta l)} n
+        log_r = torch.logsumexp((1 + self.beta) * l_neg, 1) - torch.logsumexp(self.beta * l_neg, 1) + math.log(n)
+        # Ng = (R - tau+ n pos) / (1 - tau+) = R (1 - e^{log_ratio}) / (1 - tau+), positive while log_ratio < 0.
+        if self.tau_plus > 0:
+            log_ratio = math.log(self.tau_plus * n) + l_pos - log_r
+            positive = log_ratio < 0
+            safe = torch.where(positive, log_ratio, torch.full_like(log_ratio, -1.0))  # no inf/NaN in the unused branch
+            log_ng = log_r + torch.log(-torch.expm1(safe)) - math.log(1 - self.tau_plus)
+            log_ng = torch.where(positive, log_ng, torch.full_like(log_ng, float("-inf")))
+        else:
+            log_ng = log_r
+        log_floor = math.log(n) - float(inputs.logit_scale.detach())  # log(n e^{-scale})
+        clamped = log_ng.detach() <= log_floor
+        log_ng = torch.clamp(log_ng, min=log_floor)
+        loss = F.softplus(log_ng - l_pos)  # -log(pos / (pos + Ng)) = log(1 + Ng / pos)
+        return LossOutput(loss.mean(), {"clamped_fraction": float(clamped.float().mean())})

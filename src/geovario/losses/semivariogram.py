@@ -12,6 +12,14 @@ mode "paper":
 mode "penalty" (the thesis): p_ij = max(0, d_ij - gamma(h_ij)) for h_ij < range, else 0, and the
   negative logits are multiplied by e^{p_ij}; it applies once the feature queue has filled.
 
+Which features d compares: the plain centre-crop features (view 0) of both images, also on a step
+where the image head is fed a randomly augmented view. The variogram was fitted on view-0 features,
+so d and gamma(h) describe the same quantity; an augmentation draw would add its own dissimilarity
+and shift delta. The queue keeps view-0 features beside its GPS for the same reason. Once the
+variogram is refitted on learned embeddings (``loss.refit_every``), d is 1 - cos of the image head's
+embeddings of those same view-0 features. gamma must be Matheron's estimate (the mean of d per lag):
+delta compares a pair's d with that mean, so a variogram from another estimator is refused.
+
 The paper leaves theta1, theta2, s1 and s2 open. geovario's defaults: theta1 = the variogram's
 range (beyond it, two places should look as unalike as any two), theta2 = 25 km (the city-level
 threshold of the benchmarks), s1 = s2 = 5 (|delta| is typically 0.05-0.3 for CLIP features, giving
@@ -23,6 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from geovario.errors import GeovarioError
 from geovario.losses.base import ContrastiveLoss, LossInputs, LossOutput
 from geovario.variogram.models import VariogramModel
 
@@ -37,6 +46,10 @@ class SemivariogramWeightedInfoNCE(ContrastiveLoss):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        estimator = variogram.info.get("estimator", "matheron")
+        if estimator != "matheron":
+            raise GeovarioError(f"the semivariogram loss needs a variogram estimated as the mean of d per lag (Matheron); "
+                                f"this one used the {estimator} estimator. Refit it with `geovario variogram --estimator matheron`")
         self.variogram = variogram
         self.mode = mode
         self.theta1_km = variogram.range_km if theta1_km is None else theta1_km
@@ -76,6 +89,7 @@ class SemivariogramWeightedInfoNCE(ContrastiveLoss):
         excess = torch.clamp(d - self.variogram(h.double()).to(d.dtype), min=0)
         penalty = torch.where((h < self.variogram.range_km) & inputs.negatives_mask(), excess, torch.zeros_like(excess))
         logits = inputs.logits * penalty.exp()
-        stats = {"penalized_fraction": float((penalty > 0).float().mean()),
-                 "mean_penalty_factor": float(penalty[penalty > 0].exp().mean()) if (penalty > 0).any() else 1.0}
+        penalized = (penalty > 0)[inputs.negatives_mask()]
+        stats = {"penalized_fraction": float(penalized.float().mean()),
+                 "mean_penalty_factor": float(penalty[penalty > 0].exp().mean()) if penalized.any() else 1.0}
         return LossOutput(F.cross_entropy(logits, inputs.targets), stats)

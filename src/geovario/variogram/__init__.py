@@ -6,11 +6,12 @@
     model(torch.tensor([10.0, 100.0]))      # differentiable gamma(h), for the loss
 """
 
-from geovario.variogram.empirical import ESTIMATORS, MAX_LAG_KM, EmpiricalVariogram, bin_edges, empirical_variogram
+from geovario.variogram.empirical import (ESTIMATORS, MAX_LAG_KM, EmpiricalVariogram, bin_edges, cressie_hawkins_constants,
+                                         empirical_variogram)
 from geovario.variogram.fit import WEIGHTS, VariogramFitError, empirical_for_loss, fit_for_loss, fit_variogram
 from geovario.variogram.models import MODELS, VariogramModel, model_gamma
 
 __all__ = [
     "ESTIMATORS", "MAX_LAG_KM", "MODELS", "WEIGHTS", "EmpiricalVariogram", "VariogramFitError", "VariogramModel",
-    "bin_edges", "empirical_for_loss", "empirical_variogram", "fit_for_loss", "fit_variogram", "model_gamma",
+    "bin_edges", "cressie_hawkins_constants", "empirical_for_loss", "empirical_variogram", "fit_for_loss", "fit_variogram", "model_gamma",
 ]

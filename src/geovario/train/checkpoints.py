@@ -1,0 +1,94 @@
+"""Exact checkpoints: everything a run needs to continue bit for bit after ``kill -9``.
+
+``checkpoints/step-N/`` holds the model weights, the optimizer state with the torch RNG state, the
+negative source's state (GeoCLIP's queues) and ``state.json`` (step, scheduler, refitted variogram).
+It is written to a temporary folder, synced, and renamed into place; ``latest`` then points at it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from geovario.atomic import atomic_write_bytes
+from geovario.errors import GeovarioError
+from geovario.jsonio import read_json, write_json
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    variogram: dict | None = None  # the fit on learned embeddings, once refitted
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, state: TrainState, keep: int = 2) -> Path:
+    """Write checkpoints/step-N/ through a temporary folder renamed into place, then point ``latest`` at it."""
+    folder = run_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{state.step:08d}"
+    tmp = folder / f".tmp-step-{state.step:08d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(_cpu(model.state_dict()), str(tmp / "model.safetensors"))
+    save_file(_cpu(negatives.state_dict()), str(tmp / "negatives.safetensors"))
+    opt = optimizer.state_dict()
+    tensors = {f"{pid}.{name}": value for pid, slots in opt["state"].items() for name, value in slots.items()}
+    tensors["torch_rng"] = torch.get_rng_state()
+    save_file(_cpu(tensors), str(tmp / "optimizer.safetensors"))
+    write_json(tmp / "state.json", {"step": state.step, "variogram": state.variogram, "scheduler": scheduler.state_dict(),
+                                    "param_groups": opt["param_groups"]})
+    for path in tmp.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    atomic_write_bytes(folder / "latest", final.name.encode())
+    for old in sorted(folder.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives) -> TrainState:
+    folder = run_dir / "checkpoints"
+    latest = folder / "latest"
+    if not latest.is_file():
+        raise GeovarioError(f"{run_dir}: no checkpoint to resume from")
+    path = folder / latest.read_text().strip()
+    try:
+        weights = load_file(path / "model.safetensors")
+        tensors = load_file(path / "optimizer.safetensors")
+        source = load_file(path / "negatives.safetensors")
+    except (SafetensorError, OSError) as e:
+        raise GeovarioError(f"{path}: unreadable checkpoint ({e})") from None
+    state = read_json(path / "state.json", "checkpoint state")
+    _check_shapes(path, model.state_dict(), weights, "checkpoint from an incompatible model")
+    _check_shapes(path, negatives.state_dict(), source, "checkpoint from a run with other negatives (another queue size or source)")
+    model.load_state_dict(weights)
+    negatives.load_state_dict(source)
+    slots: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key != "torch_rng":
+            pid, name = key.split(".", 1)
+            slots.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": slots, "param_groups": state["param_groups"]})
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(tensors["torch_rng"])
+    return TrainState(step=state["step"], variogram=state["variogram"])
+
+
+def _check_shapes(path: Path, ours: dict, found: dict, problem: str) -> None:
+    expected = {k: tuple(v.shape) for k, v in ours.items()}
+    shapes = {k: tuple(v.shape) for k, v in found.items()}
+    if expected != shapes:
+        diff = sorted(k for k in expected.keys() | shapes.keys() if expected.get(k) != shapes.get(k))
+        raise GeovarioError(f"{path}: {problem} (differs at {diff[:3]})")
