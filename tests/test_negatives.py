@@ -138,7 +138,7 @@ def test_learned_space_geometry_embeds_each_columns_own_plain_features(tmp_path,
     assert trainer.learned_space  # refitted at steps 2 and 4
 
 
-def check_gallery_record(record: dict, store, queries: np.ndarray, k: int):
+def check_gallery_record(record: dict, store, queries: np.ndarray, k: int, noise: bool = True):
     """Column 0 is the query's own location; columns 1..k the gallery points the record names, with their geometry."""
     gps = store.gps.astype(np.float32).astype(np.float64)
     picked = record["column_index"].numpy()
@@ -147,20 +147,22 @@ def check_gallery_record(record: dict, store, queries: np.ndarray, k: int):
     np.testing.assert_array_equal(record["column_gps"].numpy(), gps[columns])
     np.testing.assert_array_equal(record["column_locations"][:, 1:].double().numpy(), gps[picked].astype(np.float32))
     moved = haversine_km(*record["column_locations"][:, 0].double().numpy().T, *gps[queries].T)
-    assert 0 < moved.max() < 2.0  # the true location, with 150 m of noise
+    assert (0 < moved.max() < 2.0) if noise else moved.max() == 0  # the true location, with 150 m of noise or none
     lags, dissimilarity = reference_geometry(store, queries, columns)
     np.testing.assert_allclose(record["lags_km"].numpy(), lags, rtol=0, atol=1e-6)
     np.testing.assert_allclose(record["dissimilarity"].numpy(), dissimilarity, rtol=0, atol=2e-5)
 
 
-def test_gallery_columns_carry_their_own_geometry(tmp_path, view_store):
+@pytest.mark.parametrize("noise", [True, False], ids=["noise", "no-noise"])
+def test_gallery_columns_carry_their_own_geometry(tmp_path, view_store, noise):
     config = load_config(None, SMALL + [f"data.train={view_store.folder}", "loss.name=semivariogram", "negatives.source=gallery",
-                                        "negatives.selection=mixed", f"train.batch_size={BATCH}"])
+                                        "negatives.selection=mixed", f"train.batch_size={BATCH}",
+                                        f"negatives.batch_noise_m={150 if noise else 0}"])
     trainer = Trainer(config, tmp_path / "run", progress=False)
     for step in range(3):
         trainer.step()
         index, rows = trainer.sampler.batch(step)
-        check_gallery_record(record_of(trainer, step), view_store, index[rows], k=8)
+        check_gallery_record(record_of(trainer, step), view_store, index[rows], k=8, noise=noise)
 
 
 def test_gallery_of_positions_only_cannot_serve_a_geometry_loss(tmp_path, view_store):
