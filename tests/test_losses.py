@@ -178,3 +178,41 @@ def test_a_variogram_from_another_estimator_is_refused():
     robust = VariogramModel("spherical", nugget=0.1, psill=0.4, range_km=2000.0, info={"estimator": "cressie"})
     with pytest.raises(GeovarioError, match="needs a variogram estimated as the mean of d per lag .*cressie estimator"):
         SemivariogramWeightedInfoNCE(robust)
+
+
+def test_thesis_range_rule_on_a_spherical_curve():
+    """gamma = c (1.5 x - 0.5 x^3), x = h / a: the slope per radian, 1.5 c (1 - x^2) R / a, falls below 1e-2 at
+    x* = sqrt(1 - 1e-2 a / (1.5 c R)); the rule returns the first 0.01 rad grid lag past it."""
+    from geovario.geo import EARTH_RADIUS_KM
+    from geovario.variogram import slope_range_km
+
+    model = VariogramModel("spherical", nugget=0.1, psill=0.4, range_km=2000.0)
+    x_star = math.sqrt(1 - 1e-2 * 2000.0 / (1.5 * 0.4 * EARTH_RADIUS_KM))
+    step = 0.01 * EARTH_RADIUS_KM
+    found = slope_range_km(model)
+    # The secant over [g, g + step] first drops below 1e-2 somewhat before x*; the answer is a grid lag within a step of it.
+    assert found / step == pytest.approx(round(found / step), abs=1e-9)  # a lag of the 0.01 rad grid
+    assert x_star * 2000.0 - 2 * step < found <= x_star * 2000.0
+    assert found < model.range_km  # the thesis's rule stops before the effective range here
+    flat = VariogramModel("spherical", nugget=0.1, psill=1e-6, range_km=2000.0)
+    assert slope_range_km(flat) == 0.0  # never rising by 1e-2 per radian: the range is the first lag
+
+
+def test_penalty_range_rule_changes_which_negatives_are_penalized():
+    inputs = make_inputs(b=6, c=40, seed=3)
+    inputs.dissimilarity = torch.full_like(inputs.dissimilarity, 0.9)  # every pair less alike than predicted
+    from geovario.variogram import slope_range_km
+
+    for rule, limit in (("effective", VARIOGRAM.range_km), ("thesis", slope_range_km(VARIOGRAM))):
+        out = SemivariogramWeightedInfoNCE(VARIOGRAM, "penalty", penalty_range=rule)(inputs)
+        mask = inputs.negatives_mask()
+        expected = float(((inputs.lags_km < limit) & mask).sum()) / float(mask.sum())
+        assert out.stats["penalized_fraction"] == pytest.approx(expected)
+
+
+def test_theta1_follows_a_refitted_variogram():
+    loss = SemivariogramWeightedInfoNCE(VARIOGRAM)
+    assert loss.theta1_km == 2000.0
+    loss.variogram = VariogramModel("spherical", nugget=0.1, psill=0.4, range_km=3500.0)  # as a refit sets it
+    assert loss.theta1_km == 3500.0
+    assert SemivariogramWeightedInfoNCE(VARIOGRAM, theta1_km=800.0).theta1_km == 800.0

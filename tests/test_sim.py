@@ -5,13 +5,14 @@ import numpy as np
 from geovario.cli import main
 from geovario.data.store import FeatureStore
 from geovario.geo import haversine_km
-from geovario.sim import WorldConfig, sample_positions, theoretical_variogram, world_features
+from geovario.sim import WorldConfig, regions, sample_positions, theoretical_variogram, world_features
 from geovario.variogram import empirical_variogram
 
 
 def test_the_variogram_engine_recovers_the_configured_scales():
-    # Without the look-alike term the world's variogram is known exactly (up to the norm).
-    config = WorldConfig(dim=128, lookalike_weight=0.0, seed=3)
+    # Without the look-alike, region and no-signal terms the world's variogram is known exactly (up to the norm).
+    config = WorldConfig(dim=128, lookalike_weight=0.0, region_weights=[0.0, 0.0], locatability_b=0.0, seed=3,
+                         positions="cities", jitter_km=3.0)  # spread out: every lag bin well populated
     latlon = sample_positions(config, 4000, np.random.default_rng(3))
     empirical = empirical_variogram(world_features(latlon, config), latlon, bins=30, log_bins=True, min_lag_km=2.0)
     lower, upper = theoretical_variogram(config, empirical.mean_h_km)
@@ -26,9 +27,9 @@ def test_the_variogram_engine_recovers_the_configured_scales():
 
 
 def test_far_places_with_the_same_climate_look_alike():
-    config = WorldConfig(dim=128, seed=4)
+    config = WorldConfig(dim=128, seed=4, locatability_b=0.0)
     latlon = sample_positions(config, 3000, np.random.default_rng(4))
-    features, _, descriptor = world_features(latlon, config, components=True)
+    features, _, descriptor, _ = world_features(latlon, config, components=True)
     rng = np.random.default_rng(0)
     i, j = rng.integers(0, 3000, (2, 200_000))
     far = haversine_km(latlon[i, 0], latlon[i, 1], latlon[j, 0], latlon[j, 1]) > 5000
@@ -38,6 +39,60 @@ def test_far_places_with_the_same_climate_look_alike():
     different = far & (gap[:, 0] > 1.0)
     assert same.sum() > 200 and different.sum() > 200
     assert d[same].mean() < d[different].mean() - 0.05
+
+
+def _pairs(latlon, n, seed=0):
+    i, j = np.random.default_rng(seed).integers(0, len(latlon), (2, n))
+    keep = i != j
+    i, j = i[keep], j[keep]
+    return i, j, haversine_km(latlon[i, 0], latlon[i, 1], latlon[j, 0], latlon[j, 1])
+
+
+def test_photo_positions_are_as_clustered_as_mp16():
+    # MP-16's 100K positions: 0.34% of random pairs within 25 km (DESIGN.md); GeoNames places: 0.03%.
+    fractions = {}
+    for positions in ("mp16", "cities"):
+        config = WorldConfig(positions=positions)
+        latlon = sample_positions(config, 20_000, np.random.default_rng(0))
+        fractions[positions] = float((_pairs(latlon, 2_000_000)[2] <= 25).mean())
+    assert 0.0025 < fractions["mp16"] < 0.0045 and fractions["cities"] < 0.0006
+
+
+def test_borders_are_sharp():
+    """Photos 2-40 km apart across an admin-1 border differ more than photos as close inside one region."""
+    config = WorldConfig(dim=128, seed=5, locatability_b=0.0)
+    latlon = sample_positions(config, 20_000, np.random.default_rng(5))
+    features = world_features(latlon, config)
+    _, admin1 = regions(latlon)
+    i, j, h = _pairs(latlon, 3_000_000, seed=1)
+    close = (h > 2) & (h < 40)
+    d = 1 - (features[i] * features[j]).sum(1)
+    across, inside = close & (admin1[i] != admin1[j]), close & (admin1[i] == admin1[j])
+    assert across.sum() > 300 and inside.sum() > 300
+    # The admin-1 term alone adds 2 w^2 / total variance to d across a border.
+    jump = 2 * config.region_weights[1] ** 2 / config.total_variance()
+    assert d[across].mean() - d[inside].mean() > 0.5 * jump
+    without = world_features(latlon, WorldConfig(dim=128, seed=5, locatability_b=0.0, region_weights=[0.0, 0.0]))
+    d0 = 1 - (without[i] * without[j]).sum(1)
+    assert d0[across].mean() - d0[inside].mean() < 0.25 * jump  # without region terms the border is not there
+
+
+def test_photos_with_little_location_signal():
+    config = WorldConfig(dim=128, seed=6, locatability_a=1.0, locatability_b=1.0)
+    latlon = sample_positions(config, 20_000, np.random.default_rng(6))
+    features, _, _, locatability = world_features(latlon, config, components=True)
+    assert abs(locatability.mean() - 0.5) < 0.02 and abs(np.median(locatability) - 0.5) < 0.03  # Beta(1, 1)
+    i, j, h = _pairs(latlon, 3_000_000, seed=2)
+    d = 1 - (features[i] * features[j]).sum(1)
+
+    def rise(mask):  # how much less alike far pairs are than near ones
+        return d[mask & (h > 5000)].mean() - d[mask & (h < 50)].mean()
+
+    clear = (locatability[i] > 0.8) & (locatability[j] > 0.8)
+    faint = (locatability[i] < 0.15) & (locatability[j] < 0.15)
+    assert rise(clear) > 0.3 and rise(faint) < 0.2 * rise(clear)  # distance says little about them
+    # Photos of little signal with one kind of content look alike across the world: hard negatives.
+    assert d[faint & (h > 5000)].min() < 0.5 * d[clear & (h > 5000)].mean()
 
 
 def test_simulate_command_writes_stores_and_truth(tmp_path, capsys):

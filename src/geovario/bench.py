@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from geovario.errors import GeovarioError
-from geovario.experiments import train_and_evaluate
+from geovario.experiments import LAB_EPOCHS, train_and_evaluate
 from geovario.jsonio import write_json
 from geovario.sim import WorldConfig, simulate
 from geovario.variogram import empirical_for_loss, fit_for_loss
@@ -73,7 +73,7 @@ def sweep_runs(specs: list[str]) -> dict[str, list[str]]:
 
 
 def bench_losses(out: str | Path, runs: dict[str, list[str]], seeds: int = 3, world: Path | None = None,
-                 world_config: WorldConfig | None = None, epochs: int = 2, progress: bool = False) -> dict:
+                 world_config: WorldConfig | None = None, epochs: int = LAB_EPOCHS, progress: bool = False) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if world is None:

@@ -53,6 +53,7 @@ class LossSection:
     s1: float = 5.0
     s2: float = 5.0
     mask_km: float | None = None
+    penalty_range: str = "effective"  # where penalty mode stops: the variogram's range, or the thesis's slope rule ("thesis")
     variogram: str | None = None  # fitted variogram JSON; default: fit on the train store before training
     variogram_model: str = "stable"  # fitted on log lags with equal bin weights (variogram.fit_for_loss)
     variogram_bins: int = 40
@@ -119,6 +120,7 @@ class Config:
 CHOICES = {
     "loss.name": ("infonce", "semivariogram", "hcl_weighted", "hcl_debiased", "triplet", "combined"),
     "loss.mode": ("paper", "penalty"),
+    "loss.penalty_range": ("effective", "thesis"),
     "loss.distance": ("cosine", "l2"),
     "loss.variogram_model": ("spherical", "exponential", "gaussian", "stable"),
     "negatives.source": ("queue", "gallery"),

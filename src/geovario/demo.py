@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from geovario.data.store import FeatureStore
-from geovario.experiments import train_and_evaluate
+from geovario.experiments import LAB_EPOCHS, train_and_evaluate
 from geovario.jsonio import write_json
 from geovario.report import markdown_table, plot_cumulative_error, plot_error_map
 from geovario.sim import WorldConfig, simulate
@@ -22,14 +22,16 @@ from geovario.variogram.plot import plot_variograms
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool = True) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # The calibrated world (geovario.sim), smaller than the default's 50,000 photos so that it runs in minutes.
     world_config = WorldConfig(n_train=4000, n_test=500, dim=64, seed=seed) if quick else WorldConfig(n_train=20_000, n_test=2000, dim=128, seed=seed)
-    epochs = 3 if quick else 4
+    epochs = 3 if quick else LAB_EPOCHS
     start = time.perf_counter()
 
     def say(text: str) -> None:
         print(f"[{time.perf_counter() - start:6.1f} s] {text}", flush=True)
 
-    say(f"1/5 simulating a world: {world_config.n_train:,} train and {world_config.n_test:,} test photos around GeoNames places, {world_config.dim}-d features")
+    say(f"1/5 simulating a world: {world_config.n_train:,} train and {world_config.n_test:,} test photos at MP-16 photo positions, "
+        f"{world_config.dim}-d features, photos showing from all to none of their place")
     simulate(out / "world", world_config)
     say("2/5 estimating the semivariogram of the training features")
     train_store = FeatureStore(out / "world" / "train")

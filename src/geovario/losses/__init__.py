@@ -21,7 +21,7 @@ def build_loss(name: str, params: dict, variogram=None) -> ContrastiveLoss:
         return InfoNCE()
     if name == "semivariogram":
         return SemivariogramWeightedInfoNCE(variogram, params["mode"], params["theta1_km"], params["theta2_km"],
-                                            params["s1"], params["s2"], params["mask_km"])
+                                            params["s1"], params["s2"], params["mask_km"], params["penalty_range"])
     if name == "hcl_weighted":
         return HCLWeighted(params["beta"])
     if name == "hcl_debiased":

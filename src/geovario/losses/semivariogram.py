@@ -10,7 +10,10 @@ mode "paper":
   L_i = -log( e^{l_ii} / (e^{l_ii} + sum_j w_ij e^{l_ij}) ), computed stably as cross-entropy on
   l + log w with detached weights.
 mode "penalty" (the thesis): p_ij = max(0, d_ij - gamma(h_ij)) for h_ij < range, else 0, and the
-  negative logits are multiplied by e^{p_ij}; it applies once the feature queue has filled.
+  negative logits are multiplied by e^{p_ij}; it applies once the feature queue has filled. The range
+  is the variogram's effective range (``penalty_range="effective"``, geovario's default), or the
+  thesis's own rule (``"thesis"``): the first lag, on a 0.01 rad grid, where the fitted curve's slope
+  falls below 1e-2 per radian (``variogram.models.slope_range_km``).
 
 Which features d compares: the plain centre-crop features (view 0) of both images, also on a step
 where the image head is fed a randomly augmented view. The variogram was fitted on view-0 features,
@@ -33,27 +36,40 @@ import torch.nn.functional as F
 
 from geovario.errors import GeovarioError
 from geovario.losses.base import ContrastiveLoss, LossInputs, LossOutput
-from geovario.variogram.models import VariogramModel
+from geovario.variogram.models import VariogramModel, slope_range_km
 
 MODES = ("paper", "penalty")
+PENALTY_RANGES = ("effective", "thesis")
 
 
 class SemivariogramWeightedInfoNCE(ContrastiveLoss):
     needs_geometry = True
 
     def __init__(self, variogram: VariogramModel, mode: str = "paper", theta1_km: float | None = None,
-                 theta2_km: float = 25.0, s1: float = 5.0, s2: float = 5.0, mask_km: float | None = None):
+                 theta2_km: float = 25.0, s1: float = 5.0, s2: float = 5.0, mask_km: float | None = None,
+                 penalty_range: str = "effective"):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if penalty_range not in PENALTY_RANGES:
+            raise ValueError(f"penalty_range must be one of {PENALTY_RANGES}, got {penalty_range!r}")
         estimator = variogram.info.get("estimator", "matheron")
         if estimator != "matheron":
             raise GeovarioError(f"the semivariogram loss needs a variogram estimated as the mean of d per lag (Matheron); "
                                 f"this one used the {estimator} estimator. Refit it with `geovario variogram --estimator matheron`")
-        self.variogram = variogram
-        self.mode = mode
-        self.theta1_km = variogram.range_km if theta1_km is None else theta1_km
-        self.theta2_km, self.s1, self.s2, self.mask_km = theta2_km, s1, s2, mask_km
+        self.variogram = variogram  # replaced when the variogram is refitted on learned embeddings
+        self.mode, self.penalty_range = mode, penalty_range
+        self.theta1, self.theta2_km, self.s1, self.s2, self.mask_km = theta1_km, theta2_km, s1, s2, mask_km
+
+    @property
+    def theta1_km(self) -> float:
+        """theta1, or (unset) the current variogram's range."""
+        return self.variogram.range_km if self.theta1 is None else self.theta1
+
+    @property
+    def range_km(self) -> float:
+        """Where the penalty mode stops: the variogram's (effective) range, or the thesis's slope rule."""
+        return self.variogram.range_km if self.penalty_range == "effective" else slope_range_km(self.variogram)
 
     def log_weights(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         """(B, C) detached log w for the paper mode (0 on the positives), and what was reweighted."""
@@ -87,7 +103,7 @@ class SemivariogramWeightedInfoNCE(ContrastiveLoss):
             return LossOutput(F.cross_entropy(inputs.logits, inputs.targets), {"penalized_fraction": 0.0})
         h, d = inputs.lags_km.detach(), inputs.dissimilarity.detach()
         excess = torch.clamp(d - self.variogram(h.double()).to(d.dtype), min=0)
-        penalty = torch.where((h < self.variogram.range_km) & inputs.negatives_mask(), excess, torch.zeros_like(excess))
+        penalty = torch.where((h < self.range_km) & inputs.negatives_mask(), excess, torch.zeros_like(excess))
         logits = inputs.logits * penalty.exp()
         penalized = (penalty > 0)[inputs.negatives_mask()]
         stats = {"penalized_fraction": float(penalized.float().mean()),

@@ -9,9 +9,9 @@
 from geovario.variogram.empirical import (ESTIMATORS, MAX_LAG_KM, EmpiricalVariogram, bin_edges, cressie_hawkins_constants,
                                          empirical_variogram)
 from geovario.variogram.fit import WEIGHTS, VariogramFitError, empirical_for_loss, fit_for_loss, fit_variogram
-from geovario.variogram.models import MODELS, VariogramModel, model_gamma
+from geovario.variogram.models import MODELS, VariogramModel, model_gamma, slope_range_km
 
 __all__ = [
     "ESTIMATORS", "MAX_LAG_KM", "MODELS", "WEIGHTS", "EmpiricalVariogram", "VariogramFitError", "VariogramModel",
-    "bin_edges", "cressie_hawkins_constants", "empirical_for_loss", "empirical_variogram", "fit_for_loss", "fit_variogram", "model_gamma",
+    "bin_edges", "cressie_hawkins_constants", "empirical_for_loss", "empirical_variogram", "fit_for_loss", "fit_variogram", "model_gamma", "slope_range_km",
 ]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from geovario.errors import GeovarioError
+from geovario.geo import EARTH_RADIUS_KM
 from geovario.jsonio import read_json, write_json
 
 MODELS = ("spherical", "exponential", "gaussian", "stable")
@@ -104,3 +105,13 @@ class VariogramModel:
         extra = f", shape {self.shape:.3g}" if self.model == "stable" else ""
         return f"{self.model}: nugget {self.nugget:.4g}, partial sill {self.psill:.4g}, range {self.range_km:.4g} km{extra}"
 
+
+def slope_range_km(model: VariogramModel, threshold: float = 1e-2, step_rad: float = 0.01) -> float:
+    """The thesis's range: the first lag, on a ``step_rad`` grid over [0, pi), where the fitted curve's
+    slope, in gamma per radian of central angle, falls below ``threshold`` (DeoBye/Thesis_GeoLoc,
+    geoclip/model/strategy.py, SemivarioPenalty: ``np.where(der < 1e-2)[0][0] * 0.01``). Half the
+    Earth's circumference when the slope never falls that low."""
+    grid = np.arange(0.0, np.pi, step_rad)
+    slope = np.diff(model(grid * EARTH_RADIUS_KM)) / step_rad
+    flat = np.flatnonzero(slope < threshold)
+    return float(flat[0] * step_rad * EARTH_RADIUS_KM) if len(flat) else float(np.pi * EARTH_RADIUS_KM)
