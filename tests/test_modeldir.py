@@ -7,7 +7,8 @@ import torch
 from conftest import tiny_config
 from geovario.errors import GeovarioError
 from geovario.model import GeoLocModel
-from geovario.modeldir import load_model_dir, read_gallery, save_model_dir
+from geovario.cli import main
+from geovario.modeldir import load_model_dir, read_gallery, rehash_model_dir, save_model_dir
 
 
 def test_roundtrip_restores_weights_and_config(tiny_model_dir):
@@ -37,12 +38,31 @@ def test_truncated_weights_are_caught(tiny_model_dir):
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(GeovarioError, match="truncated or was modified"):
         load_model_dir(tiny_model_dir)
-    # Without a recorded hash, the safetensors reader itself must still refuse it.
+    # Without a recorded hash nothing loads, and the message says how to record one.
     config = json.loads((tiny_model_dir / "config.json").read_text())
     del config["weights_sha256"]
     (tiny_model_dir / "config.json").write_text(json.dumps(config))
-    with pytest.raises(GeovarioError, match="cannot read safetensors file"):
+    with pytest.raises(GeovarioError, match=r"no weights_sha256, .*`geovario weights rehash "):
         load_model_dir(tiny_model_dir)
+    # Recording the hash of a truncated file is refused too (the safetensors reader catches it), and
+    # config.json is left as it was.
+    before = (tiny_model_dir / "config.json").read_bytes()
+    with pytest.raises(GeovarioError, match="cannot read safetensors file"):
+        rehash_model_dir(tiny_model_dir)
+    assert (tiny_model_dir / "config.json").read_bytes() == before
+
+
+def test_rehash_records_the_weights_of_a_deliberate_change(tiny_model_dir, capsys):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(tiny_model_dir / "model.safetensors")
+    weights["logit_scale"] = weights["logit_scale"] + 1
+    save_file(weights, str(tiny_model_dir / "model.safetensors"))
+    with pytest.raises(GeovarioError, match="does not match config.json"):
+        load_model_dir(tiny_model_dir)
+    assert main(["weights", "rehash", str(tiny_model_dir)]) == 0
+    assert "weights_sha256" in capsys.readouterr().out
+    assert float(load_model_dir(tiny_model_dir).model.logit_scale.detach()) == pytest.approx(float(weights["logit_scale"]))
 
 
 def test_tampered_weights_are_caught(tiny_model_dir):

@@ -128,5 +128,6 @@ def test_bench_losses_small(tmp_path, capsys):
     assert len(table) == 4 and "semivariogram: s1=0" in table[2] and "±" in table[3]
     data = json.loads((tmp_path / "b" / "losses.json").read_text())
     assert all(len(run["reports"]) == 2 for run in data["runs"].values())
+    assert not list((tmp_path / "b" / "runs").glob("*/checkpoints"))  # deleted once each model is written
     assert main(["bench", "losses", "--world", str(tmp_path / "w"), "--out", str(tmp_path / "c"), "--sweep", "alpha=1"]) == 1
     assert "KEY one of theta1" in capsys.readouterr().err

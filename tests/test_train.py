@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -198,6 +199,52 @@ def test_kill_minus_nine_and_resume_gives_bitwise_equal_weights(tmp_path, stores
 def test_bad_configs_name_the_key(overrides, message, stores):
     with pytest.raises(GeovarioError, match=message):
         load_config(None, SMALL + [f"data.train={stores[0]}"] + overrides)
+
+
+def test_resume_removes_half_written_checkpoints_and_refuses_a_changed_store(tmp_path, capsys):
+    store = make_store(tmp_path / "store", 320).folder
+    run = tmp_path / "run"
+    train(load_config(None, SMALL + [f"data.train={store}", "train.max_steps=3"]), run, progress=False)
+    stale = run / "checkpoints" / ".tmp-step-00000004-99999"  # what a kill -9 during a checkpoint leaves
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"\0" * 1000)
+    assert main(["train", "--resume", str(run), "--set", "train.max_steps=5", "--no-progress"]) == 0
+    assert not stale.exists() and (run / "checkpoints" / "latest").read_text() == "step-00000005"
+    # The store is re-made with other data: the run refuses to continue on it, naming both fingerprints.
+    started = json.loads((run / "data.json").read_text())["fingerprint"]
+    shutil.rmtree(store)
+    make_store(store, 320, seed=7)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--set", "train.max_steps=7", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "training data changed since the run started" in err and f"fingerprint {started[:12]} then" in err
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, stores, capsys):
+    run = tmp_path / "run"
+    base = ["--set", f"data.train={stores[0]}", "--set", "data.val=null", "--set", "train.checkpoint_every=2", "--out", str(run), "--no-progress"]
+    assert main(["train", "--config", str(CONFIGS[0]), *sum([["--set", s] for s in SMALL], []), *base, "--set", "train.max_steps=4"]) == 0
+    latest = (run / "checkpoints" / "latest").read_text()
+    from geovario.train import Trainer
+
+    shutil.rmtree(run / "model")  # the 4-step model; a diverged run must not write one
+    trainer = Trainer(load_config(None, SMALL + [f"data.train={stores[0]}", "train.max_steps=8"]), run, resume=True, progress=False)
+    with torch.no_grad():
+        trainer.model.image_head.mlp[0].weight[0, 0] = float("nan")  # as a diverged step leaves the weights
+    with pytest.raises(GeovarioError, match=rf"step 5: the loss is nan, not finite; stopped before updating the weights .*{latest}"):
+        trainer.run()
+    assert (run / "checkpoints" / "latest").read_text() == latest and not (run / "model").exists()
+
+
+def test_numbers_are_read_by_their_declared_type(tmp_path, stores):
+    """PyYAML's YAML 1.1 reads 1e-4 (no dot) as a string; a key declared float takes it as the number."""
+    assert load_config(None, [f"data.train={stores[0]}", "optim.lr=1e-4"]).optim.lr == 1e-4  # the README's --set
+    (tmp_path / "c.yaml").write_text(f"data: {{train: {stores[0]}}}\noptim: {{lr: 1e-4, weight_decay: 0}}\ntrain: {{max_steps: 7}}\n")
+    config = load_config(tmp_path / "c.yaml")
+    assert (config.optim.lr, config.optim.weight_decay, config.train.max_steps) == (1e-4, 0.0, 7)
+    assert isinstance(config.optim.weight_decay, float)
+    with pytest.raises(GeovarioError, match="config key optim.lr: must be a finite number, got nan"):
+        load_config(None, [f"data.train={stores[0]}", "optim.lr=.nan"])
 
 
 def test_bad_configs_through_the_cli(tmp_path, stores, capsys):

@@ -1,4 +1,7 @@
-"""Atomic file writes: a reader (or a resumed job) sees the old file or the whole new one, never half."""
+"""Every output geovario writes goes through here: parent folders are created, a file appears whole or
+not at all, and a destination that cannot be written (a file in the way, no permission, a full disk) is
+one line naming the path.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,43 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from geovario.errors import GeovarioError
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error)
+
+
+def output_dir(path: str | Path) -> Path:
+    """Create ``path`` (and its parents) as a folder for outputs, or say in one line why it cannot be."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise GeovarioError(f"{path}: cannot create the output folder: a file of that name is in the way") from None
+    except NotADirectoryError:
+        raise GeovarioError(f"{path}: cannot create the output folder: a parent of it is a file") from None
+    except OSError as e:
+        raise GeovarioError(f"{path}: cannot create the output folder ({_reason(e)})") from None
+    return path
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is synced and renamed onto ``path``."""
+    """Yield a temporary path beside ``path``; on success it is synced and renamed onto ``path``.
+
+    The temporary name keeps ``path``'s suffix, so writers that go by it (matplotlib) still work.
+    An OSError while writing or renaming becomes a one-line error naming ``path``; the temporary file
+    is removed, and an existing ``path`` is left as it was.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    output_dir(path.parent)
+    if path.is_dir():
+        raise GeovarioError(f"{path}: is a folder; give a file name")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    except OSError as e:
+        raise GeovarioError(f"{path}: cannot write ({_reason(e)})") from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -23,6 +57,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise GeovarioError(f"{path}: cannot write ({_reason(e)})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -31,3 +68,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def save_figure(fig, path: str | Path, **kwargs) -> Path:
+    """``fig.savefig`` through :func:`atomic_path`; the format follows the suffix (PNG without one)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs)
+    return path

@@ -82,6 +82,29 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``name`` as a usable torch device (None or "auto": CUDA when there is one), or a one-line error."""
+    if isinstance(name, torch.device):
+        return name
+    if name in (None, "", "auto"):
+        return default_device()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise GeovarioError(f"device {name!r}: not a torch device (cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GeovarioError(f"device {name!r}: CUDA is not available on this machine (use cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise GeovarioError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise GeovarioError(f"device {name!r}: MPS is not available on this machine (use cpu)")
+    elif device.type != "cpu":
+        raise GeovarioError(f"device {name!r}: geovario runs on cpu, cuda or mps")
+    return device
+
+
 class ClipBackbone:
     """A frozen CLIP vision tower returning projected image embeddings (N, feature_dim)."""
 
@@ -111,7 +134,7 @@ class ClipBackbone:
         from transformers import AutoConfig, CLIPConfig, CLIPVisionModelWithProjection
         from transformers.utils import logging as hf_logging
 
-        device = torch.device(device) if device else default_device()
+        device = resolve_device(device)
         local = Path(name_or_dir)
         if local.exists() and not (local / "config.json").is_file():
             raise GeovarioError(f"{local}: no config.json; not a transformers CLIP checkpoint")

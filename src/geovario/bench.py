@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from geovario.atomic import atomic_write_bytes, output_dir
 from geovario.errors import GeovarioError
 from geovario.experiments import LAB_EPOCHS, train_and_evaluate
 from geovario.jsonio import write_json
@@ -73,9 +74,10 @@ def sweep_runs(specs: list[str]) -> dict[str, list[str]]:
 
 
 def bench_losses(out: str | Path, runs: dict[str, list[str]], seeds: int = 3, world: Path | None = None,
-                 world_config: WorldConfig | None = None, epochs: int = LAB_EPOCHS, progress: bool = False) -> dict:
+                 world_config: WorldConfig | None = None, epochs: int = LAB_EPOCHS, progress: bool = False,
+                 keep_checkpoints: bool = False) -> dict:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    output_dir(out)
     if world is None:
         world = out / "world"
         if not (world / "train").is_dir():
@@ -91,12 +93,12 @@ def bench_losses(out: str | Path, runs: dict[str, list[str]], seeds: int = 3, wo
         for seed in range(seeds):
             print(f"{name}, seed {seed}", flush=True)
             report = train_and_evaluate(world, out / "runs" / f"{_slug(name)}-seed{seed}", overrides, epochs, seed,
-                                        variogram=out / "variogram.json", progress=progress)
+                                        variogram=out / "variogram.json", progress=progress, keep_checkpoints=keep_checkpoints)
             results.setdefault(name, []).append({k: v for k, v in report.items() if k not in ("errors_km", "true_latlon")})
     table = summary_table(results)
     write_json(out / "losses.json", {"world": str(world), "seeds": seeds, "epochs": epochs, "variogram": variogram.to_dict(),
                                      "runs": {name: {"overrides": runs[name], "reports": reports} for name, reports in results.items()}})
-    (out / "losses.md").write_text(table + "\n")
+    atomic_write_bytes(out / "losses.md", (table + "\n").encode())
     return {"table": table, "results": results}
 
 

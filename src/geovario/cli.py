@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,18 +17,49 @@ from geovario import __version__
 from geovario.errors import GeovarioError
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+
+
+def _positive_float(text: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1-65535, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (and exit status 2): ``geovario <command>: error: ...``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="geovario",
         description="Worldwide image geolocalization in the GeoCLIP family.",
     )
@@ -52,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder with the release files (e.g. ../shared/reference/geoclip-1.3.0) or a geoclip package folder")
     source.add_argument("--wheel", type=Path, metavar="PATH", help="a downloaded geoclip-1.3.0 wheel")
     geoclip.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
+    rehash = weights_of.add_parser(
+        "rehash",
+        help="record the sha256 of a model directory's weights in its config.json",
+        description=("Every model directory names the sha256 of its weights, and loading refuses weights that do not "
+                     "match or a config without it. After replacing model.safetensors on purpose, record the new "
+                     "checksum with this command; it checks that the weights still fit the architecture."),
+    )
+    rehash.add_argument("model", type=Path, help="geovario model directory")
 
     predict = commands.add_parser(
         "predict",
@@ -69,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--backbone", metavar="NAME_OR_DIR",
                          help="CLIP checkpoint (hub id or local folder) for --image; default: the one in the model's config")
     predict.add_argument("--gallery", type=Path, metavar="CSV", help="GPS gallery CSV (LAT,LON) instead of the model's own")
-    predict.add_argument("--top-k", type=int, default=5, help="predictions per input, best first (default 5)")
+    predict.add_argument("--top-k", type=_positive_int, default=5, help="predictions per input, best first (default 5)")
     predict.add_argument("--batch-size", type=_positive_int, default=32, help="images per backbone batch (default 32)")
     predict.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda when available)")
     predict.add_argument("--places", action="store_true",
@@ -100,9 +140,9 @@ def add_serve_command(commands) -> None:
     serve.add_argument("--backbone", metavar="NAME_OR_DIR", help="CLIP checkpoint (default: the one the model directory names)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
-    serve.add_argument("--port", type=_positive_int, default=8000, help="port (default 8000)")
-    serve.add_argument("--top-k", type=_positive_int, default=5, help="places per photo (default 5)")
-    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="larger uploads get HTTP 413 (default 20)")
+    serve.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
+    serve.add_argument("--top-k", type=_positive_int, default=5, help="places per photo, at most 100 (default 5)")
+    serve.add_argument("--max-upload-mb", type=_positive_float, default=20.0, help="larger uploads get HTTP 413 (default 20)")
     serve.add_argument("--max-pixels", type=_positive_int, default=50_000_000,
                        help="images with more pixels get HTTP 413, before decoding: the decompression-bomb guard (default 50,000,000)")
     serve.add_argument("--tiles", default="https://tile.openstreetmap.org/{z}/{x}/{y}.png", metavar="URL|none",
@@ -124,10 +164,11 @@ def add_world_commands(commands) -> None:
     simulate.add_argument("--n-train", type=_positive_int, default=50_000, help="training photos (default 50,000)")
     simulate.add_argument("--n-test", type=_positive_int, default=3_000, help="test photos (default 3,000)")
     simulate.add_argument("--dim", type=_positive_int, default=256, help="feature dimension (default 256)")
-    simulate.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    simulate.add_argument("--seed", type=_non_negative_int, default=0, help="world seed (default 0)")
     simulate.add_argument("--positions", default="mp16", metavar="mp16|cities|uniform|CSV",
                           help="where photos are: at MP-16 photo positions (default), around GeoNames places, uniform on "
                                "the sphere, or a LAT,LON CSV")
+    simulate.add_argument("--overwrite", action="store_true", help="replace a world already in --out")
     demo = commands.add_parser(
         "demo",
         help="the method end to end on a simulated world: variogram, two trainings, evaluation, comparison",
@@ -137,7 +178,7 @@ def add_world_commands(commands) -> None:
     )
     demo.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
     demo.add_argument("--quick", action="store_true", help="a smaller world and shorter training")
-    demo.add_argument("--seed", type=int, default=0, help="world and training seed (default 0)")
+    demo.add_argument("--seed", type=_non_negative_int, default=0, help="world and training seed (default 0)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars (the step lines stay)")
 
     bench = commands.add_parser("bench", help="benchmarks on a simulated world")
@@ -157,6 +198,8 @@ def add_world_commands(commands) -> None:
     losses.add_argument("--epochs", type=_positive_int, help="training epochs per run (default: the lab budget of geovario/experiments.py)")
     losses.add_argument("--world", type=Path, help="an existing world from `geovario simulate` (default: simulate the default world)")
     losses.add_argument("--quick", action="store_true", help="a small world (8,000 train photos, 64-d) for a fast look")
+    losses.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep every run's checkpoints (default: deleted once its model is written)")
     study = bench_of.add_parser(
         "study",
         help="the full study of the method: every loss x seed, the ablation, the range rule, refits and a sensitivity sweep",
@@ -179,7 +222,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from geovario.sim import WorldConfig, simulate
 
     config = WorldConfig(n_train=args.n_train, n_test=args.n_test, dim=args.dim, seed=args.seed, positions=args.positions)
-    simulate(args.out, config)
+    simulate(args.out, config, overwrite=args.overwrite)
     print(f"wrote {args.out / 'train'} ({args.n_train:,} photos), {args.out / 'test'} ({args.n_test:,}) and {args.out / 'truth.json'}")
     return 0
 
@@ -195,7 +238,8 @@ def cmd_bench_losses(args: argparse.Namespace) -> int:
     if args.sweep:
         runs |= sweep_runs(args.sweep)
     world_config = WorldConfig(n_train=8000, n_test=1000, dim=64) if args.quick else WorldConfig()
-    result = bench_losses(args.out, runs or DEFAULT_RUNS, args.seeds, args.world, world_config, args.epochs or LAB_EPOCHS)
+    result = bench_losses(args.out, runs or DEFAULT_RUNS, args.seeds, args.world, world_config, args.epochs or LAB_EPOCHS,
+                          keep_checkpoints=args.keep_checkpoints)
     print(result["table"])
     print(f"wrote {args.out / 'losses.md'} and {args.out / 'losses.json'}")
     return 0
@@ -295,7 +339,7 @@ def add_data_commands(commands) -> None:
     check.add_argument("path", type=Path, help="dataset CSV or folder of photos")
     _add_dataset_args(check)
     check.add_argument("--no-image-check", action="store_true", help="do not check that image files exist")
-    check.add_argument("--max-report", type=int, default=50, help="problems listed in the text report (0: all; default 50)")
+    check.add_argument("--max-report", type=_non_negative_int, default=50, help="problems listed in the text report (0: all; default 50)")
     check.add_argument("--json", action="store_true", help="print the full report as JSON")
     info = sub.add_parser("info", help="summarise a feature store (or --features/--gps arrays)")
     add_feature_source_args(info)
@@ -322,9 +366,9 @@ def add_extract_command(commands) -> None:
     extract.add_argument("--batch-size", type=_positive_int, default=32, help="images per backbone forward pass (default 32)")
     extract.add_argument("--shard-size", type=_positive_int, default=4096, help="images per shard file (default 4096)")
     extract.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored feature precision (default float16)")
-    extract.add_argument("--views", type=int, default=0,
+    extract.add_argument("--views", type=_non_negative_int, default=0,
                          help="also store K augmented views per image with GeoCLIP's train augmentations (default 0)")
-    extract.add_argument("--seed", type=int, default=0, help="seed of the augmented views (default 0)")
+    extract.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the augmented views (default 0)")
     extract.add_argument("--workers", type=_positive_int, default=min(4, os.cpu_count() or 1),
                          help="image-decoding threads (default: up to 4)")
     extract.add_argument("--device", help="torch device (default: cuda when available; under torchrun cuda:LOCAL_RANK)")
@@ -352,16 +396,16 @@ def add_variogram_command(commands) -> None:
     vario.add_argument("--plot", type=Path, metavar="PNG", help="also draw the bins and the fit")
     vario.add_argument("--bins", type=_positive_int, default=50, help="number of lag bins (default 50)")
     vario.add_argument("--log-bins", action="store_true", help="log-spaced bins from --min-lag-km (the first bin starts at 0)")
-    vario.add_argument("--min-lag-km", type=float, help="first log-bin edge (default: max lag / 10,000)")
-    vario.add_argument("--max-lag-km", type=float, default=MAX_LAG_KM, help=f"largest lag (default {MAX_LAG_KM:g}, half the Earth's circumference)")
+    vario.add_argument("--min-lag-km", type=_positive_float, help="first log-bin edge (default: max lag / 10,000)")
+    vario.add_argument("--max-lag-km", type=_positive_float, default=MAX_LAG_KM, help=f"largest lag (default {MAX_LAG_KM:g}, half the Earth's circumference)")
     vario.add_argument("--model", choices=MODELS, default="spherical", help="variogram model (default spherical)")
     vario.add_argument("--estimator", choices=ESTIMATORS, default="matheron", help="matheron: the mean of 1 - cos per bin (default; the only one the loss accepts); "
                        "cressie: Cressie-Hawkins' robust estimator, with its constants derived for D-dimensional isotropic Gaussian increments")
     vario.add_argument("--weights", choices=WEIGHTS, default="cressie", help="fit weights: N_k/γ_k² (Cressie 1985), N_k, or none (default cressie)")
     vario.add_argument("--exact-max", type=_positive_int, default=20_000, help="use every pair up to this many points (default 20000)")
     vario.add_argument("--max-pairs", type=_positive_int, default=4_000_000, help="pairs sampled above --exact-max (default 4,000,000)")
-    vario.add_argument("--short-lag-km", type=float, default=25.0, help="short-lag stratum radius when sampling (default 25 km)")
-    vario.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    vario.add_argument("--short-lag-km", type=_positive_float, default=25.0, help="short-lag stratum radius when sampling (default 25 km)")
+    vario.add_argument("--seed", type=_non_negative_int, default=0, help="sampling seed (default 0)")
     vario.add_argument("--compare", type=Path, nargs="+", metavar="STORE", help="more stores to estimate the same way and overlay in --plot")
     vario.add_argument("--json", action="store_true", help="print the result JSON to stdout too")
     vario.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -422,8 +466,8 @@ def _threshold_list(text: str) -> list[float]:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated kilometres, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"thresholds must be positive, got {text!r}")
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"thresholds must be positive finite kilometres, got {text!r}")
     return values
 
 
@@ -486,11 +530,12 @@ def _finish_report(args, report: dict, true_latlon, pred_latlon, label: str) -> 
     from geovario.metrics import errors_km
     from geovario.jsonio import write_json
     from geovario.report import markdown_table, plot_cumulative_error, plot_error_map
+    from geovario.atomic import output_dir
 
     if getattr(args, "out", None):
         write_json(args.out, report)
     if args.plots:
-        args.plots.mkdir(parents=True, exist_ok=True)
+        output_dir(args.plots)
         errors = errors_km(true_latlon, pred_latlon)
         plot_cumulative_error({label: errors}, [f"{t:g}" for t in args.thresholds], args.plots / "cumulative_error.png")
         plot_error_map(true_latlon, errors, args.plots / "error_map.png")
@@ -500,7 +545,8 @@ def _finish_report(args, report: dict, true_latlon, pred_latlon, label: str) -> 
         print(markdown_table([(label, report)]))
     else:
         accuracy = "  ".join(f"{t} km {v:.2f}%" for t, v in report["accuracy"].items())
-        print(f"{label}: n = {report['n']} ({report['convention']})\n  {accuracy}\n"
+        failed = f", {report['failed']} without a valid prediction, counted as failures" if report.get("failed") else ""
+        print(f"{label}: n = {report['n']}{failed} ({report['convention']})\n  {accuracy}\n"
               f"  median {report['median_km']:.1f} km, mean {report['mean_km']:.1f} km, GeoScore {report['geoscore']:.0f}")
         if report.get("admin"):
             print("  admin: " + "  ".join(f"{k} {v:.2f}%" for k, v in report["admin"].items() if not k.startswith("_")))
@@ -536,21 +582,26 @@ def cmd_score(args: argparse.Namespace) -> int:
     from geovario.predictions_file import read_predictions, true_and_predicted
 
     table = read_predictions(args.predictions, args.true_lat, args.true_lon, args.pred_lat, args.pred_lon)
-    print(f"{args.predictions}: using columns {', '.join(f'{role}={col}' for role, col in table.columns.items())}", file=sys.stderr)
-    true_latlon, pred_latlon = true_and_predicted(table)
-    report = build_report(true_latlon, pred_latlon, args.thresholds, args.strict_less, admin=not args.no_admin)
-    report |= {"data": str(args.predictions), "columns": table.columns, "dropped_rows": [str(p) for p in table.dropped]}
-    for problem in table.dropped[:10]:
-        print(f"dropped {problem}", file=sys.stderr)
-    if len(table.dropped) > 10:
-        print(f"dropped {len(table.dropped) - 10} more rows (listed in the JSON report)", file=sys.stderr)
+    print(f"geovario: note: {args.predictions}: using columns {', '.join(f'{role}={col}' for role, col in table.columns.items())}",
+          file=sys.stderr)
+    true_latlon, pred_latlon, failed = true_and_predicted(table)
+    report = build_report(true_latlon, pred_latlon, args.thresholds, args.strict_less, admin=not args.no_admin, failed=failed)
+    report |= {"data": str(args.predictions), "columns": table.columns, "dropped_rows": [str(p) for p in table.dropped],
+               "failed_rows": [str(p) for p in table.failed]}
+    for label, problems in (("dropped (not a sample)", table.dropped), ("counted as a failure", table.failed)):
+        for problem in problems[:10]:
+            print(f"{label}: {problem}", file=sys.stderr)
+        if len(problems) > 10:
+            print(f"{label}: {len(problems) - 10} more rows (listed in the JSON report)", file=sys.stderr)
     return _finish_report(args, report, true_latlon, pred_latlon, str(args.predictions))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from geovario.report import comparison_text, load_report, markdown_table
+    from geovario.report import comparison_text, comparison_warnings, load_report, markdown_table
 
     reports = [(str(path), load_report(path)) for path in args.reports]
+    for warning in comparison_warnings(reports):
+        print(f"geovario: warning: {warning}", file=sys.stderr)
     print(markdown_table(reports) if args.markdown else comparison_text(reports))
     return 0
 
@@ -587,8 +638,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from geovario.data import read_dataset
     from geovario.extract import ExtractSettings, extract_features
 
-    if args.views < 0:
-        raise GeovarioError(f"--views must be 0 or more, got {args.views}")
     dataset = read_dataset(args.data, args.format, args.images)
     if args.strict:
         dataset.require_clean()
@@ -626,6 +675,13 @@ def cmd_weights_geoclip(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights_rehash(args: argparse.Namespace) -> int:
+    from geovario.modeldir import rehash_model_dir
+
+    print(f"{args.model}: weights_sha256 {rehash_model_dir(args.model)}")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -633,8 +689,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from geovario.images import load_rgb
     from geovario.predict import Predictor, load_features_file
 
-    if args.top_k < 1:
-        raise GeovarioError(f"--top-k must be at least 1, got {args.top_k}")
     if args.features is not None:
         features = load_features_file(args.features)  # validate input before any heavy loading
     predictor = Predictor(args.model, gallery=args.gallery, device=args.device, progress=not args.no_progress)
@@ -717,11 +771,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from geovario.serve import GeoService, ServeSettings, create_app
 
-    if not args.max_upload_mb > 0:
-        raise GeovarioError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     settings = ServeSettings(top_k=args.top_k, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                              tiles=None if args.tiles.lower() == "none" else args.tiles)
-    Image.MAX_IMAGE_PIXELS = args.max_pixels  # PIL's own decompression-bomb limit, for every decoder
     _check_can_listen(args.host, args.port)  # before the slow model load, not after
     try:
         service = GeoService(str(args.model), args.backbone, args.device, settings)
@@ -730,12 +781,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"geovario: warning: listening on {args.host}: anyone who can reach this machine can use the page", file=sys.stderr)
     print(f"geovario: serving {args.model} at http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr)
+    Image.MAX_IMAGE_PIXELS = args.max_pixels  # PIL's own decompression-bomb limit, for every decoder; set once
+    # the options are known good, so a refused command leaves the process as it was
     uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
     return 0
 
 
 COMMANDS = {
     ("weights", "geoclip"): cmd_weights_geoclip,
+    ("weights", "rehash"): cmd_weights_rehash,
     ("predict", None): cmd_predict,
     ("data", "check"): cmd_data_check,
     ("data", "info"): cmd_data_info,
@@ -754,7 +808,11 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; the exit status: 0, 1 for a problem the user can fix, 2 for a usage error."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error already printed as one line
+        return e.code if isinstance(e.code, int) else 0
     action = getattr(args, "weights_source", None) or getattr(args, "data_command", None) or getattr(args, "bench_command", None)
     handler = COMMANDS[(args.command, action)]
     try:

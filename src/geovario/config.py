@@ -7,6 +7,8 @@ inconsistent combination is a one-line error that names the key.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -129,6 +131,10 @@ CHOICES = {
 }
 
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
 def _check_type(key: str, value, annotation):
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -137,7 +143,13 @@ def _check_type(key: str, value, annotation):
             return None
         annotation = next(a for a in options if a is not type(None))
         origin = typing.get_origin(annotation)
+    if annotation is float and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string; the key says it is a number
+    if annotation is int and isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        value = int(value)
     if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise GeovarioError(f"config key {key}: must be a finite number, got {value}")
         return float(value)
     if annotation is int and isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -214,9 +226,26 @@ def validate(config: Config) -> None:
     """Checks across keys: every message names the key to change."""
     t, loss, neg = config.train, config.loss, config.negatives
     for key, value in (("train.batch_size", t.batch_size), ("train.epochs", t.epochs), ("train.checkpoint_every", t.checkpoint_every),
-                       ("train.log_every", t.log_every), ("negatives.k", neg.k), ("loss.variogram_bins", loss.variogram_bins)):
-        if value < 1:
+                       ("train.log_every", t.log_every), ("negatives.k", neg.k), ("loss.variogram_bins", loss.variogram_bins),
+                       ("train.max_steps", t.max_steps), ("loss.refit_every", loss.refit_every), ("model.queue_size", config.model.queue_size),
+                       ("data.gallery_max", config.data.gallery_max)):
+        if value is not None and value < 1:
             raise GeovarioError(f"config key {key}: must be at least 1, got {value}")
+    for key, value in (("optim.weight_decay", config.optim.weight_decay), ("negatives.batch_noise_m", neg.batch_noise_m),
+                       ("negatives.queue_noise_m", neg.queue_noise_m), ("negatives.far_km", neg.far_km),
+                       ("negatives.exclude_km", neg.exclude_km), ("loss.s1", loss.s1), ("loss.s2", loss.s2),
+                       ("loss.theta2_km", loss.theta2_km), ("loss.beta", loss.beta), ("loss.margin", loss.margin)):
+        if value < 0:
+            raise GeovarioError(f"config key {key}: must not be negative, got {value}")
+    for key, value in (("loss.theta1_km", loss.theta1_km), ("loss.mask_km", loss.mask_km), ("optim.grad_clip", config.optim.grad_clip)):
+        if value is not None and value <= 0:
+            raise GeovarioError(f"config key {key}: must be positive (or null), got {value}")
+    if not 0 < config.optim.step_gamma <= 1:
+        raise GeovarioError(f"config key optim.step_gamma: must lie in (0, 1], got {config.optim.step_gamma}")
+    if not 0 <= loss.tau_plus < 1:
+        raise GeovarioError(f"config key loss.tau_plus: must lie in [0, 1), got {loss.tau_plus}")
+    if t.seed < 0:
+        raise GeovarioError(f"config key train.seed: must not be negative, got {t.seed}")
     if t.batch_size < 2 and neg.source == "queue":
         raise GeovarioError("config key train.batch_size: batch negatives need at least 2 samples per batch")
     if neg.source == "queue" and config.model.queue_size < t.batch_size:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from geovario.atomic import atomic_write_bytes, output_dir
 from geovario.data.store import FeatureStore
 from geovario.experiments import LAB_EPOCHS, train_and_evaluate
 from geovario.jsonio import write_json
@@ -21,7 +22,7 @@ from geovario.variogram.plot import plot_variograms
 
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool = True) -> dict:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    output_dir(out)
     # The calibrated world (geovario.sim), smaller than the default's 50,000 photos so that it runs in minutes.
     world_config = WorldConfig(n_train=4000, n_test=500, dim=64, seed=seed) if quick else WorldConfig(n_train=20_000, n_test=2000, dim=128, seed=seed)
     epochs = 3 if quick else LAB_EPOCHS
@@ -32,7 +33,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool
 
     say(f"1/5 simulating a world: {world_config.n_train:,} train and {world_config.n_test:,} test photos at MP-16 photo positions, "
         f"{world_config.dim}-d features, photos showing from all to none of their place")
-    simulate(out / "world", world_config)
+    simulate(out / "world", world_config, overwrite=True)  # the demo's own folder: a rerun starts afresh
     say("2/5 estimating the semivariogram of the training features")
     train_store = FeatureStore(out / "world" / "train")
     empirical = empirical_for_loss(train_store.features(), train_store.gps)
@@ -51,7 +52,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool
     clean = {name: {k: v for k, v in r.items() if k not in ("errors_km", "true_latlon")} for name, r in reports.items()}
     table = markdown_table(list(clean.items()))
     write_json(out / "report.json", {"world": str(out / "world"), "variogram": variogram.to_dict(), "runs": clean})
-    (out / "report.md").write_text(table + "\n")
+    atomic_write_bytes(out / "report.md", (table + "\n").encode())
     say("5/5 results (accuracy in %, d <= t):")
     print(table)
     print(f"\nwrote {out / 'report.md'}, report.json, variogram.png, cumulative_error.png, error_map_semivariogram.png")

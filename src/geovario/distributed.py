@@ -25,7 +25,7 @@ import torch.distributed as dist
 # the process ("terminate called without an active exception") after the job has succeeded.
 import torch.distributed.nn.functional as dist_nn
 
-from geovario.backbones import default_device
+from geovario.backbones import resolve_device
 from geovario.errors import GeovarioError
 
 # Long enough for rank 0 to fit the initial variogram on millions of features while the others wait.
@@ -121,7 +121,7 @@ class Dist:
 
 
 def _device(name: str, local_rank: int) -> torch.device:
-    device = default_device() if name == "auto" else torch.device(name)
+    device = resolve_device(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device

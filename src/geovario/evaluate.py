@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 
 from geovario.data.store import FeatureSource, FeatureStore, open_feature_source
 from geovario.errors import GeovarioError
-from geovario.metrics import THRESHOLDS_KM, admin_accuracy, by_continent, distance_summary, errors_km, reverse_geocode_labels
+from geovario.metrics import (THRESHOLDS_KM, admin_accuracy, by_continent, distance_summary, errors_km, reverse_geocode_labels,
+                              with_failures)
 from geovario.predict import Predictor
 from geovario.retrieval import faiss_index, faiss_topk, topk_softmax
 
@@ -48,7 +49,7 @@ def predict_source(predictor: Predictor, source: FeatureSource, top_k: int = 5, 
     indices, probs = [], []
     with tqdm(total=len(source), unit="img", desc="retrieving", disable=None if progress else True) as bar:
         for features, _, _ in source.iter_batches(batch_size):
-            queries = predictor.model.encode_images(torch.from_numpy(features).to(predictor.device)).float()
+            queries = predictor.model.encode_images(torch.tensor(features, device=predictor.device)).float()  # a copy: stores are read-only
             if index_faiss is not None:
                 index, prob, _ = faiss_topk(index_faiss, queries, predictor.logit_scale, top_k)
             else:
@@ -78,17 +79,22 @@ def build_report(
     strict_less: bool = False,
     labels: pd.DataFrame | None = None,
     admin: bool = True,
+    failed: np.ndarray | None = None,
 ) -> dict:
-    """The report dict: distance metrics, admin-level accuracy and the per-continent breakdown."""
-    errors = errors_km(true_latlon, pred_latlon)
-    report = distance_summary(errors, thresholds, strict_less)
+    """The report dict: distance metrics, admin-level accuracy and the per-continent breakdown.
+
+    ``failed`` marks samples without a valid prediction (their predicted coordinates are ignored):
+    they stay in n, wrong at every threshold, as far off as possible, with GeoScore 0.
+    """
+    errors = with_failures(errors_km(true_latlon, np.nan_to_num(pred_latlon)), failed)
+    report = distance_summary(errors, thresholds, strict_less, failed)
     if admin:
-        report["admin"] = admin_accuracy(pred_latlon, labels, true_latlon)
+        report["admin"] = admin_accuracy(pred_latlon, labels, true_latlon, failed)
         truth = reverse_geocode_labels(true_latlon)["country"]
         if labels is not None and "country" in labels.columns:
             given = labels["country"].fillna("").astype(str).reset_index(drop=True)
             truth = given.where(given.str.len() == 2, truth)  # OSV5M stores ISO codes; anything else is geocoded
-        report["continents"] = by_continent(errors, truth, thresholds, strict_less)
+        report["continents"] = by_continent(errors, truth, thresholds, strict_less, failed)
     return report
 
 

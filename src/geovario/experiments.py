@@ -11,6 +11,7 @@ because these runs start from random weights and last a few epochs.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +28,18 @@ LAB_EPOCHS = 5
 
 
 def train_and_evaluate(world: Path, run_dir: Path, overrides: list[str], epochs: int = LAB_EPOCHS, seed: int = 0,
-                       variogram: Path | None = None, progress: bool = True) -> dict:
-    """Train on ``world/train`` with ``overrides`` and evaluate on ``world/test`` against the train positions."""
+                       variogram: Path | None = None, progress: bool = True, keep_checkpoints: bool = False) -> dict:
+    """Train on ``world/train`` with ``overrides`` and evaluate on ``world/test`` against the train positions.
+
+    The run's checkpoints are deleted once its model is written, unless ``keep_checkpoints``.
+    """
     settings = LAB + [f"data.train={world / 'train'}", f"train.epochs={epochs}", f"train.seed={seed}"]
     if variogram is not None:
         settings.append(f"loss.variogram={variogram}")
     config = load_config(None, settings + overrides)
     model_dir = train(config, run_dir, progress=progress)
+    if not keep_checkpoints:
+        shutil.rmtree(Path(run_dir) / "checkpoints", ignore_errors=True)
     gallery = FeatureStore(world / "train").gps.astype(np.float32)
     predictor = Predictor(model_dir, gallery=gallery, device="cpu", progress=False)
     frame = predict_source(predictor, FeatureStore(world / "test"), top_k=1, progress=False)

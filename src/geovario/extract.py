@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from geovario import __version__
-from geovario.atomic import atomic_path, atomic_write_bytes
+from geovario.atomic import atomic_path, atomic_write_bytes, output_dir
 from geovario.augment import geoclip_train_view, view_rng
 from geovario.backbones import ClipBackbone
 from geovario.data.records import Dataset, Record
@@ -210,6 +210,8 @@ def extract_features(
 
 
 def _prepare_folder(out: Path, manifest: dict, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise GeovarioError(f"{out}: is a file; --out must be a folder for the store")
     if out.exists() and any(out.iterdir()):
         if (out / MANIFEST).is_file():
             existing = read_manifest(out)
@@ -225,7 +227,7 @@ def _prepare_folder(out: Path, manifest: dict, overwrite: bool) -> None:
             shutil.rmtree(out)
         else:
             raise GeovarioError(f"{out}: exists and is not a feature store; choose another --out")
-    (out / SHARDS).mkdir(parents=True, exist_ok=True)
+    output_dir(out / SHARDS)
     for leftover in (out / SHARDS).glob(".*.tmp"):  # a write cut short by a kill
         leftover.unlink()
     if not (out / MANIFEST).is_file():

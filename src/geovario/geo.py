@@ -107,11 +107,19 @@ def populated_fraction(lat, lon) -> float:
 
 
 def detect_latlon_swap(lat, lon, source: str = "coordinates", min_points: int = 20) -> str | None:
-    """Warn (and return the message) when the columns look like (lon, lat) rather than (lat, lon).
+    """Warn (and return the message) when the columns look like (lon, lat) rather than (lat, lon)."""
+    message = latlon_swap_message(lat, lon, source, min_points)
+    if message:
+        warnings.warn(message, stacklevel=2)
+    return message
+
+
+def latlon_swap_message(lat, lon, source: str = "coordinates", min_points: int = 20) -> str | None:
+    """Why the columns look like (lon, lat) rather than (lat, lon), or None when nothing looks wrong.
 
     Two signs count: rows whose "latitude" exceeds 90 while their "longitude" would be a valid
     latitude, or, for in-range data, far more points landing near populated places once swapped
-    (photos are taken where people are). Returns None when nothing looks wrong.
+    (photos are taken where people are).
     """
     lat = np.asarray(lat, dtype=np.float64)
     lon = np.asarray(lon, dtype=np.float64)
@@ -129,7 +137,6 @@ def detect_latlon_swap(lat, lon, source: str = "coordinates", min_points: int = 
             )
     if message:
         message += "; are the lat/lon columns swapped?"
-        warnings.warn(message, stacklevel=2)
     return message
 
 

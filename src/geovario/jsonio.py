@@ -15,6 +15,10 @@ def read_json(path: str | Path, what: str = "file"):
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise GeovarioError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise GeovarioError(f"{path}: is a folder, expected a {what} (JSON)") from None
+    except OSError as e:
+        raise GeovarioError(f"{path}: cannot read {what} ({e.strerror or e})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GeovarioError(f"{path}: not valid JSON ({e})") from None
 

@@ -15,11 +15,12 @@ Conventions, and where they come from:
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import pandas as pd
 
-from geovario.geo import haversine_km
+from geovario.geo import EARTH_RADIUS_KM, haversine_km
 
 THRESHOLDS_KM = (1, 25, 200, 750, 2500)  # street, city, region, country, continent (GeoCLIP, thesis)
 GEOSCORE_SCALE_KM = 1492.7  # OSV5M GeoScore constant
@@ -39,18 +40,33 @@ def threshold_accuracy(errors: np.ndarray, thresholds=THRESHOLDS_KM, strict_less
     return {f"{t:g}": float(100 * np.mean(hit(t))) for t in thresholds}
 
 
-def geoscore(errors: np.ndarray) -> float:
-    return float(np.mean(GEOSCORE_MAX * np.exp(-np.asarray(errors) / GEOSCORE_SCALE_KM)))
+WORST_ERROR_KM = math.pi * EARTH_RADIUS_KM  # a sample without a valid prediction counts as this far off
 
 
-def distance_summary(errors: np.ndarray, thresholds=THRESHOLDS_KM, strict_less: bool = False) -> dict:
+def geoscore(errors: np.ndarray, failed: np.ndarray | None = None) -> float:
+    """Mean of 5000 exp(-d / 1492.7); a failed sample scores 0."""
+    scores = GEOSCORE_MAX * np.exp(-np.asarray(errors, np.float64) / GEOSCORE_SCALE_KM)
+    if failed is not None:
+        scores = np.where(failed, 0.0, scores)
+    return float(np.mean(scores))
+
+
+def with_failures(errors: np.ndarray, failed: np.ndarray | None) -> np.ndarray:
+    """Errors with every failed sample (no valid prediction) set to the largest possible error."""
     errors = np.asarray(errors, np.float64)
+    return errors if failed is None else np.where(failed, WORST_ERROR_KM, errors)
+
+
+def distance_summary(errors: np.ndarray, thresholds=THRESHOLDS_KM, strict_less: bool = False, failed: np.ndarray | None = None) -> dict:
+    """n counts every sample; a failed one is wrong at every threshold, as far off as possible, and scores 0."""
+    errors = with_failures(errors, failed)
     return {
         "n": int(len(errors)),
+        "failed": 0 if failed is None else int(np.sum(failed)),
         "accuracy": threshold_accuracy(errors, thresholds, strict_less),
         "mean_km": float(np.mean(errors)),
         "median_km": float(np.median(errors)),
-        "geoscore": geoscore(errors),
+        "geoscore": geoscore(errors, failed),
         "convention": "d < t" if strict_less else "d <= t",
     }
 
@@ -72,13 +88,20 @@ def _same(a: pd.Series, b: pd.Series) -> np.ndarray:
     return (a.astype(str).str.strip().str.casefold() == b.astype(str).str.strip().str.casefold()).to_numpy()
 
 
-def admin_accuracy(pred_latlon: np.ndarray, true_labels: pd.DataFrame | None = None, true_latlon: np.ndarray | None = None) -> dict:
+def admin_accuracy(pred_latlon: np.ndarray, true_labels: pd.DataFrame | None = None, true_latlon: np.ndarray | None = None,
+                   failed: np.ndarray | None = None) -> dict:
     """Percent of predictions in the true country / region / sub-region / city.
 
     Uses the dataset's labels where a row has one (OSV5M); rows without a label are compared with
-    the reverse-geocoded true position instead (needs ``true_latlon``).
+    the reverse-geocoded true position instead (needs ``true_latlon``). A failed row (no valid
+    prediction) is in no place.
     """
+    pred_latlon = np.asarray(pred_latlon, np.float64)
+    if failed is not None:
+        pred_latlon = np.where(failed[:, None], 0.0, pred_latlon)  # geocoded, then blanked below
     predicted = reverse_geocode_labels(pred_latlon)
+    if failed is not None:
+        predicted.loc[failed, :] = ""
     truth = reverse_geocode_labels(true_latlon) if true_latlon is not None else None
     result: dict = {}
     for level in ADMIN_LEVELS:
@@ -120,8 +143,13 @@ def continent_of(countries: pd.Series) -> pd.Series:
     return countries.astype(str).str.strip().str.upper().map(_continent_table()).fillna("unknown")
 
 
-def by_continent(errors: np.ndarray, true_countries: pd.Series, thresholds=THRESHOLDS_KM, strict_less: bool = False) -> dict:
+def by_continent(errors: np.ndarray, true_countries: pd.Series, thresholds=THRESHOLDS_KM, strict_less: bool = False,
+                 failed: np.ndarray | None = None) -> dict:
     """The distance summary per continent of the true location."""
     continents = continent_of(true_countries.reset_index(drop=True))
-    return {name: distance_summary(errors[(continents == name).to_numpy()], thresholds, strict_less)
-            for name in sorted(continents.unique())}
+    failed = np.zeros(len(errors), bool) if failed is None else failed
+    summary = {}
+    for name in sorted(continents.unique()):
+        rows = (continents == name).to_numpy()
+        summary[name] = distance_summary(errors[rows], thresholds, strict_less, failed[rows])
+    return summary

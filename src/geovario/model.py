@@ -32,8 +32,27 @@ class ModelConfig:
     init_logit_scale: float = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ModelConfig":
+    def from_dict(cls, values: dict, source: str = "model config") -> "ModelConfig":
+        """Known keys, type-checked (ValueError naming the key); unknown keys are ignored (newer versions)."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: expected a mapping of shapes, got {type(values).__name__}")
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+
+        def positive_int(v):
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+        def number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for key, value in known.items():
+            if key == "sigmas":
+                ok = isinstance(value, list) and len(value) > 0 and all(number(v) and v > 0 for v in value)
+            elif key == "init_logit_scale":
+                ok = number(value)
+            else:
+                ok = positive_int(value)
+            if not ok:
+                raise ValueError(f"{source}: {key} = {value!r} is not a valid value")
         return cls(**known)
 
     def to_dict(self) -> dict:

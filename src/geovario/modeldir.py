@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from geovario.errors import GeovarioError
 from geovario.jsonio import read_json, write_json
-from geovario.atomic import atomic_path, atomic_write_bytes
+from geovario.atomic import atomic_path, atomic_write_bytes, output_dir
 from geovario.data.latlon_csv import read_latlon_csv
 from geovario.hashing import sha256_file
 from geovario.model import GeoLocModel, ModelConfig
@@ -59,7 +59,7 @@ def save_model_dir(
 ) -> Path:
     """Write a model directory; ``gallery`` is an (N, 2) array of (lat, lon) degrees."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    output_dir(path)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights_path = path / WEIGHTS_FILE
     with atomic_path(weights_path) as tmp:
@@ -92,9 +92,12 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Mode
         raise GeovarioError(f"{config_path}: not a geovario model config (expected \"format\": \"{FORMAT}\")")
     if not weights_path.is_file():
         raise GeovarioError(f"{weights_path}: missing")
-    digest = sha256_file(weights_path)
     expected = config.get("weights_sha256")
-    if expected and digest != expected:
+    if not isinstance(expected, str) or len(expected) != 64:
+        raise GeovarioError(f"{config_path}: no weights_sha256, so {weights_path} cannot be verified; if you trust the file, "
+                            f"record its checksum with `geovario weights rehash {path}`")
+    digest = sha256_file(weights_path)
+    if digest != expected:
         raise GeovarioError(
             f"{weights_path}: sha256 {digest[:12]}… does not match config.json ({expected[:12]}…); "
             "the file is truncated or was modified"
@@ -103,7 +106,10 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Mode
         weights = load_file(weights_path)
     except (SafetensorError, OSError, ValueError) as e:
         raise GeovarioError(f"{weights_path}: cannot read safetensors file, truncated or corrupt ({e})") from None
-    model = GeoLocModel(ModelConfig.from_dict(config.get("model", {})))
+    try:
+        model = GeoLocModel(ModelConfig.from_dict(config.get("model", {}), f"{config_path}: \"model\""))
+    except ValueError as e:
+        raise GeovarioError(str(e)) from None
     expected_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(expected_shapes.keys() - weights.keys())
     unexpected = sorted(weights.keys() - expected_shapes.keys())
@@ -133,3 +139,23 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Mode
 def read_gallery(path: str | Path) -> np.ndarray:
     """A GPS gallery CSV (GeoCLIP's LAT,LON) as (N, 2) float32, GeoCLIP's own dtype for it."""
     return read_latlon_csv(path, "gallery")
+
+
+def rehash_model_dir(path: str | Path) -> str:
+    """Record the sha256 of a model directory's weights in its config.json, after checking they load."""
+    path = Path(path)
+    config_path = path / CONFIG_FILE
+    config = read_json(config_path, "model config")
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise GeovarioError(f"{config_path}: not a geovario model config (expected \"format\": \"{FORMAT}\")")
+    if not (path / WEIGHTS_FILE).is_file():
+        raise GeovarioError(f"{path / WEIGHTS_FILE}: missing")
+    config["weights_sha256"] = sha256_file(path / WEIGHTS_FILE)
+    original = config_path.read_bytes()
+    write_json(config_path, config)
+    try:
+        load_model_dir(path)  # the weights must still fit the architecture
+    except GeovarioError:
+        atomic_write_bytes(config_path, original)
+        raise
+    return config["weights_sha256"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geovario.backbones import ClipBackbone, default_device
+from geovario.backbones import ClipBackbone, resolve_device
 from geovario.errors import GeovarioError
 from geovario.modeldir import load_model_dir, read_gallery
 from geovario.retrieval import cached_gallery_embeddings, topk_softmax
@@ -35,7 +35,7 @@ class Predictor:
         device: str | torch.device | None = None,
         progress: bool = True,
     ):
-        self.device = torch.device(device) if device else default_device()
+        self.device = resolve_device(device)
         loaded = load_model_dir(model_dir, self.device)
         self.model = loaded.model
         self.model_dir = loaded.path

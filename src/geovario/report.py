@@ -2,19 +2,48 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
+from geovario.atomic import save_figure
 from geovario.errors import GeovarioError
 from geovario.jsonio import read_json
 
 
 def load_report(path: str | Path) -> dict:
+    """A report from ``evaluate`` or ``score``, its numbers checked: one line names the first bad key."""
     report = read_json(path, "report")
-    if not isinstance(report, dict) or "accuracy" not in report:
-        raise GeovarioError(f"{path}: not a geovario evaluation report (no \"accuracy\")")
+    if not isinstance(report, dict) or not isinstance(report.get("accuracy"), dict) or not report["accuracy"]:
+        raise GeovarioError(f"{path}: not a geovario evaluation report (no \"accuracy\" table)")
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    for threshold, value in report["accuracy"].items():
+        if not number(value) or not 0 <= value <= 100:
+            raise GeovarioError(f"{path}: accuracy at {threshold} km is {value!r}, not a percentage")
+    for key in ("median_km", "mean_km", "geoscore"):
+        if not number(report.get(key)):
+            raise GeovarioError(f"{path}: {key} is {report.get(key)!r}, not a number")
+    if not isinstance(report.get("n"), int) or isinstance(report.get("n"), bool) or report["n"] < 1:
+        raise GeovarioError(f"{path}: n is {report.get('n')!r}, not a positive count")
     return report
+
+
+def comparison_warnings(reports: list[tuple[str, dict]]) -> list[str]:
+    """What makes reports not comparable: other n, another convention (d <= t or d < t), other thresholds."""
+    base_name, base = reports[0]
+    warnings = []
+    for name, report in reports[1:]:
+        if report["n"] != base["n"]:
+            warnings.append(f"{name} has n = {report['n']}, {base_name} n = {base['n']}: not the same test set")
+        if report.get("convention") != base.get("convention"):
+            warnings.append(f"{name} counts {report.get('convention')}, {base_name} {base.get('convention')}")
+        if list(report["accuracy"]) != list(base["accuracy"]):
+            warnings.append(f"{name} has thresholds {', '.join(report['accuracy'])} km, {base_name} {', '.join(base['accuracy'])} km")
+    return warnings
 
 
 def markdown_table(reports: list[tuple[str, dict]]) -> str:
@@ -74,7 +103,7 @@ def plot_cumulative_error(errors_by_run: dict[str, np.ndarray], thresholds, path
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -102,6 +131,6 @@ def plot_error_map(true_latlon: np.ndarray, errors: np.ndarray, path: str | Path
     ax.set_ylabel("latitude")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)

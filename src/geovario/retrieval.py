@@ -165,7 +165,11 @@ def faiss_index(gallery_embeddings: np.ndarray, factory: str = "Flat"):
         raise GeovarioError(f"bad FAISS index factory {factory!r} ({str(e).strip().splitlines()[0]})") from None
     if not index.is_trained:
         sample = np.asarray(gallery_embeddings[:: max(1, len(gallery_embeddings) // 100_000)], dtype=np.float32)
-        index.train(np.ascontiguousarray(sample))
+        try:
+            index.train(np.ascontiguousarray(sample))
+        except RuntimeError as e:  # e.g. IVF4096 on a gallery of a few thousand: fewer points than clusters
+            raise GeovarioError(f"FAISS index {factory!r} cannot be trained on this gallery of {len(gallery_embeddings):,} "
+                                f"locations ({str(e).strip().splitlines()[0][:200]}); use Flat or fewer clusters") from None
     for start in range(0, len(gallery_embeddings), 65536):
         index.add(np.ascontiguousarray(gallery_embeddings[start : start + 65536], dtype=np.float32))
     return index

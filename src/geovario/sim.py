@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -196,8 +197,9 @@ def theoretical_variogram(config: WorldConfig, h_km: np.ndarray) -> tuple[np.nda
     return lower, lower + config.lookalike_weight**2 / total
 
 
-def simulate(out: str | Path, config: WorldConfig, progress: bool = True) -> dict:
-    """Write ``out/train`` and ``out/test`` feature stores and ``out/truth.json``."""
+def simulate(out: str | Path, config: WorldConfig, progress: bool = True, overwrite: bool = False) -> dict:
+    """Write ``out/train`` and ``out/test`` feature stores and ``out/truth.json``; an existing world is
+    replaced only with ``overwrite``."""
     from geovario.data.store import write_store
     from geovario.jsonio import write_json
 
@@ -209,6 +211,11 @@ def simulate(out: str | Path, config: WorldConfig, progress: bool = True) -> dic
         raise GeovarioError("a world needs two region_weights (country, admin-1), locatability_a > 0, locatability_b >= 0 "
                             "and content_types >= 1")
     out = Path(out)
+    existing = [part for part in ("train", "test", "truth.json") if (out / part).exists()]
+    if existing and not overwrite:
+        raise GeovarioError(f"{out}: holds a world already ({', '.join(existing)}); add --overwrite to replace it")
+    for part in existing:
+        shutil.rmtree(out / part) if (out / part).is_dir() else (out / part).unlink()
     rng = np.random.default_rng([config.seed, 0])
     latlon = sample_positions(config, config.n_train + config.n_test, rng)
     features, _, _, locatability = world_features(latlon, config, components=True)

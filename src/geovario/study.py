@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geovario.atomic import atomic_path
+from geovario.atomic import atomic_path, atomic_write_bytes, output_dir, save_figure
 from geovario.config import load_config
 from geovario.errors import GeovarioError
 from geovario.experiments import LAB, LAB_EPOCHS, train_and_evaluate
@@ -161,7 +161,7 @@ def run_study(out: str | Path, world: Path | None = None, seeds: int = 5, galler
     from geovario.variogram import empirical_for_loss, fit_for_loss
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    output_dir(out)
 
     def log(text: str) -> None:
         print(text, flush=True)
@@ -198,7 +198,7 @@ def run_study(out: str | Path, world: Path | None = None, seeds: int = 5, galler
     write_json(out / "study.json", {"world": str(world), "world_fingerprint": fingerprint, "epochs": epochs, "lab": LAB,
                                     "variogram": json.loads(variogram_text), "arms": summary})
     markdown = study_markdown(summary, anchor.name, json.loads(variogram_text))
-    (out / "study.md").write_text(markdown)
+    atomic_write_bytes(out / "study.md", markdown.encode())
     plot_sweeps(summary, out)
     return {"arms": summary, "markdown": markdown}
 
@@ -234,7 +234,7 @@ def study_markdown(summary: list[dict], anchor_name: str, variogram: dict) -> st
         cells = [f"{row['accuracy_mean'][str(t)]:.2f} ± {row['accuracy_std'][str(t)]:.2f}" for t in THRESHOLDS]
         lines.append(f"| {row['name']} | {len(row['seeds'])} | " + " | ".join(cells) + f" | {row['median_km']:.1f} | {row['geoscore']:.0f} |")
     absolute = "\n".join(lines)
-    lines = [f"| Configuration | seeds | " + " | ".join(f"Δ {t} km" for t in THRESHOLDS[1:]) + " | Δ GeoScore |",
+    lines = ["| Configuration | seeds | " + " | ".join(f"Δ {t} km" for t in THRESHOLDS[1:]) + " | Δ GeoScore |",
              "|---|---:|" + "---:|" * (len(THRESHOLDS))]
     for row in summary:
         if row["vs_anchor"] is None:
@@ -278,7 +278,7 @@ def plot_sweeps(summary: list[dict], out: Path) -> list[Path]:
             fig.colorbar(image, ax=ax)
         fig.tight_layout()
         written.append(out / "sweep_theta.png")
-        fig.savefig(written[-1], dpi=120)
+        save_figure(fig, written[-1], dpi=120)
         plt.close(fig)
     s_rows = [row for row in summary if row["group"] in ("sweep-s1", "sweep-s2") and row["vs_anchor"]]
     if s_rows:
@@ -298,6 +298,6 @@ def plot_sweeps(summary: list[dict], out: Path) -> list[Path]:
         ax.legend(fontsize=7)
         fig.tight_layout()
         written.append(out / "sweep_s.png")
-        fig.savefig(written[-1], dpi=120)
+        save_figure(fig, written[-1], dpi=120)
         plt.close(fig)
     return written

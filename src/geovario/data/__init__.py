@@ -12,7 +12,7 @@ from pathlib import Path
 from geovario.data import im2gps, mp16, osv5m, streetscapes, yfcc
 from geovario.data.csv_reader import CsvFormat, read_csv_dataset
 from geovario.data.exif_folder import read_exif_folder
-from geovario.data.records import Dataset, Problem, Record
+from geovario.data.records import SWAPPED, Dataset, Problem, Record
 from geovario.errors import GeovarioError
 
 # Detection order matters only where signatures overlap (im2gps has AUTHOR, yfcc must not).
@@ -80,4 +80,18 @@ def read_dataset(
     folder = Path(images) if images else default_images_folder(path)
     if images and not folder.is_dir():
         raise GeovarioError(f"{folder}: images folder not found")
-    return read_csv_dataset(path, fmt, folder, check_images=check_images, auto_detected=auto)
+    dataset = read_csv_dataset(path, fmt, folder, check_images=check_images, auto_detected=auto)
+    _check_swapped(dataset, fmt)
+    return dataset
+
+
+def _check_swapped(dataset: Dataset, fmt: CsvFormat) -> None:
+    """The gallery reader's lat/lon swap test on the usable rows: a file-level problem, which blocks use."""
+    from geovario.geo import latlon_swap_message
+
+    if not dataset.records:
+        return
+    message = latlon_swap_message([r.lat for r in dataset.records], [r.lon for r in dataset.records],
+                                  f"columns {fmt.lat_column}, {fmt.lon_column}")
+    if message:
+        dataset.problems.insert(0, Problem(str(dataset.source), 0, message, SWAPPED))

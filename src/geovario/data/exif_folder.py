@@ -15,12 +15,20 @@ GPS_IFD = 0x8825
 LAT_REF, LAT, LON_REF, LON = 1, 2, 3, 4
 
 
-def _degrees(value, ref) -> float:
-    """EXIF (degrees, minutes, seconds) rationals and an N/S/E/W reference -> signed degrees."""
+def _degrees(value, ref, allowed: str) -> float:
+    """EXIF (degrees, minutes, seconds) rationals and an N/S (or E/W) reference -> signed degrees.
+
+    ValueError for a reference other than the two ``allowed`` letters, or minutes or seconds outside
+    [0, 60): a camera never writes them, so the tag was damaged or written by hand.
+    """
     parts = [float(v) for v in (value if isinstance(value, (tuple, list)) else (value,))]
+    if not parts or any(not math.isfinite(p) or p < 0 for p in parts) or any(p >= 60 for p in parts[1:3]):
+        raise ValueError(f"degrees, minutes, seconds {tuple(parts)} are not a valid angle")
     degrees = sum(part / 60**i for i, part in enumerate(parts[:3]))
-    ref = ref.decode(errors="ignore") if isinstance(ref, bytes) else str(ref or "")
-    return -degrees if ref.strip().upper() in ("S", "W") else degrees
+    ref = (ref.decode(errors="ignore") if isinstance(ref, bytes) else str(ref or "")).strip().upper()
+    if ref not in allowed:
+        raise ValueError(f"GPS reference {ref!r}, expected {' or '.join(allowed)}")
+    return -degrees if ref in ("S", "W") else degrees
 
 
 def read_exif_gps(path: Path) -> tuple[float, float] | None:
@@ -30,8 +38,8 @@ def read_exif_gps(path: Path) -> tuple[float, float] | None:
     if not gps or LAT not in gps or LON not in gps:
         return None
     try:
-        lat, lon = _degrees(gps[LAT], gps.get(LAT_REF)), _degrees(gps[LON], gps.get(LON_REF))
-    except (TypeError, ValueError, ZeroDivisionError):
+        lat, lon = _degrees(gps[LAT], gps.get(LAT_REF), "NS"), _degrees(gps[LON], gps.get(LON_REF), "EW")
+    except (TypeError, ZeroDivisionError):
         raise ValueError(f"malformed GPS values {gps.get(LAT)!r}, {gps.get(LON)!r}") from None
     return lat, lon
 
@@ -51,6 +59,9 @@ def read_exif_folder(folder: Path) -> Dataset:
             found = read_exif_gps(path)
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
             problems.append(Problem(str(path), 0, f"unreadable image ({e})", "unreadable image"))
+            continue
+        except Image.DecompressionBombError as e:
+            problems.append(Problem(str(path), 0, f"refused: {e}", "too large"))
             continue
         except ValueError as e:
             problems.append(Problem(str(path), 0, f"bad EXIF GPS: {e}", "bad coordinates"))

@@ -37,6 +37,9 @@ class Problem:
         return {"file": self.file, "line": self.line, "kind": self.kind, "message": self.message}
 
 
+SWAPPED = "swapped columns"  # a file-level problem: the lat/lon columns look exchanged
+
+
 @dataclass
 class Dataset:
     """The usable records of a source, what was wrong with the rest, and the format that was read."""
@@ -73,7 +76,10 @@ class Dataset:
         self.require_usable()
 
     def require_usable(self) -> None:
-        """At least one usable row, or an error naming the dataset."""
+        """At least one usable row, and columns that do not look swapped, or an error naming the dataset."""
+        swapped = next((p for p in self.problems if p.kind == SWAPPED), None)
+        if swapped is not None:
+            raise GeovarioError(f"{swapped}")
         if not self.records:
             raise GeovarioError(f"{self.source}: no usable rows")
 

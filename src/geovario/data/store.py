@@ -23,6 +23,7 @@ import torch
 
 from geovario.data.latlon_csv import read_latlon_csv
 from geovario.errors import GeovarioError
+from geovario.geo import latlon_swap_message
 from geovario.jsonio import read_json
 
 STORE_FORMAT = "geovario-feature-store"
@@ -42,6 +43,36 @@ def read_manifest(folder: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
         raise GeovarioError(f"{path}: not a geovario feature store manifest")
     return manifest
+
+
+def read_index(path: Path) -> pd.DataFrame:
+    """A store's index.csv, with every coordinate checked: one line names the first bad row."""
+    try:
+        index = pd.read_csv(path, dtype={"id": str, "image": str}, keep_default_na=False)
+    except FileNotFoundError:
+        raise GeovarioError(f"{path}: missing; the store is incomplete") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise GeovarioError(f"{path}: unreadable index ({str(e).splitlines()[0]})") from None
+    missing = [c for c in ("id", "lat", "lon") if c not in index.columns]
+    if missing:
+        raise GeovarioError(f"{path}: missing column {missing[0]} (has {', '.join(index.columns)})")
+    if index.empty:
+        raise GeovarioError(f"{path}: no rows; the store is empty")
+    for column in ("lat", "lon"):
+        values = pd.to_numeric(index[column], errors="coerce")
+        blank = np.flatnonzero(values.isna().to_numpy())
+        if len(blank):
+            row = int(blank[0])
+            raise GeovarioError(f"{path}:{row + 2}: {column} {index[column].iloc[row]!r} is not a number")
+        index[column] = values.astype(np.float64)
+    from geovario.geo import coordinate_problems
+
+    problems = coordinate_problems(index["lat"].to_numpy(), index["lon"].to_numpy())
+    if problems:
+        row, problem = problems[0]
+        more = f" (and {len(problems) - 1} more rows)" if len(problems) > 1 else ""
+        raise GeovarioError(f"{path}:{row + 2}: {problem}{more}")
+    return index
 
 
 class FeatureSource:
@@ -91,18 +122,31 @@ class FeatureStore(FeatureSource):
         self.manifest = read_manifest(self.folder)
         if not self.manifest.get("complete"):
             raise GeovarioError(f"{self.folder}: extraction has not finished; rerun the same `geovario extract` command to resume it")
-        self.index = pd.read_csv(self.folder / INDEX, dtype={"id": str, "image": str}, keep_default_na=False)
+        try:
+            int(self.manifest["backbone"]["feature_dim"])
+            [(str(shard["name"]), int(shard["rows"])) for shard in self.manifest["shards"]]
+        except (KeyError, TypeError, ValueError):
+            raise GeovarioError(f"{self.folder / MANIFEST}: lacks backbone.feature_dim or a shard's name and rows") from None
+        self.index = read_index(self.folder / INDEX)
         self.ids = self.index["id"].to_numpy(dtype=str)
         self.gps = self.index[["lat", "lon"]].to_numpy(dtype=np.float64)
+        dim = self.dim
+        shards = self.manifest.get("shards")
+        if not isinstance(shards, list) or not shards:
+            raise GeovarioError(f"{self.folder / MANIFEST}: lists no feature shards")
         self._shards, self._views, sizes = [], [], []
-        for shard in self.manifest["shards"]:
+        for shard in shards:
             path = self.folder / SHARDS / f"{shard['name']}.npy"
             try:
                 array = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as e:
                 raise GeovarioError(f"{path}: unreadable shard ({e})") from None
+            if array.ndim != 2 or array.shape[1] != dim:
+                raise GeovarioError(f"{path}: shape {array.shape}, but the manifest says {dim}-d features")
             if len(array) != shard["rows"]:
                 raise GeovarioError(f"{path}: {len(array)} rows, the manifest says {shard['rows']}")
+            if not np.issubdtype(array.dtype, np.floating):
+                raise GeovarioError(f"{path}: features of dtype {array.dtype}, expected floating point")
             self._shards.append(array)
             views_path = path.with_suffix(".views.npy")
             self._views.append(np.load(views_path, mmap_mode="r") if views_path.is_file() else None)
@@ -114,6 +158,12 @@ class FeatureStore(FeatureSource):
     @property
     def dim(self) -> int:
         return int(self.manifest["backbone"]["feature_dim"])
+
+    def fingerprint(self) -> str:
+        """sha256 of the manifest and the index: another extraction, or other rows, give another one."""
+        from geovario.hashing import sha256_files
+
+        return sha256_files([self.folder / MANIFEST, self.folder / INDEX])
 
     @property
     def n_views(self) -> int:
@@ -142,11 +192,24 @@ class FeatureStore(FeatureSource):
     def features(self, start: int = 0, stop: int | None = None, dtype=np.float32) -> np.ndarray:
         """Rows [start, stop) as an array of ``dtype`` (the stored fp16 is widened by default).
 
-        A whole single-shard store in its stored dtype comes back as the memory map itself.
+        A whole single-shard store in its stored dtype comes back as the memory map itself, unchecked;
+        every other read is checked for NaN and infinity.
         """
         if len(self._shards) == 1 and start == 0 and stop is None and self._shards[0].dtype == np.dtype(dtype):
             return self._shards[0]
-        return self._gather(self._shards, start, stop, dtype)
+        return self._finite(self._gather(self._shards, start, stop, dtype), np.arange(start, start + 1))
+
+    def _finite(self, array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``array`` if every value is finite, else a one-line error naming the first bad row of the store.
+
+        ``rows`` holds the store row of each array row, or just the first row when they are consecutive.
+        """
+        finite = np.isfinite(array).reshape(len(array), -1).all(axis=1)
+        if not finite.all():
+            bad = int(np.argmin(finite))
+            row = int(rows[bad]) if len(rows) == len(array) else int(rows[0]) + bad
+            raise GeovarioError(f"{self.folder}: feature row {row} (id {self.ids[row]}) contains NaN or inf")
+        return array
 
     def _rows(self, arrays: list, index: np.ndarray, dtype) -> np.ndarray:
         index = np.asarray(index, dtype=np.int64)
@@ -159,17 +222,17 @@ class FeatureStore(FeatureSource):
 
     def rows(self, index: np.ndarray, dtype=np.float32) -> np.ndarray:
         """Features of arbitrary rows, in the order given."""
-        return self._rows(self._shards, index, dtype)
+        return self._finite(self._rows(self._shards, index, dtype), np.asarray(index))
 
     def view_rows(self, index: np.ndarray, dtype=np.float32) -> np.ndarray:
         """(n, K, D) augmented views of arbitrary rows."""
-        return self._rows(self._views, index, dtype)
+        return self._finite(self._rows(self._views, index, dtype), np.asarray(index))
 
     def views(self, start: int = 0, stop: int | None = None, dtype=np.float32) -> np.ndarray:
         """Augmented views of rows [start, stop), shape (n, K, D)."""
         if not self.n_views:
             raise GeovarioError(f"{self.folder}: extracted without --views")
-        return self._gather(self._views, start, stop, dtype)
+        return self._finite(self._gather(self._views, start, stop, dtype), np.arange(start, start + 1))
 
 
 class ArrayFeatures(FeatureSource):
@@ -180,6 +243,9 @@ class ArrayFeatures(FeatureSource):
 
         array = check_feature_array(load_features_file(features), str(features))
         self.gps = read_latlon_csv(gps, "GPS", dtype=np.float64)
+        swapped = latlon_swap_message(self.gps[:, 0], self.gps[:, 1], f"{gps}: columns LAT, LON")
+        if swapped:
+            raise GeovarioError(f"{swapped} Swap them if they are.")
         if len(self.gps) != len(array):
             raise GeovarioError(f"{features} has {len(array)} rows but {gps} has {len(self.gps)}; they must match row for row")
         self._features = array
@@ -210,11 +276,11 @@ def write_store(folder: str | Path, features: np.ndarray, latlon: np.ndarray, id
     import io
 
     from geovario import __version__
-    from geovario.atomic import atomic_path, atomic_write_bytes
+    from geovario.atomic import atomic_path, atomic_write_bytes, output_dir
     from geovario.jsonio import write_json
 
     folder = Path(folder)
-    (folder / SHARDS).mkdir(parents=True, exist_ok=True)
+    output_dir(folder / SHARDS)
     features, latlon = np.asarray(features), np.asarray(latlon, dtype=np.float64)
     if views is not None and (views.ndim != 3 or views.shape[0] != len(features) or views.shape[2] != features.shape[1]):
         raise GeovarioError(f"views must be (N, K, D) = ({len(features)}, K, {features.shape[1]}), got {views.shape}")

@@ -24,7 +24,7 @@ import torch
 from geovario.errors import GeovarioError
 from geovario.hashing import sha256_bytes
 from geovario.model import GeoLocModel, ModelConfig
-from geovario.atomic import atomic_write_bytes
+from geovario.atomic import atomic_write_bytes, output_dir
 from geovario.modeldir import DEFAULT_BACKBONE, GALLERY_FILE, read_gallery, save_model_dir
 
 GEOCLIP_VERSION = "1.3.0"
@@ -180,7 +180,7 @@ def geoclip_model(release: Release) -> GeoLocModel:
 def write_geoclip_model_dir(out: str | Path, release: Release) -> Path:
     """Write GeoCLIP 1.3.0 as a geovario model directory with its 100K MP-16 gallery."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    output_dir(out)
     atomic_write_bytes(out / GALLERY_FILE, release.files["coordinates_100K.csv"])  # verbatim, sha-checked
     read_gallery(out / GALLERY_FILE)  # fail now, not at predict time, if it does not parse
     meta = {"source": {"name": "geoclip", "version": GEOCLIP_VERSION, "from": release.source, "license": "MIT"}}

@@ -36,6 +36,9 @@ class UploadError(Exception):
         self.status = status
 
 
+MAX_TOP_K = 100  # places one request may ask for
+
+
 @dataclass
 class ServeSettings:
     top_k: int = 5
@@ -48,9 +51,10 @@ class GeoService:
     def __init__(self, model_dir: str, backbone: str | None = None, device: str | None = None, settings: ServeSettings | None = None):
         self.settings = settings or ServeSettings()
         self.predictor = Predictor(model_dir, device=device, progress=False)
+        limit = min(MAX_TOP_K, len(self.predictor.gallery))
+        if not 1 <= self.settings.top_k <= limit:  # before the slow backbone load
+            raise ValueError(f"top_k must be between 1 and {limit} (a request's cap, or the gallery size), got {self.settings.top_k}")
         self.backbone = self.predictor.backbone(backbone)
-        if not 1 <= self.settings.top_k <= len(self.predictor.gallery):
-            raise ValueError(f"top_k must be between 1 and the gallery size {len(self.predictor.gallery)}")
         place_names([[0.0, 0.0]])  # load the GeoNames table now, not on the first request
         self._lock = threading.Lock()  # one forward pass at a time; torch uses every core for each
 
@@ -86,8 +90,8 @@ class GeoService:
     def predict(self, data: bytes, filename: str = "upload", content_type: str | None = None, top_k: int | None = None) -> dict:
         """The JSON answer for one upload: top-k places with probabilities, and the EXIF truth when present."""
         top_k = self.settings.top_k if top_k is None else top_k
-        if not 1 <= top_k <= min(100, len(self.predictor.gallery)):
-            raise UploadError(422, f"top_k must be between 1 and {min(100, len(self.predictor.gallery))}, got {top_k}")
+        if not 1 <= top_k <= min(MAX_TOP_K, len(self.predictor.gallery)):
+            raise UploadError(422, f"top_k must be between 1 and {min(MAX_TOP_K, len(self.predictor.gallery))}, got {top_k}")
         start = time.perf_counter()
         image, format = self.decode(data, filename, content_type)
         pixels = torch.from_numpy(self.backbone.preprocess(image)[None])

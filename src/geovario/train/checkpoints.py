@@ -3,6 +3,7 @@
 ``checkpoints/step-N/`` holds the model weights, the optimizer state with the torch RNG state, the
 negative source's state (GeoCLIP's queues) and ``state.json`` (step, scheduler, refitted variogram).
 It is written to a temporary folder, synced, and renamed into place; ``latest`` then points at it.
+``checksums.json`` holds every file's sha256, checked before a resume reads anything.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from geovario.atomic import atomic_write_bytes
+from geovario.atomic import atomic_write_bytes, output_dir
 from geovario.errors import GeovarioError
+from geovario.hashing import sha256_file
 from geovario.jsonio import read_json, write_json
+
+
+CHECKSUMS = "checksums.json"
 
 
 @dataclass
@@ -34,7 +39,7 @@ def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def save_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, state: TrainState, keep: int = 2) -> Path:
     """Write checkpoints/step-N/ through a temporary folder renamed into place, then point ``latest`` at it."""
     folder = run_dir / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
+    output_dir(folder)
     final = folder / f"step-{state.step:08d}"
     tmp = folder / f".tmp-step-{state.step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -47,6 +52,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, state
     save_file(_cpu(tensors), str(tmp / "optimizer.safetensors"))
     write_json(tmp / "state.json", {"step": state.step, "variogram": state.variogram, "scheduler": scheduler.state_dict(),
                                     "param_groups": opt["param_groups"]})
+    write_json(tmp / CHECKSUMS, {path.name: sha256_file(path) for path in sorted(tmp.iterdir())})
     for path in tmp.iterdir():
         with open(path, "rb") as f:
             os.fsync(f.fileno())
@@ -64,6 +70,7 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives) -> Tr
     if not latest.is_file():
         raise GeovarioError(f"{run_dir}: no checkpoint to resume from")
     path = folder / latest.read_text().strip()
+    verify_checkpoint(path)
     try:
         weights = load_file(path / "model.safetensors")
         tensors = load_file(path / "optimizer.safetensors")
@@ -92,3 +99,23 @@ def _check_shapes(path: Path, ours: dict, found: dict, problem: str) -> None:
     if expected != shapes:
         diff = sorted(k for k in expected.keys() | shapes.keys() if expected.get(k) != shapes.get(k))
         raise GeovarioError(f"{path}: {problem} (differs at {diff[:3]})")
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Every file of the checkpoint has the sha256 recorded when it was written."""
+    recorded = read_json(path / CHECKSUMS, "checkpoint checksums")
+    files = {p.name for p in path.iterdir() if p.name != CHECKSUMS}
+    if not isinstance(recorded, dict) or set(recorded) != files:
+        raise GeovarioError(f"{path}: its files ({', '.join(sorted(files))}) are not the ones written; the checkpoint was altered")
+    for name, digest in recorded.items():
+        if sha256_file(path / name) != digest:
+            raise GeovarioError(f"{path / name}: sha256 differs from the one recorded when it was written; "
+                                "the checkpoint was modified or truncated")
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Checkpoint folders a killed run left half-written (``.tmp-step-*``): never valid, only disk."""
+    stale = sorted((run_dir / "checkpoints").glob(".tmp-step-*"))
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale

@@ -45,6 +45,9 @@ class StoreData:
             features = torch.where((choice == 0)[:, None], plain, picked)
         return Batch(features.to(device), plain.to(device), self.gps[own].to(device), index, rows)
 
+    def fingerprint(self) -> str:
+        return self.store.fingerprint()
+
     def gallery_features(self, rows: np.ndarray):
         """Plain features of the given store rows, for gallery negatives drawn from this store."""
         return lambda index: self.store.rows(rows[index])
@@ -59,6 +62,7 @@ class ImageData:
 
     def __init__(self, dataset, backbone, reference: bool = False):
         self.records, self.backbone, self.reference = dataset.records, backbone, reference
+        self.source = dataset.source
         self.gps = torch.tensor([[r.lat, r.lon] for r in self.records], dtype=torch.float32)
         self.dim = backbone.feature_dim
 
@@ -79,6 +83,14 @@ class ImageData:
         features = encoded[: len(own)]
         reference = encoded[len(own) :] if self.reference else features
         return Batch(features.float().to(device), reference.float().to(device), self.gps[own].to(device), index, rows)
+
+    def fingerprint(self) -> str:
+        """sha256 of the dataset file (of the names of a photo folder's usable photos)."""
+        from geovario.hashing import sha256_bytes, sha256_file
+
+        if Path(self.source).is_file():
+            return sha256_file(self.source)
+        return sha256_bytes("\n".join(f"{r.id},{r.lat!r},{r.lon!r}" for r in self.records).encode())
 
     def gallery_features(self, rows: np.ndarray):
         return None  # no stored features to draw gallery negatives' images from

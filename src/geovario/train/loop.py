@@ -16,17 +16,18 @@ import torch
 from tqdm.auto import tqdm
 
 from geovario import distributed
+from geovario.atomic import output_dir
 from geovario.config import Config
 from geovario.data.store import FeatureStore
 from geovario.distributed import DistributedBatchSampler
 from geovario.errors import GeovarioError
-from geovario.jsonio import write_json
+from geovario.jsonio import read_json, write_json
 from geovario.losses import LossOutput, build_loss
 from geovario.metrics import distance_summary, errors_km
 from geovario.model import GeoLocModel
 from geovario.modeldir import save_model_dir
 from geovario.train.build import build_model, build_negatives, initial_variogram, refit_on_learned, set_variogram
-from geovario.train.checkpoints import TrainState, load_checkpoint, save_checkpoint
+from geovario.train.checkpoints import TrainState, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from geovario.train.data import StoreData, gallery_positions, open_training_data
 from geovario.train.metrics_log import MetricsLog
 from geovario.variogram import VariogramModel
@@ -81,10 +82,19 @@ class Trainer:
         if len(self.data) < t.batch_size:
             raise GeovarioError(f"config key train.batch_size: {t.batch_size} is larger than the {len(self.data)} training samples")
         self.sampler = DistributedBatchSampler(len(self.data), t.batch_size, t.seed, self.world)
-        if self.world.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                write_json(self.run_dir / "config.json", config.to_dict())
+        self.val, problem = None, None
+        if self.world.is_main:  # checked before any work; every rank learns of a problem, so none waits for ever
+            try:
+                self.val = open_validation_store(config, self.data.dim)
+                output_dir(self.run_dir)
+                check_training_data(self.run_dir, self.data.fingerprint(), config, resume)
+                if not resume:
+                    write_json(self.run_dir / "config.json", config.to_dict())
+            except GeovarioError as e:
+                problem = str(e)
+        problem = self.world.broadcast(problem)
+        if problem:
+            raise GeovarioError(problem)
         self.model = build_model(config, self.data.dim).to(self.device)
         self.encoders = _Encoders(self.model)
         if self.world.enabled:
@@ -105,13 +115,14 @@ class Trainer:
         self.state = TrainState()
         self.learned_space = False
         if resume:
+            if self.world.is_main:
+                remove_stale_temporaries(self.run_dir)
             self.world.barrier()  # rank 0 may have just created the run directory
             self.state = load_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.negatives)
             if self.state.variogram:
                 set_variogram(self.loss_fn, VariogramModel.from_dict(self.state.variogram))
                 self.learned_space = True
         self.gallery = gallery_positions(config.data.gallery, self.data, config, "data.gallery")
-        self.val = FeatureStore(config.data.val) if config.data.val and self.world.is_main else None
         steps = self.sampler.steps_per_epoch
         self.total = steps * t.epochs if t.max_steps is None else min(t.max_steps, steps * t.epochs)
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and self.device.type == "cuda")
@@ -130,6 +141,7 @@ class Trainer:
         candidates = self.negatives.candidates(batch, generator, rng, embed)
         with self.amp:
             out = self.loss_fn(candidates.loss_inputs(*self.encoders(batch.features, candidates.locations)))
+        self._stop_unless_finite(out.loss, step)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if self.config.optim.grad_clip:
@@ -149,6 +161,18 @@ class Trainer:
                 set_variogram(self.loss_fn, refitted)
                 self.state.variogram, self.learned_space = refitted.to_dict(), True
         return out
+
+    def _stop_unless_finite(self, loss: torch.Tensor, step: int) -> None:
+        """A NaN or infinite loss on any rank stops the run before it touches the weights or the queue."""
+        value = float(loss.detach())
+        bad = not math.isfinite(value)
+        if self.world.enabled:
+            bad = bool(self.world.all_reduce_sum(np.array([float(bad)]))[0])
+        if bad:
+            latest = self.run_dir / "checkpoints" / "latest"
+            kept = f"checkpoints/{latest.read_text().strip()}" if latest.is_file() else "no checkpoint yet"
+            raise GeovarioError(f"step {step + 1}: the loss is {value:g}, not finite; stopped before updating the weights "
+                                f"(the last good state: {kept} in {self.run_dir}). Lower optim.lr or check the data, then --resume")
 
     # --- the run ---
 
@@ -201,3 +225,31 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, progress: b
 
 def _uses(config: Config, name: str) -> bool:
     return config.loss.name == name or any(p.get("name") == name for p in config.loss.parts)
+
+
+def open_validation_store(config: Config, dim: int) -> FeatureStore | None:
+    """``data.val``, checked before the first step: a store of the training features' width."""
+    if not config.data.val:
+        return None
+    try:
+        val = FeatureStore(config.data.val)
+    except GeovarioError as e:
+        raise GeovarioError(f"config key data.val: {e}") from None
+    if val.dim != dim:
+        raise GeovarioError(f"config key data.val: {config.data.val} holds {val.dim}-d features, the training data {dim}-d")
+    return val
+
+
+def check_training_data(run_dir: Path, fingerprint: str, config: Config, resume: bool) -> None:
+    """Record the training data's fingerprint when a run starts; on --resume, refuse data that changed."""
+    record = run_dir / "data.json"
+    source = config.data.images or config.data.train
+    if not resume:
+        write_json(record, {"train": source, "fingerprint": fingerprint})
+        return
+    if not record.is_file():
+        raise GeovarioError(f"{run_dir}: no data.json, so the training data cannot be checked; start a new run")
+    started = read_json(record, "run data record").get("fingerprint")
+    if started != fingerprint:
+        raise GeovarioError(f"{source}: the training data changed since the run started (fingerprint {str(started)[:12]} then, "
+                            f"{fingerprint[:12]} now); resume only onto the data the run began with, or start a new run")

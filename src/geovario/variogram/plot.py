@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from geovario.atomic import save_figure
 from geovario.variogram.empirical import EmpiricalVariogram
 from geovario.variogram.models import VariogramModel
 
@@ -49,6 +50,6 @@ def plot_variograms(curves: list[tuple[str, EmpiricalVariogram, VariogramModel |
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
