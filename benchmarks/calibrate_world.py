@@ -16,8 +16,13 @@ Procedure: a 2^(5-2) fractional factorial design (8 runs, seed 0) of +-25 % arou
 itself; then a linear model per threshold, fitted to every run so far; the point of a fine grid, within
 +-25 % of the last centre, whose predicted curve deviates least is verified with 3 seeds, whose runs join
 the fit and whose point becomes the next centre; repeat until the 3-seed mean is within +-3 points at all
-four thresholds (at most --rounds rounds). Each run is cached in --out, so an interrupted calibration
-resumes where it stopped.
+four thresholds (at most --rounds rounds). If no round lands, refinements follow, with the country term's
+and the 1,000 km field's weights freed as well (the coarse cues): from the last round's point,
+each of the seven parameters is raised 20 % in turn (seed 0, paired with the point's own seed-0 run), the
+Jacobian of the four accuracies gives a Gauss-Newton step (minimum norm, each parameter within +-40 %),
+and its point is verified with 3 seeds; the next refinement re-probes at whichever of the two lies nearer
+the target in squared deviation (at most --refinements times). Each run is cached in --out, so an interrupted calibration resumes
+where it stopped.
 
 START comes from earlier, coarser attempts, kept in benchmarks/results/calibration-attempts.md: two-level designs
 over wide boxes showed that a binary "no-signal" fraction could not produce GeoCLIP's smooth curve (200
@@ -51,6 +56,10 @@ BASELINE = Path(__file__).resolve().parents[1] / "configs" / "geoclip_baseline.y
 PARAMS = ("locatability_a", "locatability_b", "fine_weight", "nugget_weight", "lookalike_weight")
 START = {"locatability_a": 1.85, "locatability_b": 3.0, "fine_weight": 2.0, "nugget_weight": 1.2, "lookalike_weight": 1.0}
 STEP = 0.25  # relative half-width of the design and of each round's trust region
+# The refinement also frees the country term's and the 1,000 km field's weights, the coarse cues: the rounds
+# above left 2,500 km 2-4 points low with the 750 km point on target.
+REFINED = PARAMS + ("country_weight", "coarse_weight")
+PROBE = 0.2  # relative step of the refinement's finite differences
 
 
 def fractional_factorial(centre: dict) -> list[dict]:
@@ -65,13 +74,15 @@ def fractional_factorial(centre: dict) -> list[dict]:
 def world_config(params: dict) -> WorldConfig:
     """The default world with the calibrated parameters set (fine_weight is the 10 km field's weight)."""
     defaults = WorldConfig()
-    rest = {k: v for k, v in params.items() if k != "fine_weight"}
-    return replace(defaults, scale_weights=[params["fine_weight"], *defaults.scale_weights[1:]], **rest)
+    rest = {k: v for k, v in params.items() if k not in ("fine_weight", "country_weight", "coarse_weight")}
+    regions = [params.get("country_weight", defaults.region_weights[0]), *defaults.region_weights[1:]]
+    fields = [params["fine_weight"], defaults.scale_weights[1], params.get("coarse_weight", defaults.scale_weights[2])]
+    return replace(defaults, scale_weights=fields, region_weights=regions, **rest)
 
 
 def run_point(out: Path, params: dict, seed: int, log) -> dict:
     """Baseline accuracies (and per-epoch training loss) on the world with ``params``, cached."""
-    key = "-".join(f"{name}{params[name]:.4f}" for name in PARAMS)
+    key = "-".join(f"{name}{params[name]:.4f}" for name in REFINED if name in params)
     cached = out / "runs" / f"{key}-seed{seed}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
@@ -94,7 +105,11 @@ def run_point(out: Path, params: dict, seed: int, log) -> dict:
 
 
 def worst_deviation(accuracy: dict) -> float:
-    return max(abs(accuracy[t] - TARGET[t]) for t in TARGET)
+    return max(abs(accuracy[t] - target) for t, target in TARGET.items())
+
+
+def squared_deviation(accuracy: dict) -> float:
+    return sum((accuracy[t] - target) ** 2 for t, target in TARGET.items())
 
 
 def propose(points: list[dict], centre: dict) -> dict:
@@ -103,19 +118,42 @@ def propose(points: list[dict], centre: dict) -> dict:
     design = np.column_stack([np.ones(len(x)), x])
     grid = np.array(list(itertools.product(*(np.linspace(centre[n] * (1 - STEP), centre[n] * (1 + STEP), 9) for n in PARAMS))))
     worst = np.zeros(len(grid))
-    for t in TARGET:
+    for t, target in TARGET.items():
         y = np.array([p["accuracy"][t] for p in points])
         coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-        worst = np.maximum(worst, np.abs(np.column_stack([np.ones(len(grid)), grid]) @ coef - TARGET[t]))
+        worst = np.maximum(worst, np.abs(np.column_stack([np.ones(len(grid)), grid]) @ coef - target))
     best = grid[int(np.argmin(worst))]
     return {name: round(float(value), 4) for name, value in zip(PARAMS, best)}
+
+
+def probe_jacobian(centre: dict, centre_seed0: dict, probes: list[dict]) -> np.ndarray:
+    """d accuracy / d parameter (thresholds x REFINED) from one-at-a-time probes, each paired with the
+    centre's own seed-0 run."""
+    return np.array([[(probe["accuracy"][t] - centre_seed0["accuracy"][t]) / (PROBE * centre[name])
+                      for name, probe in zip(REFINED, probes)] for t in TARGET])
+
+
+def verify(out: Path, params: dict, log) -> tuple[list[dict], dict]:
+    runs = [run_point(out, params, seed, log) for seed in range(3)]
+    mean = {t: float(np.mean([r["accuracy"][t] for r in runs])) for t in TARGET}
+    log("\nmean: " + " / ".join(f"{mean[t]:.1f} (target {TARGET[t]})" for t in TARGET) + f"; worst deviation {worst_deviation(mean):.1f}")
+    return runs, mean
+
+
+def finish(out: Path, params: dict, runs: list[dict], mean: dict, log) -> int:
+    losses = np.array([r["epoch_loss"] for r in runs])
+    log(f"\nCalibrated: {params}. Training loss per epoch (mean of the 3 seeds): "
+        + ", ".join(f"{v:.3f}" for v in losses.mean(0)) + ".")
+    (out / "calibrated.json").write_text(json.dumps({"params": params, "mean_accuracy": mean, "runs": runs}, indent=1))
+    return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("calibration"), help="cache of worlds and runs (default calibration/)")
     parser.add_argument("--log", type=Path, help="also write the log here (Markdown)")
-    parser.add_argument("--rounds", type=int, default=5, help="verification rounds at most (default 5)")
+    parser.add_argument("--rounds", type=int, default=4, help="verification rounds of the linear model at most (default 4)")
+    parser.add_argument("--refinements", type=int, default=3, help="Gauss-Newton refinements at most, after the rounds (default 3)")
     args = parser.parse_args()
     lines: list[str] = []
 
@@ -133,19 +171,40 @@ def main() -> int:
     log("## Design, seed 0 (" + ", ".join(PARAMS) + ")\n")
     points = [run_point(args.out, params, 0, log) for params in fractional_factorial(START)]
     centre = START
+    verified = []  # (worst deviation, params, runs, mean) of every 3-seed point
     for round_ in range(1, args.rounds + 1):
         params = centre = propose(points, centre)
         log(f"\n## Round {round_}: {params}, seeds 0-2\n")
-        runs = [run_point(args.out, params, seed, log) for seed in range(3)]
+        runs, mean = verify(args.out, params, log)
         points += runs
-        mean = {t: float(np.mean([r["accuracy"][t] for r in runs])) for t in TARGET}
-        log(f"\nmean: " + " / ".join(f"{mean[t]:.1f} (target {TARGET[t]})" for t in TARGET) + f"; worst deviation {worst_deviation(mean):.1f}")
+        verified.append((worst_deviation(mean), params, runs, mean))
         if worst_deviation(mean) <= TOLERANCE:
-            losses = np.array([r["epoch_loss"] for r in runs])
-            log(f"\nCalibrated: {params}. Training loss per epoch (mean of the 3 seeds): "
-                + ", ".join(f"{v:.3f}" for v in losses.mean(0)) + ".")
-            (args.out / "calibrated.json").write_text(json.dumps({"params": params, "mean_accuracy": mean, "runs": runs}, indent=1))
-            return 0
+            return finish(args.out, params, runs, mean, log)
+    # Refinement: from the best verified point, with the country term freed too, a Gauss-Newton step on a
+    # Jacobian from one-at-a-time probes; the linear model over the whole design is too coarse this close.
+    # Refinement, from the last round's point: probes give the Jacobian at the centre, a Gauss-Newton step is
+    # verified, and the next refinement goes from whichever of the two is nearer the target (squared deviation).
+    defaults = {"country_weight": WorldConfig().region_weights[0], "coarse_weight": WorldConfig().scale_weights[2]}
+    best, mean = verified[-1][1], verified[-1][3]
+    for refinement in range(1, args.refinements + 1):
+        centre = {name: best.get(name, defaults.get(name)) for name in REFINED}
+        log(f"\n## Refinement {refinement} from {centre}: probes +{PROBE:.0%} one at a time, seed 0\n")
+        centre_seed0 = run_point(args.out, best, 0, log)  # cached: the verified point's seed 0
+        probes = [run_point(args.out, {**best, name: round(centre[name] * (1 + PROBE), 4)}, 0, log) for name in REFINED]
+        jacobian = probe_jacobian(centre, centre_seed0, probes)
+        scale = np.array([centre[name] for name in REFINED])
+        residual = np.array([TARGET[t] - mean[t] for t in TARGET])
+        step, *_ = np.linalg.lstsq(jacobian * scale, residual, rcond=None)  # minimum norm, in relative units
+        step = np.clip(step, -2 * PROBE, 2 * PROBE)
+        params = {name: round(float(centre[name] * (1 + s)), 4) for name, s in zip(REFINED, step)}
+        log(f"\nstep {dict(zip(REFINED, np.round(step, 3).tolist()))}, predicted " + " / ".join(
+            f"{mean[t] + float((jacobian * scale)[i] @ step):.1f}" for i, t in enumerate(TARGET)))
+        log(f"\n### Verify {params}, seeds 0-2\n")
+        runs, new_mean = verify(args.out, params, log)
+        if worst_deviation(new_mean) <= TOLERANCE:
+            return finish(args.out, params, runs, new_mean, log)
+        if squared_deviation(new_mean) < squared_deviation(mean):
+            best, mean = params, new_mean
     log("\nNo point within tolerance after the last round.")
     return 1
 

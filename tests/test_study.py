@@ -76,6 +76,19 @@ def test_a_rerun_reuses_finished_runs_and_trains_only_what_is_missing(tmp_path, 
     assert capsys.readouterr().out.count(": training") == 2
 
 
+def test_parallel_jobs_train_the_same_runs_as_one_process(tmp_path, tiny_world, capsys):
+    serial = run_study(tmp_path / "serial", tiny_world, epochs=1, arms=ARMS)
+    parallel = run_study(tmp_path / "parallel", tiny_world, epochs=1, arms=ARMS, jobs=2)
+    log = capsys.readouterr().out
+    assert "training 4 runs in 2 processes" in log and log.count("] finished ") == 4
+    keys = {p.parent.name for p in (tmp_path / "parallel" / "runs").glob("*/result.json")}
+    assert keys == {p.parent.name for p in (tmp_path / "serial" / "runs").glob("*/result.json")} and len(keys) == 4
+    for key in keys:  # each run trained in a worker gives the same per-photo errors as in-process
+        np.testing.assert_allclose(np.load(tmp_path / "parallel" / "runs" / key / "errors.npy"),
+                                   np.load(tmp_path / "serial" / "runs" / key / "errors.npy"), rtol=1e-6)
+    assert [row["accuracy_mean"] for row in parallel["arms"]] == [row["accuracy_mean"] for row in serial["arms"]]
+
+
 def test_a_changed_world_reuses_nothing(tmp_path, tiny_world, capsys):
     run_study(tmp_path / "s", tiny_world, epochs=1, arms=ARMS[:1])
     other = tmp_path / "other"

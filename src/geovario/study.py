@@ -153,9 +153,41 @@ def paired_bootstrap(method: np.ndarray, anchor: np.ndarray, rng: np.random.Gene
     return out
 
 
+def _train_in_worker(threads: int, *args) -> str:
+    """One run in a worker process of ``run_study(jobs > 1)``, on ``threads`` cores; returns its key."""
+    import torch
+
+    torch.set_num_threads(threads)
+    cached_run(*args, log=lambda text: None)
+    return args[2]
+
+
+def _train_in_parallel(tasks: list[tuple], jobs: int, log) -> None:
+    """``tasks`` (name, seed, cached_run arguments) in ``jobs`` worker processes, each on its share of the cores.
+
+    The lab's model is small, so one process uses two cores poorly; two processes of one thread each train
+    about twice the runs per hour. Each run writes its result atomically, as in the serial path.
+    """
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    log(f"training {len(tasks)} runs in {jobs} processes of {threads} thread(s) each")
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_in_worker, threads, *arguments): (name, seed) for name, seed, arguments in tasks}
+        for done, future in enumerate(as_completed(futures), 1):
+            future.result()  # a failed run fails the study, with its own error
+            name, seed = futures[future]
+            log(f"  [{done}/{len(tasks)}] finished {name}, seed {seed}")
+
+
 def run_study(out: str | Path, world: Path | None = None, seeds: int = 5, gallery_seeds: int = 2, sweep_seeds: int = 1,
-              epochs: int = LAB_EPOCHS, world_config=None, arms: list[Arm] | None = None) -> dict:
-    """Run (or resume) the study into ``out``; writes study.json, study.md and the heat maps."""
+              epochs: int = LAB_EPOCHS, world_config=None, arms: list[Arm] | None = None, jobs: int = 1) -> dict:
+    """Run (or resume) the study into ``out``; writes study.json, study.md and the heat maps.
+
+    ``jobs`` > 1 trains the missing runs in that many processes at once (the cores shared among them).
+    """
     from geovario.data.store import FeatureStore
     from geovario.sim import WorldConfig, simulate
     from geovario.variogram import empirical_for_loss, fit_for_loss
@@ -186,6 +218,15 @@ def run_study(out: str | Path, world: Path | None = None, seeds: int = 5, galler
     runs_dir = out / "runs"
     results: dict[str, dict[int, dict]] = {}
     total = sum(len(arm.seeds) for arm in [anchor, *arms[1:]])
+    if jobs > 1:
+        tasks = {}
+        for arm in [anchor, *arms[1:]]:
+            for seed in arm.seeds:
+                key = run_key(fingerprint, arm.overrides, seed, epochs, variogram_text)
+                if key not in tasks and not (runs_dir / key / "result.json").is_file():
+                    tasks[key] = (arm.name, seed, (world, runs_dir, key, arm.overrides, seed, epochs, variogram_path))
+        if tasks:
+            _train_in_parallel(list(tasks.values()), jobs, log)
     count = 0
     for arm in [anchor, *arms[1:]]:
         for seed in arm.seeds:
