@@ -39,7 +39,7 @@ def main() -> None:
     latlon = np.stack([np.degrees(np.arcsin(rng.uniform(-1, 1, args.rows))), rng.uniform(-180, 180, args.rows)], 1)
     with tempfile.TemporaryDirectory() as tmp:
         store = write_store(Path(tmp) / "store", rng.normal(size=(args.rows, args.dim)).astype(np.float16), latlon).folder
-        shards = sorted(store.glob("*.npy"))
+        shards = sorted((store / "shards").glob("[0-9]*[0-9].npy"))
         anchor_open = best_of(lambda: pd.read_csv(store / "index.csv", dtype={"id": str}, keep_default_na=False))
         geovario_open = best_of(lambda: FeatureStore(store))
         opened = FeatureStore(store)

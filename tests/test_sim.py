@@ -1,12 +1,20 @@
 import json
+from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from geovario.cli import main
 from geovario.data.store import FeatureStore
+from geovario.errors import GeovarioError
 from geovario.geo import haversine_km
-from geovario.sim import WorldConfig, regions, sample_positions, theoretical_variogram, world_features
+from geovario.sim import WorldConfig, regions, sample_positions, simulate, theoretical_variogram, world_features
 from geovario.variogram import empirical_variogram
+
+
+# The mechanism tests below isolate one part of the world at moderate weights; the calibrated defaults are
+# dominated by the 10 km field and the nugget, which would hide the part under test.
+MECHANISM = dict(scale_weights=[0.5, 0.6, 0.7], nugget_weight=0.6, lookalike_weight=0.5, coarse_exponent=1.0)
 
 
 def test_the_variogram_engine_recovers_the_configured_scales():
@@ -38,7 +46,9 @@ def test_far_places_with_the_same_climate_look_alike():
     same = far & (gap[:, 0] < 0.1) & (gap[:, 1] < 0.1)
     different = far & (gap[:, 0] > 1.0)
     assert same.sum() > 200 and different.sum() > 200
-    assert d[same].mean() < d[different].mean() - 0.05
+    # Uncorrelated look-alike terms add 2 w^2 / total variance to d; same-climate pairs keep most of theirs.
+    expected = 2 * config.lookalike_weight**2 / config.total_variance()
+    assert d[different].mean() - d[same].mean() > 0.5 * expected
 
 
 def _pairs(latlon, n, seed=0):
@@ -60,7 +70,7 @@ def test_photo_positions_are_as_clustered_as_mp16():
 
 def test_borders_are_sharp():
     """Photos 2-40 km apart across an admin-1 border differ more than photos as close inside one region."""
-    config = WorldConfig(dim=128, seed=5, locatability_b=0.0)
+    config = WorldConfig(dim=128, seed=5, locatability_b=0.0, **MECHANISM)
     latlon = sample_positions(config, 20_000, np.random.default_rng(5))
     features = world_features(latlon, config)
     _, admin1 = regions(latlon)
@@ -72,13 +82,13 @@ def test_borders_are_sharp():
     # The admin-1 term alone adds 2 w^2 / total variance to d across a border.
     jump = 2 * config.region_weights[1] ** 2 / config.total_variance()
     assert d[across].mean() - d[inside].mean() > 0.5 * jump
-    without = world_features(latlon, WorldConfig(dim=128, seed=5, locatability_b=0.0, region_weights=[0.0, 0.0]))
+    without = world_features(latlon, WorldConfig(dim=128, seed=5, locatability_b=0.0, region_weights=[0.0, 0.0], **MECHANISM))
     d0 = 1 - (without[i] * without[j]).sum(1)
     assert d0[across].mean() - d0[inside].mean() < 0.25 * jump  # without region terms the border is not there
 
 
 def test_photos_with_little_location_signal():
-    config = WorldConfig(dim=128, seed=6, locatability_a=1.0, locatability_b=1.0)
+    config = WorldConfig(dim=128, seed=6, locatability_a=1.0, locatability_b=1.0, **MECHANISM)
     latlon = sample_positions(config, 20_000, np.random.default_rng(6))
     features, _, _, locatability = world_features(latlon, config, components=True)
     assert abs(locatability.mean() - 0.5) < 0.02 and abs(np.median(locatability) - 0.5) < 0.03  # Beta(1, 1)
@@ -93,6 +103,24 @@ def test_photos_with_little_location_signal():
     assert rise(clear) > 0.3 and rise(faint) < 0.2 * rise(clear)  # distance says little about them
     # Photos of little signal with one kind of content look alike across the world: hard negatives.
     assert d[faint & (h > 5000)].min() < 0.5 * d[clear & (h > 5000)].mean()
+
+
+def test_coarse_cues_outlast_fine_ones():
+    """coarse_exponent < 1: a photo of little signal still shows its continent, a clear one is as before."""
+    base = WorldConfig(dim=128, seed=7, locatability_a=1.0, locatability_b=1.0, coarse_exponent=1.0)
+    latlon = sample_positions(base, 10_000, np.random.default_rng(7))
+    i, j, h = _pairs(latlon, 2_000_000, seed=3)
+    rises = {}
+    for exponent in (1.0, 0.3):
+        features, _, _, locatability = world_features(latlon, replace(base, coarse_exponent=exponent), components=True)
+        d = 1 - (features[i] * features[j]).sum(1)
+        faint = (locatability[i] < 0.15) & (locatability[j] < 0.15)
+        clear = (locatability[i] > 0.9) & (locatability[j] > 0.9)
+        rises[exponent] = {name: d[mask & (h > 5000)].mean() - d[mask & (h < 300)].mean() for name, mask in (("faint", faint), ("clear", clear))}
+    assert rises[0.3]["faint"] > 2 * rises[1.0]["faint"]  # far faint photos now differ: the continent shows
+    assert abs(rises[0.3]["clear"] - rises[1.0]["clear"]) < 0.1 * rises[1.0]["clear"]
+    with pytest.raises(GeovarioError, match="coarse_exponent"):
+        simulate("unused", replace(base, coarse_exponent=1.5))
 
 
 def test_simulate_command_writes_stores_and_truth(tmp_path, capsys):

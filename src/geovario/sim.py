@@ -23,6 +23,12 @@ recipe alone, by benchmarks/calibrate_world.py, and then frozen as the defaults 
   locatability lambda drawn from Beta(locatability_a, locatability_b): it keeps lambda of the spatial
   part, and (1 - lambda) of one of ``content_types`` kinds of content shared by the whole world, which
   makes photos of little signal look alike across continents.
+- Coarse cues outlast fine ones: a portrait or an indoor scene that has lost its street still shows its
+  continent or country (plug sockets, the script on a sign, clothing, architecture through a window). A
+  photo keeps lambda of its fine cues (the 10 and 100 km fields, admin-1) but lambda**coarse_exponent of
+  its coarse cues (the 1,000 km field, country, climate), with coarse_exponent <= 1. With coarse_exponent
+  = 1 the calibration could not produce GeoCLIP's curve: photos were either placed within 750 km or lost,
+  and 2,500 km stayed 3-5 points low (benchmarks/results/calibration-attempts.md).
 - A per-photo nugget: camera, weather, framing.
 What it leaves out: anisotropy along coasts or mountain ranges, seasons and time, landmarks
 photographed by thousands (one place, one look), duplicated or mislabelled GPS, photographers who
@@ -46,6 +52,7 @@ from geovario.errors import GeovarioError
 from geovario.geo import EARTH_RADIUS_KM
 
 POSITIONS = ("mp16", "cities", "uniform")  # or a CSV path
+COARSE_KM = 1000.0  # fields of this scale and more, the country term and the climate look-alikes are coarse cues
 
 
 @dataclass
@@ -57,14 +64,15 @@ class WorldConfig:
     positions: str = "mp16"  # mp16 | cities | uniform | a CSV with LAT, LON columns
     jitter_km: float = 1.0  # photos scatter around their position (exponential radius, this mean)
     scales_km: list[float] = field(default_factory=lambda: [10.0, 100.0, 1000.0])
-    scale_weights: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7])  # standard deviation of each field
+    scale_weights: list[float] = field(default_factory=lambda: [5.6438, 0.6, 0.7])  # std of each field; the 10 km one calibrated
     region_weights: list[float] = field(default_factory=lambda: [0.5, 0.4])  # country, admin-1 region
-    lookalike_weight: float = 0.5
-    locatability_a: float = 1.0  # per-photo locatability ~ Beta(a, b); a = b = infinity would be 1 for all
-    locatability_b: float = 0.0  # b = 0: every photo fully locatable
+    lookalike_weight: float = 1.2306  # calibrated (benchmarks/calibrate_world.py)
+    locatability_a: float = 3.8304  # per-photo locatability ~ Beta(a, b), calibrated
+    locatability_b: float = 9.3709  # b = 0 would make every photo fully locatable
     content_types: int = 64  # kinds of worldwide content (interiors, portraits, food, ...)
     content_weight: float = 1.0  # standard deviation of the content term of a photo with no location signal
-    nugget_weight: float = 0.6
+    nugget_weight: float = 2.7904  # calibrated (benchmarks/calibrate_world.py)
+    coarse_exponent: float = 0.5  # a photo keeps locatability**this of its coarse cues; calibrated
     n_frequencies: int = 512  # random Fourier features per field
 
     def spatial_variance(self) -> float:
@@ -162,12 +170,15 @@ def world_features(latlon: np.ndarray, config: WorldConfig, components: bool = F
         parts["admin1"] = config.region_weights[1] * _region_vectors(admin1, config.dim, config.seed, 4)
     noise_rng = np.random.default_rng([config.seed, 2])
     parts["nugget"] = config.nugget_weight * noise_rng.normal(size=(len(latlon), config.dim)).astype(np.float32)
-    spatial = sum(v for k, v in parts.items() if k != "nugget")
+    coarse = [k for k in parts if k in ("lookalike", "country") or (k.startswith("field_") and float(k[6:-2]) >= COARSE_KM)]
+    fine = sum(v for k, v in parts.items() if k not in coarse and k != "nugget")
+    coarse_part = sum(parts[k] for k in coarse)
     locatability = photo_locatability(config, noise_rng, len(latlon))
     prototypes = np.random.default_rng([config.seed, 5]).normal(size=(config.content_types, config.dim)).astype(np.float32)
     kind = noise_rng.integers(0, config.content_types, len(latlon))
     parts["content"] = ((1 - locatability)[:, None] * config.content_weight * prototypes[kind]).astype(np.float32)
-    total = locatability[:, None] * spatial + parts["content"] + parts["nugget"]
+    coarse_share = locatability ** config.coarse_exponent  # >= locatability: coarse cues outlast street-level ones
+    total = locatability[:, None] * fine + coarse_share[:, None] * coarse_part + parts["content"] + parts["nugget"]
     unit = (total / np.linalg.norm(total, axis=1, keepdims=True)).astype(np.float32)
     if components:
         return unit, parts, descriptor, locatability
@@ -210,6 +221,8 @@ def simulate(out: str | Path, config: WorldConfig, progress: bool = True, overwr
     if len(config.region_weights) != 2 or config.locatability_a <= 0 or config.locatability_b < 0 or config.content_types < 1:
         raise GeovarioError("a world needs two region_weights (country, admin-1), locatability_a > 0, locatability_b >= 0 "
                             "and content_types >= 1")
+    if not 0 < config.coarse_exponent <= 1:
+        raise GeovarioError(f"coarse_exponent must be in (0, 1] (coarse cues fade no faster than fine ones), got {config.coarse_exponent}")
     out = Path(out)
     existing = [part for part in ("train", "test", "truth.json") if (out / part).exists()]
     if existing and not overwrite:
