@@ -215,8 +215,7 @@ def add_world_commands(commands) -> None:
     study.add_argument("--gallery-seeds", type=_positive_int, default=2,
                        help="seeds for the thesis's other gallery-negative variants, ~6x slower per step (default 2)")
     study.add_argument("--jobs", type=_positive_int, default=1,
-                       help="train this many runs at once, each in its own process on its share of the cores (default 1; "
-                            "2 on a 2-core machine trains the lab's small models about twice as fast)")
+                       help="train this many runs at once, each in its own process on its share of the cores (default 1)")
     study.add_argument("--sweep-seeds", type=_positive_int, default=1, help="seeds per point of the theta/s sweep (default 1)")
     study.add_argument("--epochs", type=_positive_int, help="training epochs per run (default: the lab budget of geovario/experiments.py)")
 

@@ -165,8 +165,8 @@ def _train_in_worker(threads: int, *args) -> str:
 def _train_in_parallel(tasks: list[tuple], jobs: int, log) -> None:
     """``tasks`` (name, seed, cached_run arguments) in ``jobs`` worker processes, each on its share of the cores.
 
-    The lab's model is small, so one process uses two cores poorly; two processes of one thread each train
-    about twice the runs per hour. Each run writes its result atomically, as in the serial path.
+    Each run writes its result atomically, as in the serial path, and gives the same errors as in-process
+    (tests/test_study.py).
     """
     import multiprocessing
     import os
