@@ -1,14 +1,20 @@
-"""Feature extraction throughput and memory: geovario extract vs a naive per-image loop.
+"""Feature extraction throughput and memory.
 
-Anchor: the loop most people write first, run in the same process setup: for each image,
-transformers' CLIPImageProcessor, then the CLIP vision tower on a batch of one. geovario extract
-decodes on worker threads, batches the backbone and writes shards as it goes.
+Part 1, workers (``--sweep``, on by default): images/second of ``geovario extract`` against the
+number of decoding worker processes (1, 2, ... the cores), on the real JPEGs of
+``../shared/fixtures`` repeated, read from a folder and from each archive format (OSV5M zip,
+webdataset tar, GeoEstimation msgpack, parquet). Beside each: the decode ceiling (decode and
+preprocess only, no backbone), so a reader can see which side limits. Anchor: 1 worker, same
+source, same run.
 
-Reports images/second for a tiny CLIP and a ViT-B/32-sized CLIP (random weights, same compute as
-the real one), and the peak resident memory of extraction runs of 1K, 3K and 10K images, each in a
-fresh process: flat memory means the store streams.
+Part 2 (``--naive``): geovario extract vs the loop most people write first (for each image,
+transformers' CLIPImageProcessor, then the vision tower on a batch of one), and the peak resident
+memory of extraction runs of 1K, 3K and 10K images, each in a fresh process: flat memory means the
+store streams.
 
-    python benchmarks/extract_throughput.py [--quick]
+Both use a tiny CLIP and a ViT-B/32-sized CLIP (random weights, the same compute as the real one).
+
+    python benchmarks/extract_throughput.py [--quick] [--naive] [--no-sweep] [--fixtures DIR]
 """
 
 from __future__ import annotations
@@ -100,6 +106,124 @@ def child_naive(csv: str, clip: str, n: int) -> None:
     print(json.dumps({"n": len(files), "seconds": seconds, "img_per_s": len(files) / seconds}))
 
 
+def real_photos(fixtures: Path, n: int) -> list[tuple[str, bytes, float, float]]:
+    """n (id, JPEG bytes, lat, lon): the fixture photos, repeated."""
+    files = sorted((fixtures / "osv5m-images").glob("*.jpg")) + sorted((fixtures / "exif-gps").glob("DSCN*.jpg"))
+    if not files:
+        raise SystemExit(f"no fixture photos under {fixtures}; pass --fixtures ../shared/fixtures")
+    rng = np.random.default_rng(0)
+    return [(f"{i:06d}", files[i % len(files)].read_bytes(), float(rng.uniform(-60, 70)), float(rng.uniform(-180, 180)))
+            for i in range(n)]
+
+
+def write_sources(folder: Path, photos) -> dict[str, tuple[Path, dict]]:
+    """The same photos as a folder and as each archive format geovario reads in place."""
+    import io
+    import tarfile
+    import zipfile
+
+    import msgpack
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (folder / "folder" / "images").mkdir(parents=True)
+    (folder / "zip" / "images").mkdir(parents=True)
+    (folder / "msgpack" / "shards").mkdir(parents=True)
+    (folder / "tar").mkdir()
+    per = 100
+    folder_rows, zip_rows, mp16_rows = ["IMG_FILE,LAT,LON"], ["id,latitude,longitude"], ["IMG_ID,AUTHOR,LAT,LON"]
+    for start in range(0, len(photos), per):
+        chunk, nn = photos[start : start + per], f"{start // per:02d}"
+        with zipfile.ZipFile(folder / "zip" / "images" / f"{nn}.zip", "w") as zipped, \
+                tarfile.open(folder / "tar" / f"shard-{nn}.tar", "w") as tarred, \
+                open(folder / "msgpack" / "shards" / f"shard_{nn}.msg", "wb") as packed:
+            for image_id, data, lat, lon in chunk:
+                (folder / "folder" / "images" / f"{image_id}.jpg").write_bytes(data)
+                folder_rows.append(f"{image_id}.jpg,{lat},{lon}")
+                zipped.writestr(f"{nn}/{image_id}.jpg", data)
+                zip_rows.append(f"{image_id},{lat},{lon}")
+                for name, payload in ((f"{image_id}.jpg", data), (f"{image_id}.json", json.dumps({"lat": lat, "lon": lon}).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tarred.addfile(info, io.BytesIO(payload))
+                packed.write(msgpack.packb({"id": f"{image_id}.jpg", "image": data}, use_bin_type=True))
+                mp16_rows.append(f"{image_id}.jpg,someone,{lat},{lon}")
+    for path, rows in ((folder / "folder" / "data.csv", folder_rows), (folder / "zip" / "train.csv", zip_rows),
+                       (folder / "msgpack" / "mp16_places365.csv", mp16_rows)):
+        path.write_text("\n".join(rows) + "\n")
+    pq.write_table(pa.table({"id": [p[0] for p in photos], "image": [{"bytes": p[1], "path": p[0]} for p in photos],
+                             "lat": [p[2] for p in photos], "lon": [p[3] for p in photos]}), folder / "train.parquet", row_group_size=64)
+    return {
+        "folder": (folder / "folder" / "data.csv", {}),
+        "zip (OSV5M)": (folder / "zip" / "train.csv", {}),
+        "tar (webdataset)": (folder / "tar", {}),
+        "msgpack (MP-16)": (folder / "msgpack" / "mp16_places365.csv", {"images": folder / "msgpack" / "shards"}),
+        "parquet (HF)": (folder / "train.parquet", {}),
+    }
+
+
+def decode_rate(dataset, preprocess, workers: int, batch_size: int = 32) -> float:
+    """Images/second of decoding and preprocessing alone, through extraction's own loader."""
+    from geovario.extract import ExtractSettings, decoded_batches
+
+    n = len(dataset.records)
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    start = time.perf_counter()
+    for _ in decoded_batches(dataset.records, preprocess, ExtractSettings(workers=workers), batches, pin=False):
+        pass
+    return n / (time.perf_counter() - start)
+
+
+def extract_rate(dataset, backbone, workers: int, out: Path, batch_size: int = 32) -> float:
+    import shutil
+
+    from geovario.extract import ExtractSettings, extract_features
+
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    extract_features(dataset, backbone, out, ExtractSettings(batch_size=batch_size, shard_size=1024, workers=workers), progress=False)
+    return len(dataset.records) / (time.perf_counter() - start)
+
+
+def sweep(tmp: Path, clips: dict, fixtures: Path, quick: bool) -> list[dict]:
+    from geovario.backbones import ClipBackbone
+    from geovario.data import read_dataset
+    from geovario.machine import available_cores
+
+    counts = {"tiny": 96 if quick else 300, "base": 32 if quick else 96}
+    photos = real_photos(fixtures, max(counts.values()))
+    sources = write_sources(tmp / "sources", photos)
+    worker_counts = list(range(1, available_cores() + 1))
+    rows = []
+    for model, n in counts.items():
+        backbone = ClipBackbone.load(str(clips[model]), "cpu")
+        for source, (path, options) in sources.items():
+            dataset = read_dataset(path, **options)
+            dataset.records = dataset.records[:n]
+            assert not dataset.problems, dataset.summary()
+            for workers in worker_counts:
+                rows.append({"model": model, "source": source, "workers": workers, "n": n,
+                             "decode_img_per_s": round(decode_rate(dataset, backbone.preprocess, workers), 1),
+                             "extract_img_per_s": round(extract_rate(dataset, backbone, workers, tmp / "store"), 1)})
+                print(f"  {model:<5} {source:<17} {workers} workers: {rows[-1]['extract_img_per_s']} img/s "
+                      f"(decode ceiling {rows[-1]['decode_img_per_s']})", file=sys.stderr, flush=True)
+    return rows
+
+
+def print_sweep(rows: list[dict]) -> None:
+    print("images/second by decoding workers (batch 32); anchor: 1 worker, same source and model, same run")
+    print(f"  {'model':<5} {'source':<17} {'workers':>7} {'extract':>9} {'vs 1':>6} {'decode only':>12} {'vs 1':>6}  limit")
+    first = {}
+    for r in rows:
+        key = (r["model"], r["source"])
+        first.setdefault(key, r)
+        anchor = first[key]
+        limit = "decode" if r["extract_img_per_s"] > 0.8 * r["decode_img_per_s"] else "backbone"
+        print(f"  {r['model']:<5} {r['source']:<17} {r['workers']:>7} {r['extract_img_per_s']:>9.1f} "
+              f"{r['extract_img_per_s'] / anchor['extract_img_per_s']:>5.2f}x {r['decode_img_per_s']:>12.1f} "
+              f"{r['decode_img_per_s'] / anchor['decode_img_per_s']:>5.2f}x  {limit}")
+
+
 def run_child(*args) -> dict:
     done = subprocess.run([sys.executable, __file__, *map(str, args)], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -107,38 +231,49 @@ def run_child(*args) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller runs (memory sizes 500/1K/2K, fewer base images)")
+    parser.add_argument("--quick", action="store_true", help="fewer images in every part")
+    parser.add_argument("--no-sweep", action="store_true", help="skip part 1, the workers sweep")
+    parser.add_argument("--naive", action="store_true", help="also run part 2: vs a naive loop, and peak memory")
+    parser.add_argument("--fixtures", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "fixtures",
+                        help="folder of the real test photos (default ../shared/fixtures)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     sizes = [500, 1000, 2000] if args.quick else [1000, 3000, 10000]
     base_n = 64 if args.quick else 256
 
-    results: dict = {"throughput": {}, "memory": []}
+    results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         clips = {name: make_clip(tmp, name) for name in CONFIGS}
-        csvs = {n: make_images(tmp, n) for n in sorted(set(sizes) | {base_n})}
-        for name, n in (("tiny", sizes[0]), ("base", base_n)):
-            ours = run_child("--child-extract", csvs[n], clips[name], tmp / f"store-{name}")
-            naive = run_child("--child-naive", csvs[n], clips[name], min(n, 200))
-            results["throughput"][name] = {"geovario_img_per_s": round(ours["img_per_s"], 1),
-                                           "naive_img_per_s": round(naive["img_per_s"], 1),
-                                           "ratio": round(ours["img_per_s"] / naive["img_per_s"], 2)}
-        for n in sizes:
-            run = run_child("--child-extract", csvs[n], clips["tiny"], tmp / f"mem-{n}")
-            results["memory"].append({"n": n, "max_rss_mb": round(run["max_rss_mb"]), "img_per_s": round(run["img_per_s"], 1)})
+        if not args.no_sweep:
+            results["sweep"] = sweep(tmp, clips, args.fixtures, args.quick)
+        if args.naive:
+            results |= {"throughput": {}, "memory": []}
+            csvs = {n: make_images(tmp, n) for n in sorted(set(sizes) | {base_n})}
+            for name, n in (("tiny", sizes[0]), ("base", base_n)):
+                ours = run_child("--child-extract", csvs[n], clips[name], tmp / f"store-{name}")
+                naive = run_child("--child-naive", csvs[n], clips[name], min(n, 200))
+                results["throughput"][name] = {"geovario_img_per_s": round(ours["img_per_s"], 1),
+                                               "naive_img_per_s": round(naive["img_per_s"], 1),
+                                               "ratio": round(ours["img_per_s"] / naive["img_per_s"], 2)}
+            for n in sizes:
+                run = run_child("--child-extract", csvs[n], clips["tiny"], tmp / f"mem-{n}")
+                results["memory"].append({"n": n, "max_rss_mb": round(run["max_rss_mb"]), "img_per_s": round(run["img_per_s"], 1)})
 
     if args.json:
         print(json.dumps(results))
         return 0
-    print("images/second (2 workers, batch 32)      geovario    naive loop [anchor]   ratio")
-    for name, r in results["throughput"].items():
-        print(f"  {name:<38} {r['geovario_img_per_s']:>8.1f}    {r['naive_img_per_s']:>8.1f}            {r['ratio']:>5.2f}x")
-    print("peak resident memory of `extract`, tiny CLIP, fresh process each:")
-    for r in results["memory"]:
-        print(f"  N = {r['n']:>6}: {r['max_rss_mb']:>6} MB   ({r['img_per_s']} img/s)")
-    growth = results["memory"][-1]["max_rss_mb"] / results["memory"][0]["max_rss_mb"]
-    print(f"memory ratio N={sizes[-1]} / N={sizes[0]}: {growth:.2f} (flat is ~1.0; features alone would grow {sizes[-1] // sizes[0]}x)")
+    if "sweep" in results:
+        print_sweep(results["sweep"])
+    if "throughput" in results:
+        print("images/second (2 workers, batch 32)      geovario    naive loop [anchor]   ratio")
+        for name, r in results["throughput"].items():
+            print(f"  {name:<38} {r['geovario_img_per_s']:>8.1f}    {r['naive_img_per_s']:>8.1f}            {r['ratio']:>5.2f}x")
+        print("peak resident memory of `extract`, tiny CLIP, fresh process each:")
+        for r in results["memory"]:
+            print(f"  N = {r['n']:>6}: {r['max_rss_mb']:>6} MB   ({r['img_per_s']} img/s)")
+        growth = results["memory"][-1]["max_rss_mb"] / results["memory"][0]["max_rss_mb"]
+        print(f"memory ratio N={sizes[-1]} / N={sizes[0]}: {growth:.2f} (flat is ~1.0; features alone would grow {sizes[-1] // sizes[0]}x)")
     return 0
 
 

@@ -198,3 +198,53 @@ def test_array_features_source(tmp_path, capsys):
         open_feature_source(features=tmp_path / "f.npy")
     with pytest.raises(GeovarioError, match="not a geovario feature store"):
         open_feature_source(store=tmp_path)
+
+
+def test_data_import_writes_a_store_equal_to_the_arrays(tmp_path, capsys):
+    features = np.random.default_rng(0).normal(size=(70_000, 4)).astype(np.float32)  # more rows than one import block
+    np.save(tmp_path / "f.npy", features)
+    rows = [f"img{i},{(i % 170) - 85},{(i % 350) - 175}" for i in range(len(features))]
+    (tmp_path / "g.csv").write_text("name,lat,lon\n" + "\n".join(rows) + "\n")
+    args = ["data", "import", "--features", str(tmp_path / "f.npy"), "--gps", str(tmp_path / "g.csv"), "--ids", "name",
+            "--dtype", "float32"]
+    assert main(args + ["--out", str(tmp_path / "store")]) == 0, capsys.readouterr().err
+    store = FeatureStore(tmp_path / "store")
+    np.testing.assert_array_equal(store.features(), features)
+    assert store.ids[69_999] == "img69999" and store.gps[69_999].tolist() == [69_999 % 170 - 85, 69_999 % 350 - 175]
+    # Writing onto it again is refused; nothing is replaced.
+    assert main(args + ["--out", str(tmp_path / "store")]) == 1
+    assert "exists and is not empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case, message", [
+    ("rows", "f.npy has 5 rows but .*g.csv has 4; they must match row for row"),
+    ("nan", "f.npy: row 3 contains NaN or inf"),
+    ("int", "f.npy: features of dtype int64; expected float16, float32 or float64"),
+    ("1d", r"f.npy: expected an \(N, D\) array of features, got shape \(5,\)"),
+    ("ids", "g.csv: line 4: duplicate name 'a' \\(first on line 2\\)"),
+    ("bad gps", r"g.csv: line 3: latitude 95.0 is outside \[-90, 90\]"),
+])
+def test_data_import_bad_inputs_are_one_line(tmp_path, capsys, case, message):
+    import re
+
+    features = np.random.default_rng(0).normal(size=(5, 3))
+    gps = [("a", 1, 1), ("b", 2, 2), ("c", 3, 3), ("d", 4, 4), ("e", 5, 5)]
+    if case == "rows":
+        gps = gps[:4]
+    elif case == "nan":
+        features[3, 1] = np.nan
+    elif case == "int":
+        features = features.astype(np.int64)
+    elif case == "1d":
+        features = features[:, 0]
+    elif case == "ids":
+        gps[2] = ("a", 3, 3)
+    elif case == "bad gps":
+        gps[1] = ("b", 95, 2)
+    np.save(tmp_path / "f.npy", features)
+    (tmp_path / "g.csv").write_text("name,lat,lon\n" + "\n".join(f"{n},{y},{x}" for n, y, x in gps) + "\n")
+    code = main(["data", "import", "--features", str(tmp_path / "f.npy"), "--gps", str(tmp_path / "g.csv"), "--ids", "name",
+                 "--out", str(tmp_path / "store")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and re.search(message, err[0]), err
+    assert not (tmp_path / "store" / "manifest.json").exists()

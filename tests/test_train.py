@@ -135,6 +135,31 @@ def test_image_level_training(tmp_path, tiny_clip_dir):
     assert len(pd.read_csv(tmp_path / "run" / "metrics.csv")) == 4 and (final / "model.safetensors").is_file()
 
 
+def test_image_level_training_with_decoding_workers_equals_training_without(tmp_path, tiny_clip_dir):
+    """Workers decode the coming steps ahead; each step's pixels still come from its own seed."""
+    from test_data_readers import jpeg
+
+    rows = ["IMG_FILE,LAT,LON"]
+    for i in range(24):
+        jpeg(tmp_path / "images" / f"{i}.jpg", size=(80, 60), seed=i)
+        rows.append(f"{i}.jpg,{-60 + 5 * i},{-170 + 14 * i}")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    from geovario.variogram import VariogramModel
+
+    VariogramModel("spherical", nugget=0.1, psill=0.4, range_km=2000.0).save(tmp_path / "variogram.json")
+    base = SMALL + [f"data.images={tmp_path / 'data.csv'}", f"data.backbone={tiny_clip_dir}", "train.batch_size=8",
+                    "train.epochs=2", "loss.name=semivariogram", f"loss.variogram={tmp_path / 'variogram.json'}"]
+    from geovario.train import Trainer
+
+    weights = {}
+    for workers in (0, 2):
+        trainer = Trainer(load_config(None, base + [f"data.workers={workers}"]), tmp_path / f"run{workers}", progress=False)
+        weights[workers] = load_file(trainer.run() / "model.safetensors")
+        assert trainer.data.steps_from_workers == (6 if workers else 0)
+    assert all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+    assert len(pd.read_csv(tmp_path / "run2" / "metrics.csv")) == 6
+
+
 def test_image_level_reference_features_are_the_plain_centre_crop(tmp_path, tiny_clip_dir):
     """The dissimilarity reads what extraction stores as view 0, whatever augmentation the head is fed."""
     from test_data_readers import jpeg

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -313,9 +312,12 @@ def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
     from geovario.data import FORMAT_NAMES
 
     parser.add_argument("--format", default="auto", choices=FORMAT_NAMES,
-                        help="dataset layout (default auto: detected from the CSV columns; a folder is read by EXIF GPS)")
+                        help="dataset layout (default auto: detected from the CSV columns; .tar shards are webdataset, "
+                             ".parquet is parquet, another folder is read by EXIF GPS)")
     parser.add_argument("--images", type=Path, metavar="DIR",
-                        help="folder the image paths are relative to (default: images/<csv name>, images, or the CSV's folder)")
+                        help="folder the image paths are relative to (default: images/<csv name>, images, or the CSV's folder); "
+                             "images not there as files are looked up by name or id in the zip, tar and msgpack archives "
+                             "below it (OSV5M's NN.zip, GeoEstimation's MP-16 shards), read in place")
 
 
 def add_feature_source_args(parser: argparse.ArgumentParser) -> None:
@@ -338,11 +340,26 @@ def add_data_commands(commands) -> None:
             "image. Exit status 1 when anything is wrong."
         ),
     )
-    check.add_argument("path", type=Path, help="dataset CSV or folder of photos")
+    check.add_argument("path", type=Path, help="dataset CSV, folder of photos, webdataset .tar shard(s) or parquet file(s)")
     _add_dataset_args(check)
     check.add_argument("--no-image-check", action="store_true", help="do not check that image files exist")
+    check.add_argument("--decode", action="store_true",
+                       help="also read and decode every image, reporting corrupt or truncated files and archive members "
+                            "(reads the whole dataset)")
     check.add_argument("--max-report", type=_non_negative_int, default=50, help="problems listed in the text report (0: all; default 50)")
     check.add_argument("--json", action="store_true", help="print the full report as JSON")
+    imports = sub.add_parser(
+        "import", help="make a feature store from a features .npy and a GPS CSV computed elsewhere",
+        description="Write the (N, D) features of F.npy and the LAT,LON rows of G.csv (row i describes row i) as a "
+                    "finished feature store that train, evaluate and variogram read like an extracted one.")
+    imports.add_argument("--features", type=Path, required=True, metavar="F.npy", help="(N, D) floating-point features")
+    imports.add_argument("--gps", type=Path, required=True, metavar="G.csv", help="CSV with LAT and LON columns, one row per feature row")
+    imports.add_argument("--ids", metavar="COL", help="column of G.csv to keep as each row's id (default: the row number)")
+    imports.add_argument("--out", type=Path, required=True, help="store folder to write (must not exist, or be empty)")
+    imports.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored precision (default float16)")
+    imports.add_argument("--backbone-name", default="imported", metavar="NAME",
+                         help="what computed the features, recorded in the manifest (default 'imported')")
+    imports.add_argument("--json", action="store_true", help="print the manifest as JSON")
     info = sub.add_parser("info", help="summarise a feature store (or --features/--gps arrays)")
     add_feature_source_args(info)
     info.add_argument("--json", action="store_true", help="print JSON")
@@ -360,19 +377,23 @@ def add_extract_command(commands) -> None:
             "extract ...) each process encodes every N-th shard on its own GPU and rank 0 merges them."
         ),
     )
-    extract.add_argument("--data", required=True, type=Path, help="dataset CSV or folder of photos")
+    extract.add_argument("--data", required=True, type=Path,
+                         help="dataset CSV (images in a folder or in zip/tar/msgpack archives there, see --images), a folder "
+                              "of photos, webdataset .tar shards with KEY.json labels, or parquet with an image-bytes column")
     _add_dataset_args(extract)
     extract.add_argument("--backbone", default="openai/clip-vit-large-patch14", metavar="NAME_OR_DIR",
                          help="CLIP checkpoint: hub id or local folder (default openai/clip-vit-large-patch14)")
     extract.add_argument("--out", required=True, type=Path, help="feature store folder to write or resume")
-    extract.add_argument("--batch-size", type=_positive_int, default=32, help="images per backbone forward pass (default 32)")
+    extract.add_argument("--batch-size", type=_positive_int, default=32,
+                         help="images per backbone forward pass (default 32; raise it to fill a GPU, e.g. 256 for ViT-L/14 on 80 GB)")
     extract.add_argument("--shard-size", type=_positive_int, default=4096, help="images per shard file (default 4096)")
     extract.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored feature precision (default float16)")
     extract.add_argument("--views", type=_non_negative_int, default=0,
                          help="also store K augmented views per image with GeoCLIP's train augmentations (default 0)")
     extract.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the augmented views (default 0)")
-    extract.add_argument("--workers", type=_positive_int, default=min(4, os.cpu_count() or 1),
-                         help="image-decoding threads (default: up to 4)")
+    extract.add_argument("--workers", type=_non_negative_int, default=None,
+                         help="processes that decode and preprocess images while the backbone runs (default: one per "
+                              "core this process may use; 0 decodes in the main process)")
     extract.add_argument("--device", help="torch device (default: cuda when available; under torchrun cuda:LOCAL_RANK)")
     extract.add_argument("--strict", action="store_true", help="fail on the first bad row or image instead of skipping it")
     extract.add_argument("--overwrite", action="store_true", help="replace a store made with different settings or data")
@@ -614,11 +635,27 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from geovario.data import read_dataset
 
     dataset = read_dataset(args.path, args.format, args.images, check_images=not args.no_image_check)
+    if args.decode:
+        from geovario.data.verify import decode_problems
+        from geovario.machine import available_cores
+
+        dataset.problems += decode_problems(dataset, workers=available_cores(), progress=not args.json)
     if args.json:
         print(json.dumps(dataset.to_dict(), indent=1))
     else:
         print(dataset.summary(args.max_report))
     return 1 if dataset.problems else 0
+
+
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from geovario.data.importing import import_features
+
+    store = import_features(args.features, args.gps, args.out, ids=args.ids, dtype=args.dtype, backbone_name=args.backbone_name)
+    if args.json:
+        print(json.dumps(store.manifest, indent=1))
+    else:
+        print(f"{args.out}: {len(store)} rows of {store.dim}-d {store.manifest['dtype']} features from {args.features}")
+    return 0
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
@@ -651,7 +688,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     world, device = distributed.setup(args.device or "auto")  # one rank per device under torchrun
     backbone = ClipBackbone.load(args.backbone, device)
     settings = ExtractSettings(batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype,
-                               views=args.views, seed=args.seed, workers=args.workers, strict=args.strict)
+                               views=args.views, seed=args.seed, strict=args.strict,
+                               **({} if args.workers is None else {"workers": args.workers}))
     manifest = extract_features(dataset, backbone, args.out, settings, overwrite=args.overwrite, progress=not args.no_progress,
                                 world=world)
     distributed.teardown()
@@ -797,6 +835,7 @@ COMMANDS = {
     ("predict", None): cmd_predict,
     ("data", "check"): cmd_data_check,
     ("data", "info"): cmd_data_info,
+    ("data", "import"): cmd_data_import,
     ("extract", None): cmd_extract,
     ("variogram", None): cmd_variogram,
     ("evaluate", None): cmd_evaluate,

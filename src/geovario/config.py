@@ -29,6 +29,7 @@ class DataConfig:
     images: str | None = None  # image-level training instead: a dataset CSV or photo folder...
     images_dir: str | None = None  # ...its images folder...
     backbone: str = "openai/clip-vit-large-patch14"  # ...and the frozen backbone run on every step
+    workers: int | None = None  # ...decoded ahead in this many processes (default: the cores; 0: in the training process)
     expects: str = ""  # the dataset this experiment was designed for (documentation)
 
 
@@ -246,6 +247,8 @@ def validate(config: Config) -> None:
         raise GeovarioError(f"config key loss.tau_plus: must lie in [0, 1), got {loss.tau_plus}")
     if t.seed < 0:
         raise GeovarioError(f"config key train.seed: must not be negative, got {t.seed}")
+    if config.data.workers is not None and config.data.workers < 0:
+        raise GeovarioError(f"config key data.workers: must not be negative (0 decodes in the training process), got {config.data.workers}")
     if t.batch_size < 2 and neg.source == "queue":
         raise GeovarioError("config key train.batch_size: batch negatives need at least 2 samples per batch")
     if neg.source == "queue" and config.model.queue_size < t.batch_size:

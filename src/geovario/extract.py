@@ -6,6 +6,10 @@ completely or not at all. After a crash or ``kill -9``, rerunning the same comma
 finished shards and recomputes the rest: batches inside a shard are always formed the same way,
 so the resumed store is identical to an uninterrupted one.
 
+Images are decoded and preprocessed in ``workers`` DataLoader processes while the backbone runs in
+this one (on pinned memory and under fp16 autocast on CUDA). They may be files or archive members
+read in place (:mod:`geovario.data.archives`); either way the features are the same.
+
 Under torchrun each rank encodes every W-th shard on its own device, and rank 0 merges the shard
 indexes once all have finished: the store is the same as one process would write.
 """
@@ -16,11 +20,9 @@ import csv
 import hashlib
 import io
 import json
-import os
 import shutil
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +33,13 @@ from geovario import __version__
 from geovario.atomic import atomic_path, atomic_write_bytes, output_dir
 from geovario.augment import geoclip_train_view, view_rng
 from geovario.backbones import ClipBackbone
+from geovario.data.archives import image_location, load_image
 from geovario.data.records import Dataset, Record
 from geovario.distributed import Dist
 from geovario.data.store import INDEX, INDEX_COLUMNS, MANIFEST, SHARDS, SKIPPED, STORE_FORMAT, STORE_VERSION, read_manifest
 from geovario.errors import GeovarioError
-from geovario.images import open_image
 from geovario.jsonio import write_json
+from geovario.machine import available_cores
 
 
 @dataclass
@@ -46,7 +49,7 @@ class ExtractSettings:
     dtype: str = "float16"
     views: int = 0  # augmented views per image, besides the plain centre crop
     seed: int = 0  # for the augmented views
-    workers: int = min(4, os.cpu_count() or 1)  # image-decoding threads
+    workers: int = field(default_factory=lambda: available_cores())  # decoding processes (0: in the main one)
     strict: bool = False  # a bad image stops the run instead of being skipped
 
 
@@ -79,62 +82,69 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
             np.save(f, array)
 
 
-class _ShardJob:
-    """Decodes, augments and encodes one shard, one batch at a time with the next batch prefetched."""
+class _DecodedImages(torch.utils.data.Dataset):
+    """Item i: record i decoded and preprocessed (plus its augmented views), or why it could not be.
 
-    def __init__(self, backbone: ClipBackbone, settings: ExtractSettings, pool: ThreadPoolExecutor):
-        self.backbone, self.settings, self.pool = backbone, settings, pool
-        self.dtype = np.dtype(settings.dtype)
+    Runs in DataLoader workers. A bad image is returned as its message, never raised: the main
+    process decides whether to skip it or, with ``--strict``, stop with that one line.
+    """
 
-    def _load(self, record: Record, position: int):
+    def __init__(self, records: list[Record], preprocess, settings: ExtractSettings):
+        self.records, self.preprocess, self.settings = records, preprocess, settings
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, position: int):
         try:
-            image, mode = open_image(record.image)
+            image, mode = load_image(self.records[position].image)
         except GeovarioError as e:
-            if self.settings.strict:
-                raise
-            return str(e)
-        preprocess = self.backbone.preprocess
-        views = [geoclip_train_view(image, view_rng(self.settings.seed, position, v), preprocess)
+            return position, str(e), None, None
+        views = [geoclip_train_view(image, view_rng(self.settings.seed, position, v), self.preprocess)
                  for v in range(self.settings.views)]
-        return preprocess(image), views, mode
+        return position, self.preprocess(image), views, mode
 
-    def _encode(self, pixels: list[np.ndarray]) -> np.ndarray:
-        out = []
-        for start in range(0, len(pixels), self.settings.batch_size):
-            batch = torch.from_numpy(np.stack(pixels[start : start + self.settings.batch_size]))
-            out.append(self.backbone.encode_pixels(batch).cpu().numpy().astype(self.dtype))
+
+def _collate(items: list) -> dict:
+    """A batch of decoded images: the pixels stacked (pinned by the loader on CUDA), the failures listed."""
+    good = [item for item in items if not isinstance(item[1], str)]
+    stack = lambda arrays: torch.from_numpy(np.stack(arrays)) if arrays else None  # noqa: E731
+    return {
+        "positions": [item[0] for item in items],
+        "kept": [item[0] for item in good],
+        "failed": [(item[0], item[1]) for item in items if isinstance(item[1], str)],
+        "modes": [item[3] for item in good],
+        "pixels": stack([item[1] for item in good]),
+        "views": stack([view for item in good for view in item[2]]),
+    }
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # a worker decodes one image at a time; the cores are for the other workers
+
+
+def decoded_batches(records: list[Record], preprocess, settings: ExtractSettings, batches: list[list[int]], pin: bool):
+    """Decoded batches, in order, from ``settings.workers`` worker processes (0: in this process)."""
+    if not batches:
+        return iter(())
+    loader = torch.utils.data.DataLoader(
+        _DecodedImages(records, preprocess, settings), batch_sampler=batches, num_workers=settings.workers,
+        collate_fn=_collate, pin_memory=pin, worker_init_fn=_worker_init if settings.workers else None,
+        prefetch_factor=4 if settings.workers else None, persistent_workers=False,
+    )
+    return iter(loader)
+
+
+class _Encoder:
+    """The backbone on batches of pixels, ``batch_size`` at a time, in the store's dtype."""
+
+    def __init__(self, backbone: ClipBackbone, settings: ExtractSettings):
+        self.backbone, self.batch_size, self.dtype = backbone, settings.batch_size, np.dtype(settings.dtype)
+
+    def __call__(self, pixels: torch.Tensor) -> np.ndarray:
+        out = [self.backbone.encode_pixels(pixels[s : s + self.batch_size]).cpu().numpy().astype(self.dtype)
+               for s in range(0, len(pixels), self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.backbone.feature_dim), self.dtype)
-
-    def run(self, records: list[Record], first_position: int, bar) -> tuple[list[Record], np.ndarray, np.ndarray | None, list, Counter]:
-        size = self.settings.batch_size
-        batches = [list(range(i, min(i + size, len(records)))) for i in range(0, len(records), size)]
-        submit = lambda b: [self.pool.submit(self._load, records[j], first_position + j) for j in b]  # noqa: E731
-        pending = submit(batches[0]) if batches else []
-        kept, features, views, skipped, modes = [], [], [], [], Counter()
-        for b, batch in enumerate(batches):
-            loaded = [f.result() for f in pending]
-            pending = submit(batches[b + 1]) if b + 1 < len(batches) else []
-            pixels, batch_views = [], []
-            for j, result in zip(batch, loaded):
-                if isinstance(result, str):
-                    skipped.append((records[j], result))
-                    continue
-                kept.append(records[j])
-                pixels.append(result[0])
-                batch_views.extend(result[1])
-                if result[2] != "RGB":
-                    modes[result[2]] += 1
-            if pixels:
-                features.append(self._encode(pixels))
-                if self.settings.views:
-                    views.append(self._encode(batch_views).reshape(len(pixels), self.settings.views, -1))
-            bar.update(len(batch))
-        dim = self.backbone.feature_dim
-        features_array = np.concatenate(features) if features else np.zeros((0, dim), self.dtype)
-        views_array = None
-        if self.settings.views:
-            views_array = np.concatenate(views) if views else np.zeros((0, self.settings.views, dim), self.dtype)
-        return kept, features_array, views_array, skipped, modes
 
 
 def extract_features(
@@ -186,25 +196,45 @@ def extract_features(
     size = lambda k: min(settings.shard_size, len(records) - k * settings.shard_size)  # noqa: E731
     done = sum(size(k) for k in mine if (shard_dir / f"{names[k]}.csv").is_file())
     header = INDEX_COLUMNS + meta_keys
-    with ThreadPoolExecutor(max(1, settings.workers)) as pool, tqdm(
-        total=sum(size(k) for k in mine), initial=done, unit="img", desc="extracting" + (f" (rank {world.rank})" if world.enabled else ""),
-        disable=None if progress and world.is_main else True, smoothing=0.1
-    ) as bar:
-        job = _ShardJob(backbone, settings, pool)
-        for k in mine:
+    pending = [k for k in mine if not (shard_dir / f"{names[k]}.csv").is_file()]
+    # Batches never cross a shard boundary and are cut the same way on every run, so a resumed store
+    # is identical to an uninterrupted one.
+    batches = [list(range(first, min(first + settings.batch_size, stop)))
+               for k in pending for first, stop in [(k * settings.shard_size, k * settings.shard_size + size(k))]
+               for first in range(first, stop, settings.batch_size)]
+    encode = _Encoder(backbone, settings)
+    with tqdm(total=sum(size(k) for k in mine), initial=done, unit="img", smoothing=0.1,
+              desc="extracting" + (f" (rank {world.rank})" if world.enabled else ""),
+              disable=None if progress and world.is_main else True) as bar:
+        loaded = decoded_batches(records, backbone.preprocess, settings, batches, pin=backbone.device.type == "cuda")
+        for k in pending:
+            first, stop = k * settings.shard_size, k * settings.shard_size + size(k)
+            kept, features, views, skipped, modes, received = [], [], [], [], Counter(), 0
+            while received < stop - first:
+                batch = next(loaded)
+                received += len(batch["positions"])
+                for position, why in batch["failed"]:
+                    if settings.strict:
+                        raise GeovarioError(why)
+                    skipped.append((records[position], why))
+                kept += [records[p] for p in batch["kept"]]
+                modes.update(m for m in batch["modes"] if m != "RGB")
+                if batch["pixels"] is not None:
+                    features.append(encode(batch["pixels"]))
+                    if settings.views:
+                        views.append(encode(batch["views"]).reshape(len(batch["kept"]), settings.views, -1))
+                bar.update(len(batch["positions"]))
             name = names[k]
-            if (shard_dir / f"{name}.csv").is_file():
-                continue
-            first = k * settings.shard_size
-            kept, features, views, skipped, modes = job.run(records[first : first + settings.shard_size], first, bar)
-            _save_npy(shard_dir / f"{name}.npy", features)
-            if views is not None:
-                _save_npy(shard_dir / f"{name}.views.npy", views)
+            dim = backbone.feature_dim
+            _save_npy(shard_dir / f"{name}.npy", np.concatenate(features) if features else np.zeros((0, dim), encode.dtype))
+            if settings.views:
+                _save_npy(shard_dir / f"{name}.views.npy",
+                          np.concatenate(views) if views else np.zeros((0, settings.views, dim), encode.dtype))
             write_json(shard_dir / f"{name}.modes.json", dict(modes))
             _write_csv(shard_dir / f"{name}.skipped.csv", ["file", "line", "id", "kind", "reason"],
                        [[str(r.image), r.line, r.id, "bad image", why] for r, why in skipped])
             _write_csv(shard_dir / f"{name}.csv", header,  # last: marks the shard complete
-                       [[r.id, repr(r.lat), repr(r.lon), os.path.abspath(r.image) if r.image else ""] + [r.meta.get(m, "") for m in meta_keys] for r in kept])
+                       [[r.id, repr(r.lat), repr(r.lon), image_location(r.image)] + [r.meta.get(m, "") for m in meta_keys] for r in kept])
     world.barrier()  # every rank's shards are written
     return world.broadcast(_finalize(out, manifest, names, dataset) if world.is_main else None)
 

@@ -17,7 +17,8 @@ from geovario.errors import GeovarioError
 
 # Detection order matters only where signatures overlap (im2gps has AUTHOR, yfcc must not).
 CSV_FORMATS: dict[str, CsvFormat] = {f.name: f for f in (osv5m.FORMAT, streetscapes.FORMAT, im2gps.FORMAT, yfcc.FORMAT, mp16.FORMAT)}
-FORMAT_NAMES = ["auto", *CSV_FORMATS, "folder"]
+ARCHIVE_FORMATS = ("webdataset", "parquet")  # archives that carry their own coordinates
+FORMAT_NAMES = ["auto", *CSV_FORMATS, "folder", *ARCHIVE_FORMATS]
 
 __all__ = ["CSV_FORMATS", "FORMAT_NAMES", "Dataset", "Problem", "Record", "detect_format", "read_dataset"]
 
@@ -63,6 +64,12 @@ def read_dataset(
     path = Path(path)
     if not path.exists():
         raise GeovarioError(f"{path}: not found")
+    archive_format = _archive_format(path) if format in ("auto", *ARCHIVE_FORMATS) else None
+    if format in ARCHIVE_FORMATS or archive_format:
+        dataset = _read_archive_dataset(path, format if format in ARCHIVE_FORMATS else archive_format)
+        dataset.auto_detected = format == "auto"
+        _check_swapped(dataset, "lat", "lon")
+        return dataset
     if path.is_dir():
         if format not in ("auto", "folder"):
             raise GeovarioError(f"{path}: is a folder; --format {format} needs a CSV file")
@@ -81,17 +88,45 @@ def read_dataset(
     if images and not folder.is_dir():
         raise GeovarioError(f"{folder}: images folder not found")
     dataset = read_csv_dataset(path, fmt, folder, check_images=check_images, auto_detected=auto)
-    _check_swapped(dataset, fmt)
+    _check_swapped(dataset, fmt.lat_column, fmt.lon_column)
     return dataset
 
 
-def _check_swapped(dataset: Dataset, fmt: CsvFormat) -> None:
+def _archive_format(path: Path) -> str | None:
+    """webdataset or parquet when the path is (or is a folder of) such files; None for anything else."""
+    from geovario.data.archives import archive_kind
+
+    if path.is_file():
+        kind = archive_kind(path)
+        if kind in ("zip", "msgpack"):
+            raise GeovarioError(f"{path}: a {kind} archive holds images but no coordinates; pass the dataset's CSV as the data "
+                                "and this archive's folder with --images")
+        return {"tar": "webdataset", "parquet": "parquet"}.get(kind)
+    names = [p.suffix.lower() for p in path.iterdir() if p.is_file()]
+    if ".parquet" in names:
+        return "parquet"
+    if ".tar" in names:
+        return "webdataset"
+    return None
+
+
+def _read_archive_dataset(path: Path, format: str) -> Dataset:
+    if format == "parquet":
+        from geovario.data.archives.parquet_images import read_parquet_dataset
+
+        return read_parquet_dataset(path)
+    from geovario.data.webdataset import read_webdataset
+
+    return read_webdataset(path)
+
+
+def _check_swapped(dataset: Dataset, lat_column: str, lon_column: str) -> None:
     """The gallery reader's lat/lon swap test on the usable rows: a file-level problem, which blocks use."""
     from geovario.geo import latlon_swap_message
 
     if not dataset.records:
         return
     message = latlon_swap_message([r.lat for r in dataset.records], [r.lon for r in dataset.records],
-                                  f"columns {fmt.lat_column}, {fmt.lon_column}")
+                                  f"columns {lat_column}, {lon_column}")
     if message:
         dataset.problems.insert(0, Problem(str(dataset.source), 0, message, SWAPPED))

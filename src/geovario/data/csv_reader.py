@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from geovario.data.archives import Member, archives_in, find_member, folder_listing
 from geovario.data.records import Dataset, Problem, Record
 from geovario.errors import GeovarioError
 
@@ -91,6 +92,7 @@ def read_csv_dataset(
         id_i, lat_i, lon_i = (columns[c.lower()] for c in wanted.values())
         meta_i = {c: columns[c.lower()] for c in fmt.meta_columns if c.lower() in columns}
         seen: dict[str, int] = {}
+        in_archives = None  # whether the images folder holds archives; looked at on the first image not found as a file
         n_rows = 0
         while True:
             try:
@@ -134,8 +136,17 @@ def read_csv_dataset(
                     continue
                 image = fmt.image_path(image_id, images)
                 if check_images and (image is None or not image.is_file()):
-                    problems.append(Problem(name, line, f"image file not found: {image or image_id}", "missing image"))
+                    if in_archives is None:
+                        in_archives = bool(archives_in(images))
+                    if in_archives:  # OSV5M's zips, msgpack or tar shards
+                        image = find_member(images, image_id) or image
+                if check_images and (image is None or not (isinstance(image, Member) or image.is_file())):
+                    where = f"image {image_id!r} not found in {images} nor in the archives below it" if in_archives \
+                        else f"image file not found: {image or image_id}"
+                    problems.append(Problem(name, line, where, "missing image"))
                     continue
             meta = {key: row[i].strip() for key, i in meta_i.items() if i < len(row)}
             records.append(Record(image_id, image, lat, lon, meta, line))
+    if in_archives:  # members refused while listing the archives: unsafe, bombs, duplicates, unreadable
+        problems += folder_listing(images.resolve())[0].problems
     return Dataset(path, fmt.name, records, problems, auto_detected, n_rows)

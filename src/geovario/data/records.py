@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from geovario.errors import GeovarioError
 
 
 @dataclass
 class Record:
-    """One geotagged image. ``line`` is where it came from in the source file (1-based), for reports."""
+    """One geotagged image. ``line`` is where it came from in the source file (1-based), for reports.
+
+    ``image`` is a file, or a :class:`geovario.data.archives.Member` read in place from an archive.
+    """
 
     id: str
-    image: Path | None
+    image: Path | Any | None
     lat: float
     lon: float
     meta: dict[str, str] = field(default_factory=dict)

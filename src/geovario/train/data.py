@@ -8,6 +8,7 @@ centre-crop features the frozen dissimilarity compares, and the true GPS.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -53,33 +54,95 @@ class StoreData:
         return lambda index: self.store.rows(rows[index])
 
 
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of one training step: every random draw inside the step comes from it."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (step + 1))
+
+
+def _view_seed(generator: torch.Generator) -> int:
+    """The step's first draw: the seed of its image augmentations."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+
+
+def decode_step(records, own: np.ndarray, seed: int, preprocess, reference: bool) -> np.ndarray:
+    """Pixels of one step's rows: an augmented view each, then (``reference``) each plain centre crop."""
+    from geovario.augment import geoclip_train_view, view_rng
+    from geovario.data.archives import load_image
+
+    images = [load_image(records[i].image)[0] for i in own]
+    pixels = [geoclip_train_view(image, view_rng(seed, int(i), 0), preprocess) for image, i in zip(images, own)]
+    if reference:
+        pixels += [preprocess(image) for image in images]
+    return np.stack(pixels)
+
+
+class _StepImages(torch.utils.data.Dataset):
+    """Item k: step k's decoded pixels, in a DataLoader worker. A bad image comes back as its message."""
+
+    def __init__(self, records, preprocess, reference: bool, plan, seed: int):
+        self.records, self.preprocess, self.reference, self.plan, self.seed = records, preprocess, reference, plan, seed
+
+    def __getitem__(self, step: int) -> dict:
+        index, rows = self.plan(step)
+        own, seed = index[rows], _view_seed(step_generator(self.seed, step))
+        try:
+            pixels = torch.from_numpy(decode_step(self.records, own, seed, self.preprocess, self.reference))
+        except GeovarioError as e:
+            return {"own": own, "seed": seed, "error": str(e)}
+        return {"own": own, "seed": seed, "pixels": pixels}
+
+
+def _one_thread(_worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
 class ImageData:
     """Image-level training: decode, augment and run the frozen backbone on every step.
 
     With ``reference=True`` (losses that need image dissimilarity) each image also goes through
     the backbone as its plain centre crop, which is what the fitted variogram describes.
+
+    After :meth:`prefetch`, ``workers`` DataLoader processes decode the coming steps while the
+    backbone and the head run. A step's pixels depend only on (seed, step), drawn from the step's
+    own generator exactly as without workers, so the run and its resume are the same either way.
     """
 
-    def __init__(self, dataset, backbone, reference: bool = False):
-        self.records, self.backbone, self.reference = dataset.records, backbone, reference
+    def __init__(self, dataset, backbone, reference: bool = False, workers: int = 0):
+        self.records, self.backbone, self.reference, self.workers = dataset.records, backbone, reference, workers
         self.source = dataset.source
         self.gps = torch.tensor([[r.lat, r.lon] for r in self.records], dtype=torch.float32)
         self.dim = backbone.feature_dim
+        self._ahead = None
+        self.steps_from_workers = 0  # steps whose pixels the workers decoded ahead
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def batch(self, index: np.ndarray, rows: slice, generator: torch.Generator, device) -> Batch:
-        from geovario.augment import geoclip_train_view, view_rng
-        from geovario.images import load_rgb
+    def prefetch(self, plan, seed: int, first_step: int, last_step: int) -> None:
+        """Decode steps ``first_step`` … ``last_step - 1`` ahead; ``plan(step)`` gives a step's (index, rows)."""
+        if not self.workers or first_step >= last_step:
+            return
+        loader = torch.utils.data.DataLoader(
+            _StepImages(self.records, self.backbone.preprocess, self.reference, plan, seed), sampler=range(first_step, last_step),
+            batch_size=None, num_workers=self.workers, worker_init_fn=_one_thread, prefetch_factor=2,
+            pin_memory=self.backbone.device.type == "cuda")
+        self._ahead = iter(loader)
 
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    def _pixels(self, own: np.ndarray, seed: int) -> torch.Tensor:
+        if self._ahead is not None:
+            item = next(self._ahead, None)
+            if item is not None and item["seed"] == seed and np.array_equal(item["own"], own):
+                if "error" in item:
+                    raise GeovarioError(item["error"])
+                self.steps_from_workers += 1
+                return item["pixels"]
+            self._ahead = None  # the caller left the planned order: decode here from now on
+        return torch.from_numpy(decode_step(self.records, own, seed, self.backbone.preprocess, self.reference))
+
+    def batch(self, index: np.ndarray, rows: slice, generator: torch.Generator, device) -> Batch:
         own = index[rows]
-        images = [load_rgb(self.records[i].image) for i in own]
-        pixels = [geoclip_train_view(image, view_rng(seed, int(i), 0), self.backbone.preprocess) for image, i in zip(images, own)]
-        if self.reference:
-            pixels += [self.backbone.preprocess(image) for image in images]
-        encoded = self.backbone.encode_pixels(torch.from_numpy(np.stack(pixels))).clone()  # out of inference mode
+        pixels = self._pixels(own, _view_seed(generator))
+        encoded = self.backbone.encode_pixels(pixels).clone()  # out of inference mode
         features = encoded[: len(own)]
         reference = encoded[len(own) :] if self.reference else features
         return Batch(features.float().to(device), reference.float().to(device), self.gps[own].to(device), index, rows)
@@ -102,8 +165,13 @@ def open_training_data(config: Config, device: torch.device, reference: bool = F
         from geovario.backbones import ClipBackbone
         from geovario.data import read_dataset
 
+        from geovario.machine import available_cores
+
         dataset = read_dataset(config.data.images, images=config.data.images_dir)
-        return ImageData(dataset, ClipBackbone.load(config.data.backbone, device), reference)
+        workers = config.data.workers
+        if workers is None:  # the cores, shared among the processes of this machine
+            workers = max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        return ImageData(dataset, ClipBackbone.load(config.data.backbone, device), reference, workers)
     path = Path(config.data.train)
     if not path.is_dir():
         raise GeovarioError(f"config key data.train: feature store {path} not found")

@@ -28,7 +28,7 @@ from geovario.model import GeoLocModel
 from geovario.modeldir import save_model_dir
 from geovario.train.build import build_model, build_negatives, initial_variogram, refit_on_learned, set_variogram
 from geovario.train.checkpoints import TrainState, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from geovario.train.data import StoreData, gallery_positions, open_training_data
+from geovario.train.data import StoreData, gallery_positions, open_training_data, step_generator
 from geovario.train.metrics_log import MetricsLog
 from geovario.variogram import VariogramModel
 
@@ -134,7 +134,7 @@ class Trainer:
     def step(self) -> LossOutput:
         """One optimizer step on the next global batch; the gradients stay in ``.grad`` until the next."""
         t, step = self.config.train, self.state.step
-        generator = torch.Generator().manual_seed(t.seed * 1_000_003 + 7919 * (step + 1))
+        generator = step_generator(t.seed, step)
         rng = np.random.default_rng([t.seed, step])
         batch = self.data.batch(*self.sampler.batch(step), generator, self.device)
         embed = self.model.encode_images if self.learned_space else None
@@ -183,6 +183,8 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=self.total, initial=self.state.step, unit="step", desc=config.name, disable=None if self.progress else True)
         window_start, window_samples = time.perf_counter(), 0
+        if hasattr(self.data, "prefetch"):  # image-level training: decode the coming steps in worker processes
+            self.data.prefetch(self.sampler.batch, t.seed, self.state.step, self.total)
         while self.state.step < self.total:
             epoch = self.state.step // self.sampler.steps_per_epoch
             out = self.step()
