@@ -85,6 +85,35 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_clip_text_dir(tmp_path_factory) -> Path:
+    """A random CLIP with a text tower and a tiny byte-level BPE tokenizer, both saved as a hub checkpoint is."""
+    import json
+
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    folder = tmp_path_factory.mktemp("tiny-clip-text")
+    chars = list(bytes_to_unicode().values())
+    merges = [("t", "h"), ("th", "e</w>"), ("s", "t"), ("r", "e")]
+    tokens = chars + [c + "</w>" for c in chars] + [a + b for a, b in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    CLIPTokenizer.from_pretrained(folder, model_max_length=16).save_pretrained(folder)  # as the hub ships it
+    eos, bos = vocab["<|endoftext|>"], vocab["<|startoftext|>"]
+    config = CLIPConfig(
+        projection_dim=32,
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         vocab_size=len(vocab), max_position_embeddings=16, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=224, patch_size=32),
+    )
+    torch.manual_seed(1)
+    CLIPModel(config).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def fixtures_dir() -> Path:
     folder = SHARED / "fixtures"

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from geovario.cli import main
 from geovario.errors import GeovarioError
 from geovario.interop.geoclip import (
     PACKAGE_PATHS,
@@ -101,3 +102,61 @@ def test_parity_with_geoclip_1_3_0_modules(tmp_path, geoclip_wheel):
     assert torch.equal(theirs[rows, our_index[differ]], theirs[rows, their_index[differ]])
     # So the predicted locations are the same, in the same order, for every input.
     np.testing.assert_array_equal(predictor.gallery[our_index], predictor.gallery[their_index])
+
+
+@pytest.mark.slow
+def test_embed_gps_equals_geoclip_location_encoder_on_the_100k_gallery(tmp_path, geoclip_wheel, capsys):
+    theirs_model = reference_geoclip(unpack_wheel(geoclip_wheel, tmp_path / "site"))
+    out = write_geoclip_model_dir(tmp_path / "geoclip", read_release_wheel(geoclip_wheel))
+    assert main(["embed-gps", "--model", str(out), "--csv", str(out / "gallery.csv"), "--out", str(tmp_path / "e.npy"),
+                 "--no-progress", "--device", "cpu"]) == 0, capsys.readouterr().err
+    with torch.no_grad():
+        theirs = theirs_model.location_encoder(theirs_model.gps_gallery).numpy()
+    ours = np.load(tmp_path / "e.npy")
+    assert ours.shape == theirs.shape == (100_000, 512)
+    assert np.abs(ours - theirs).max() <= 1e-5
+
+
+def test_export_gives_back_the_release_state_dicts(tmp_path, geoclip_reference_dir, capsys):
+    model_dir = write_geoclip_model_dir(tmp_path / "geoclip", read_release_folder(geoclip_reference_dir))
+    assert main(["weights", "export-geoclip", "--model", str(model_dir), "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    for name in ("location_encoder_weights.pth", "image_encoder_mlp_weights.pth", "logit_scale_weights.pth"):
+        released = torch.load(geoclip_reference_dir / name, weights_only=True)
+        exported = torch.load(tmp_path / "out" / name, weights_only=True)
+        if isinstance(released, dict):
+            assert list(exported) == list(released), name
+            assert all(torch.equal(exported[k], released[k]) for k in released), name
+        else:
+            assert exported.shape == released.shape and torch.equal(exported, released)
+    assert (tmp_path / "out" / "coordinates_100K.csv").read_bytes() == (geoclip_reference_dir / "coordinates_100K.csv").read_bytes()
+
+
+def test_exported_weights_in_geoclips_own_modules_give_geovarios_logits(tmp_path, geoclip_wheel, capsys):
+    """A model geovario trained (here: random, GeoCLIP's shapes) runs unchanged in GeoCLIP 1.3.0's code."""
+    from geovario.model import GeoLocModel, ModelConfig
+    from geovario.modeldir import save_model_dir
+
+    torch.manual_seed(3)
+    model = GeoLocModel(ModelConfig()).eval()
+    gallery = np.stack([np.random.default_rng(0).uniform(-80, 80, 1000), np.random.default_rng(1).uniform(-180, 180, 1000)], 1)
+    model_dir = save_model_dir(tmp_path / "ours", model, gallery=gallery)
+    assert main(["weights", "export-geoclip", "--model", str(model_dir), "--out", str(tmp_path / "export")]) == 0
+    capsys.readouterr()
+    theirs = reference_geoclip(unpack_wheel(geoclip_wheel, tmp_path / "site"))
+    theirs.weights_folder = str(tmp_path / "export")
+    theirs._load_weights()  # GeoCLIP's own loader, weights_only=True
+    load_gps_data = type(theirs).__init__.__globals__["load_gps_data"]  # GeoCLIP's own gallery reader
+    their_gallery = load_gps_data(str(tmp_path / "export" / "coordinates_100K.csv"))
+    features = torch.from_numpy(np.random.default_rng(2).normal(size=(16, 768)).astype(np.float32))
+    with torch.no_grad():
+        expected = model(features, torch.from_numpy(gallery).float())
+        got = theirs(features, their_gallery)
+    assert (got - expected).abs().max().item() <= 1e-5
+
+
+def test_export_refuses_other_architectures(tmp_path, tiny_model_dir, capsys):
+    code = main(["weights", "export-geoclip", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "cannot be exported to GeoCLIP: its feature_dim is 32, GeoCLIP's modules are built with 768" in err[0]
+    assert not (tmp_path / "x").exists()

@@ -161,3 +161,21 @@ def test_load_check_200_concurrent_requests_without_errors():
     results = json.loads(done.stdout)
     assert results["concurrent"]["requests"] == 200 and results["concurrent"]["errors"] == 0
     assert 0 < results["concurrent"]["p50_ms"] <= results["concurrent"]["p95_ms"]
+
+
+def test_text_query_through_the_api(served_model, tiny_clip_text_dir, client):
+    service = GeoService(str(served_model), str(tiny_clip_text_dir), "cpu", ServeSettings(top_k=5))
+    assert service.predictor._text_tower is None  # loaded on the first text query, not before
+    with TestClient(create_app(service)) as text_client:
+        answer = text_client.post("/api/predict-text", json={"text": "a snowy street with red trams", "top_k": 3}).json()
+        assert answer["text"] == "a snowy street with red trams" and [p["rank"] for p in answer["predictions"]] == [1, 2, 3]
+        expected = service.predictor.predict_texts(["a snowy street with red trams"], top_k=3)[0]
+        assert [(p["lat"], p["lon"]) for p in answer["predictions"]] == [(p.lat, p.lon) for p in expected]
+        empty = text_client.post("/api/predict-text", json={"text": "   "})
+        assert empty.status_code == 422 and "empty text" in empty.json()["detail"]
+        assert text_client.post("/api/predict-text", json={"text": "x", "top_k": 0}).status_code == 422
+        assert "/api/predict-text" in text_client.get("/openapi.json").json()["paths"]
+    # A backbone whose checkpoint has no tokenizer answers one line, and the image side keeps working.
+    refused = client.post("/api/predict-text", json={"text": "a street"})
+    assert refused.status_code == 422 and "no usable CLIP tokenizer" in refused.json()["detail"]
+    assert upload(client, photo()).status_code == 200

@@ -32,10 +32,10 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path, served_model, tiny_clip_dir):
+def server(tmp_path, served_model, tiny_clip_text_dir):
     port = free_port()
     log = open(tmp_path / "serve.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "geovario", "serve", "--model", str(served_model), "--backbone", str(tiny_clip_dir),
+    process = subprocess.Popen([sys.executable, "-m", "geovario", "serve", "--model", str(served_model), "--backbone", str(tiny_clip_text_dir),
                                 "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -85,6 +85,16 @@ def test_drop_a_photo_and_see_markers_table_and_truth(server, tmp_path):
             assert tiles, "the page should have tried the OpenStreetMap tiles"
             assert not errors, errors
             page.screenshot(path=str(artifacts / "serve-e2e.png"))
+            # The text box: a description instead of a photo, the same table and markers; no EXIF truth.
+            page.fill("#text", "a snowy street with red trams")
+            page.click("#text-form button")
+            page.wait_for_function("document.getElementById('status').textContent.includes('text query')", timeout=60_000)
+            assert rows.count() == 5 and page.locator("path.prediction").count() == 5
+            assert page.locator("#truth").is_hidden() and page.locator(".leaflet-marker-icon").count() == 0
+            page.fill("#text", "")
+            page.click("#text-form button")
+            assert "Describe a place first" in page.locator("#status").inner_text()
+            assert not errors, errors
         finally:
             browser.close()
     assert (artifacts / "serve-e2e.png").stat().st_size > 10_000

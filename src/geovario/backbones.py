@@ -1,8 +1,10 @@
-"""Frozen image backbones: a Hugging Face CLIP vision tower and CLIP preprocessing without torchvision.
+"""Frozen backbones: a Hugging Face CLIP vision tower and CLIP preprocessing without torchvision,
+and, for text queries only, CLIP's text tower.
 
 The feature a GeoCLIP head expects is CLIP's projected image embedding (``get_image_features``,
 768-d for ViT-L/14), taken before any normalisation. ``CLIPVisionModelWithProjection`` computes
-exactly that without loading the text tower.
+exactly that without loading the text tower; ``ClipTextTower`` loads the text side only when a text
+query asks for it.
 """
 
 from __future__ import annotations
@@ -105,6 +107,95 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     return device
 
 
+def _check_checkpoint_name(name_or_dir: str) -> Path:
+    local = Path(name_or_dir)
+    if local.exists() and not (local / "config.json").is_file():
+        raise GeovarioError(f"{local}: no config.json; not a transformers CLIP checkpoint")
+    # A hub id is "org/name"; anything shaped like a path that isn't there is a missing folder.
+    if not local.exists() and (local.is_absolute() or name_or_dir.startswith((".", "~")) or name_or_dir.count("/") > 1):
+        raise GeovarioError(f"{name_or_dir}: backbone folder not found (and not a hub id such as openai/clip-vit-large-patch14)")
+    return local
+
+
+def _from_pretrained(name_or_dir: str, build):
+    """``build(config)`` -> (config, model) under quiet transformers logging; load errors become one line."""
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a full CLIPModel checkpoint has the other tower's weights, skipped on purpose
+    hf_logging.disable_progress_bar()
+    try:
+        return build(AutoConfig.from_pretrained(name_or_dir))
+    except (OSError, ValueError, RuntimeError) as e:
+        where = "local directory" if Path(name_or_dir).exists() else "Hugging Face hub id (is the hub reachable?)"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GeovarioError(f"cannot load backbone {name_or_dir!r} as a {where}: {first}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+
+
+def check_texts(texts: list[str]) -> None:
+    """At least one text, none of them empty; else a one-line error naming the query."""
+    if not texts:
+        raise GeovarioError("no text query given")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise GeovarioError(f"text query {i + 1}: empty text; describe the place, e.g. \"a snowy street with red trams\"")
+
+
+class ClipTextTower:
+    """CLIP's text tower and tokenizer: text -> projected text embedding, in the space of the image features.
+
+    GeoCLIP's paper geolocates text by feeding this embedding through the image head. The head was
+    trained on image features only, and CLIP's text and image embeddings occupy different regions of
+    the shared space (the modality gap), so text queries are out of the head's training distribution.
+    """
+
+    def __init__(self, model, tokenizer, name: str, device: torch.device):
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.tokenizer, self.name, self.device = tokenizer, name, device
+        self.feature_dim = int(model.config.projection_dim)
+
+    @classmethod
+    def load(cls, name_or_dir: str, device: str | torch.device | None = None) -> "ClipTextTower":
+        from transformers import CLIPConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+        device = resolve_device(device)
+        _check_checkpoint_name(name_or_dir)
+
+        def text(config):
+            if not isinstance(config, CLIPConfig):
+                raise GeovarioError(f"backbone {name_or_dir!r} has no text tower (a {type(config).__name__} checkpoint); "
+                                    "text queries need a full CLIP checkpoint such as openai/clip-vit-large-patch14")
+            text_config = config.text_config
+            text_config.projection_dim = config.projection_dim
+            return text_config, CLIPTextModelWithProjection.from_pretrained(name_or_dir, config=text_config)
+
+        _, model = _from_pretrained(name_or_dir, text)
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(name_or_dir)
+        except (OSError, ValueError, TypeError) as e:
+            raise GeovarioError(f"backbone {name_or_dir!r} has no usable CLIP tokenizer (vocab.json, merges.txt): "
+                                f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        # Without vocab.json and merges.txt, recent transformers builds an empty tokenizer that maps every
+        # word to <|endoftext|> instead of failing: every query would then get the same answer.
+        probe = tokenizer("a photo", add_special_tokens=False)["input_ids"]
+        if not probe or all(i == tokenizer.unk_token_id for i in probe):
+            raise GeovarioError(f"backbone {name_or_dir!r} has no usable CLIP tokenizer (vocab.json, merges.txt): "
+                                "its vocabulary does not know even \"a photo\"")
+        return cls(model, tokenizer, str(name_or_dir), device)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """(N, feature_dim) float32 text embeddings; an empty text is a one-line error."""
+        check_texts(texts)
+        limit = int(self.model.config.max_position_embeddings)
+        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt").to(self.device)
+        return self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).text_embeds.float()
+
+
 class ClipBackbone:
     """A frozen CLIP vision tower returning projected image embeddings (N, feature_dim)."""
 
@@ -131,35 +222,21 @@ class ClipBackbone:
 
         A full ``CLIPModel`` checkpoint works too: only its vision tower and projection are read.
         """
-        from transformers import AutoConfig, CLIPConfig, CLIPVisionModelWithProjection
-        from transformers.utils import logging as hf_logging
+        from transformers import CLIPConfig, CLIPVisionModelWithProjection
 
         device = resolve_device(device)
-        local = Path(name_or_dir)
-        if local.exists() and not (local / "config.json").is_file():
-            raise GeovarioError(f"{local}: no config.json; not a transformers CLIP checkpoint")
-        # A hub id is "org/name"; anything shaped like a path that isn't there is a missing folder.
-        if not local.exists() and (local.is_absolute() or name_or_dir.startswith((".", "~")) or name_or_dir.count("/") > 1):
-            raise GeovarioError(f"{name_or_dir}: backbone folder not found (and not a hub id such as openai/clip-vit-large-patch14)")
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # a full CLIPModel checkpoint has text weights we skip on purpose
-        hf_logging.disable_progress_bar()
-        try:
-            config = AutoConfig.from_pretrained(name_or_dir)
+        local = _check_checkpoint_name(name_or_dir)
+
+        def vision(config):
             if isinstance(config, CLIPConfig):
                 # CLIPModel sizes its visual projection by the top-level projection_dim; the nested
                 # vision config may carry a stale default, so take the one the weights were made with.
                 projection_dim = config.projection_dim
                 config = config.vision_config
                 config.projection_dim = projection_dim
-            model = CLIPVisionModelWithProjection.from_pretrained(name_or_dir, config=config)
-        except (OSError, ValueError, RuntimeError) as e:
-            where = "local directory" if local.exists() else "Hugging Face hub id (is the hub reachable?)"
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise GeovarioError(f"cannot load backbone {name_or_dir!r} as a {where}: {first}") from None
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
+            return config, CLIPVisionModelWithProjection.from_pretrained(name_or_dir, config=config)
+
+        config, model = _from_pretrained(name_or_dir, vision)
         image_size = int(model.config.image_size)
         if local.is_dir():
             preprocess = Preprocess.for_model_dir(local, image_size)

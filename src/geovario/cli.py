@@ -83,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder with the release files (e.g. ../shared/reference/geoclip-1.3.0) or a geoclip package folder")
     source.add_argument("--wheel", type=Path, metavar="PATH", help="a downloaded geoclip-1.3.0 wheel")
     geoclip.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
+    export = weights_of.add_parser(
+        "export-geoclip",
+        help="write a geovario model as GeoCLIP 1.3.0's .pth files and gallery CSV",
+        description=("Write location_encoder_weights.pth, image_encoder_mlp_weights.pth, logit_scale_weights.pth and "
+                     "coordinates_100K.csv (the model's gallery, LAT,LON) for GeoCLIP's own code: copy them over "
+                     "geoclip/model/weights/ and geoclip/model/gps_gallery/, or point GeoCLIP's weights_folder at --out. "
+                     "Only a model with GeoCLIP's architecture (768-d features, 512-d embeddings, sigmas 1, 16, 256, "
+                     "3 x 1024 hidden layers) can be exported."),
+    )
+    export.add_argument("--model", required=True, type=Path, help="geovario model directory")
+    export.add_argument("--out", required=True, type=Path, help="folder to write the four files into (created if needed)")
     rehash = weights_of.add_parser(
         "rehash",
         help="record the sha256 of a model directory's weights in its config.json",
@@ -105,8 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--features", type=Path, metavar="FILE.npy",
                         help="an (N, D) .npy array of backbone features (D = 768 for CLIP ViT-L/14)")
     inputs.add_argument("--image", type=Path, nargs="+", metavar="PATH", help="one or more image files")
+    inputs.add_argument("--text", nargs="+", metavar="TEXT",
+                        help='one or more text queries, e.g. "a snowy street with red trams": CLIP\'s text embedding is fed '
+                             "through the image head, as GeoCLIP's paper does (the head never saw text in training: see the README)")
     predict.add_argument("--backbone", metavar="NAME_OR_DIR",
-                         help="CLIP checkpoint (hub id or local folder) for --image; default: the one in the model's config")
+                         help="CLIP checkpoint (hub id or local folder) for --image and --text; default: the one in the model's config")
     predict.add_argument("--gallery", type=Path, metavar="CSV", help="GPS gallery CSV (LAT,LON) instead of the model's own")
     predict.add_argument("--top-k", type=_positive_int, default=5, help="predictions per input, best first (default 5)")
     predict.add_argument("--batch-size", type=_positive_int, default=32, help="images per backbone batch (default 32)")
@@ -116,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true",
                          help='print JSON: [{"input": ..., "predictions": [{"lat", "lon", "prob"[, "place"]}, ...]}, ...]')
     predict.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_embed_gps_command(commands)
     add_data_commands(commands)
     add_extract_command(commands)
     add_variogram_command(commands)
@@ -124,6 +139,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_world_commands(commands)
     add_serve_command(commands)
     return parser
+
+
+def add_embed_gps_command(commands) -> None:
+    embed = commands.add_parser(
+        "embed-gps",
+        help="embed GPS coordinates with a model's location encoder, for downstream tasks",
+        description=("Run a model's location encoder (GeoCLIP's, or one geovario trained) over coordinates and write the "
+                     "embeddings: an (N, D) float32 .npy in the CSV's row order, or a parquet file that keeps the CSV's "
+                     "other columns (ids, labels) beside an 'embedding' column. Streams in batches; every coordinate is "
+                     "checked first, and a bad row is one error naming its line."),
+    )
+    embed.add_argument("--model", required=True, type=Path, help="geovario model directory (e.g. from `geovario weights geoclip`)")
+    where = embed.add_mutually_exclusive_group(required=True)
+    where.add_argument("--csv", type=Path, metavar="G.csv", help="CSV with LAT and LON columns (lat/latitude, lon/lng/longitude)")
+    where.add_argument("--lat", type=float, help="one latitude in degrees (with --lon)")
+    embed.add_argument("--lon", type=float, help="one longitude in degrees (with --lat)")
+    embed.add_argument("--out", type=Path, metavar="E.npy|E.parquet",
+                       help="output file; required with --csv (with --lat/--lon, omitted: print the embedding as JSON)")
+    embed.add_argument("--normalize", action="store_true",
+                       help="unit-length embeddings, as retrieval compares them (default: the encoder's raw output, as GeoCLIP's LocationEncoder returns it)")
+    embed.add_argument("--batch-size", type=_positive_int, default=65536, help="coordinates per forward pass (default 65536)")
+    embed.add_argument("--device", help="torch device (default: cuda when available)")
+    embed.add_argument("--json", action="store_true", help="print a JSON summary")
+    embed.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def add_serve_command(commands) -> None:
@@ -717,6 +756,15 @@ def cmd_weights_geoclip(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights_export_geoclip(args: argparse.Namespace) -> int:
+    from geovario.interop.geoclip import export_geoclip
+
+    out = export_geoclip(args.model, args.out)
+    print(f"wrote GeoCLIP 1.3.0 files to {out}: location_encoder_weights.pth, image_encoder_mlp_weights.pth, "
+          "logit_scale_weights.pth, coordinates_100K.csv")
+    return 0
+
+
 def cmd_weights_rehash(args: argparse.Namespace) -> int:
     from geovario.modeldir import rehash_model_dir
 
@@ -733,12 +781,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.features is not None:
         features = load_features_file(args.features)  # validate input before any heavy loading
+    if args.text is not None:
+        from geovario.backbones import check_texts
+
+        check_texts(args.text)
     predictor = Predictor(args.model, gallery=args.gallery, device=args.device, progress=not args.no_progress)
     if args.top_k > len(predictor.gallery):
         raise GeovarioError(f"--top-k must be between 1 and the gallery size {len(predictor.gallery)}, got {args.top_k}")
 
     entries: list[dict] = []
-    if args.features is not None:
+    if args.text is not None:
+        for text, preds in zip(args.text, predictor.predict_texts(args.text, args.top_k, args.backbone)):
+            entries.append({"input": text, "predictions": [p.to_dict() for p in preds]})
+    elif args.features is not None:
         features = predictor.check_features(features, str(args.features))
         for i, preds in enumerate(predictor.predict_features(features, args.top_k)):
             entries.append({"input": f"{args.features}[{i}]", "predictions": [p.to_dict() for p in preds]})
@@ -770,6 +825,44 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for entry in failed:
         print(f"geovario: error: {entry['error']}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_embed_gps(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from geovario.backbones import resolve_device
+    from geovario.data.latlon_csv import read_latlon_table
+    from geovario.geo import coordinate_problems
+    from geovario.gps_embeddings import OUTPUT_SUFFIXES, embed_locations, write_embeddings
+    from geovario.modeldir import load_model_dir
+
+    if (args.lat is None) != (args.lon is None):
+        raise GeovarioError("give both --lat and --lon (or --csv)")
+    if args.csv is not None and args.out is None:
+        raise GeovarioError("--csv needs --out E.npy or E.parquet")
+    if args.out is not None and args.out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise GeovarioError(f"{args.out}: the output must end in .npy or .parquet")
+    if args.csv is not None:  # every row checked before the model loads
+        frame, latlon = read_latlon_table(args.csv, "GPS", dtype=np.float64)
+    else:
+        frame, latlon = pd.DataFrame(index=[0]), np.array([[args.lat, args.lon]])
+        for _, problem in coordinate_problems(latlon[:, 0], latlon[:, 1]):
+            raise GeovarioError(f"--lat/--lon: {problem}")
+    device = resolve_device(args.device)
+    model = load_model_dir(args.model, device).model
+    if args.out is None:
+        embedding = embed_locations(model, latlon, normalize=args.normalize, device=device)
+        print(json.dumps({"lat": args.lat, "lon": args.lon, "embedding": embedding[0].tolist()}))
+        return 0
+    summary = write_embeddings(model, frame, latlon, args.out, args.batch_size, args.normalize, device,
+                               progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['out']}: {summary['rows']} embeddings of {summary['dim']} values"
+              f"{' (unit length)' if summary['normalized'] else ''}")
+    return 0
 
 
 def _add_places(entries: list[dict]) -> None:
@@ -832,11 +925,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 COMMANDS = {
     ("weights", "geoclip"): cmd_weights_geoclip,
     ("weights", "rehash"): cmd_weights_rehash,
+    ("weights", "export-geoclip"): cmd_weights_export_geoclip,
     ("predict", None): cmd_predict,
     ("data", "check"): cmd_data_check,
     ("data", "info"): cmd_data_info,
     ("data", "import"): cmd_data_import,
     ("extract", None): cmd_extract,
+    ("embed-gps", None): cmd_embed_gps,
     ("variogram", None): cmd_variogram,
     ("evaluate", None): cmd_evaluate,
     ("score", None): cmd_score,

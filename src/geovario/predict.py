@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geovario.backbones import ClipBackbone, resolve_device
+from geovario.backbones import ClipBackbone, ClipTextTower, resolve_device
 from geovario.errors import GeovarioError
 from geovario.modeldir import load_model_dir, read_gallery
 from geovario.retrieval import cached_gallery_embeddings, topk_softmax
@@ -52,6 +52,7 @@ class Predictor:
         )
         self.logit_scale = float(self.model.logit_scale.detach().exp())
         self._backbone: ClipBackbone | None = None
+        self._text_tower: ClipTextTower | None = None
 
     @property
     def feature_dim(self) -> int:
@@ -68,6 +69,20 @@ class Predictor:
                 )
             self._backbone = backbone
         return self._backbone
+
+    def text_tower(self, name_or_dir: str | None = None) -> ClipTextTower:
+        """CLIP's text tower of the backbone, loaded on the first text query."""
+        if self._text_tower is None:
+            tower = ClipTextTower.load(name_or_dir or self.backbone_name, self.device)
+            if tower.feature_dim != self.feature_dim:
+                raise GeovarioError(f"backbone {tower.name!r} gives {tower.feature_dim}-d text embeddings but the model "
+                                    f"expects {self.feature_dim}-d")
+            self._text_tower = tower
+        return self._text_tower
+
+    def predict_texts(self, texts: list[str], top_k: int = 5, backbone: str | None = None) -> list[list[Prediction]]:
+        """Geolocate text queries: CLIP's text embedding through the image head, as GeoCLIP's paper does."""
+        return self.predict_features(self.text_tower(backbone).encode_texts(texts), top_k)
 
     def check_features(self, features: np.ndarray, source: str = "features") -> np.ndarray:
         """Validate an (N, feature_dim) array: shape, emptiness and finiteness."""

@@ -17,6 +17,11 @@ def read_latlon_csv(path: str | Path, what: str = "gallery", dtype=np.float32) -
     float32 matches GeoCLIP, which holds its gallery as a float32 tensor. Any bad row is an error
     that names the line: a file with holes would silently misalign every row after it.
     """
+    return read_latlon_table(path, what, dtype)[1]
+
+
+def read_latlon_table(path: str | Path, what: str = "gallery", dtype=np.float32) -> tuple[pd.DataFrame, np.ndarray]:
+    """The CSV's rows as strings (blank lines dropped) and their checked (N, 2) coordinates."""
     path = Path(path)
     if not path.is_file():
         raise GeovarioError(f"{path}: {what} file not found")
@@ -42,4 +47,4 @@ def read_latlon_csv(path: str | Path, what: str = "gallery", dtype=np.float32) -
         more = f" ({len(problems) - 1} more bad rows)" if len(problems) > 1 else ""
         line = int(frame.index[row]) + 2  # the header is line 1
         raise GeovarioError(f"{path}: line {line}: {what} [{raw}]{more}")
-    return np.stack([lat, lon], axis=1).astype(dtype)
+    return frame, np.stack([lat, lon], axis=1).astype(dtype)

@@ -187,6 +187,68 @@ def write_geoclip_model_dir(out: str | Path, release: Release) -> Path:
     return save_model_dir(out, geoclip_model(release), backbone=DEFAULT_BACKBONE, meta=meta)
 
 
+# --- Back to GeoCLIP ---------------------------------------------------------------------------------
+
+
+def geoclip_state_dicts(model: GeoLocModel) -> tuple[dict, dict, torch.Tensor]:
+    """geovario weights as GeoCLIP 1.3.0's three state dicts: the inverse of :func:`convert_state_dicts`."""
+    location, image_mlp = {}, {}
+    mlp_to_capsule = {"0": "1", "2": "3", "4": "5"}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu().clone().contiguous()
+        parts = key.split(".")
+        if parts[0] == "location_encoder":
+            i, part, rest = parts[2], parts[3], parts[4:]
+            if part == "rff":
+                location[f"LocEnc{i}.capsule.0.b"] = value
+            elif part == "mlp":
+                location[f"LocEnc{i}.capsule.{mlp_to_capsule[rest[0]]}.{rest[1]}"] = value
+            else:
+                location[f"LocEnc{i}.head.0.{rest[0]}"] = value
+        elif parts[0] == "image_head":
+            image_mlp[".".join(parts[2:])] = value
+    return location, image_mlp, model.logit_scale.detach().cpu().clone().reshape(())
+
+
+def geoclip_incompatibility(config: ModelConfig) -> str | None:
+    """Why a model cannot be loaded by GeoCLIP's modules, whose shapes are fixed; None if it can."""
+    ours, theirs = config.to_dict(), ModelConfig().to_dict()
+    for key, value in theirs.items():
+        if key != "init_logit_scale" and ours[key] != value:
+            return f"its {key} is {ours[key]}, GeoCLIP's modules are built with {value}"
+    return None
+
+
+def export_geoclip(model_dir: str | Path, out: str | Path) -> Path:
+    """Write a geovario model as GeoCLIP 1.3.0's release files: three ``.pth`` state dicts and the gallery CSV.
+
+    GeoCLIP loads them with ``weights_only=True``; its gallery file is ``coordinates_100K.csv`` with a
+    ``LAT,LON`` header, whatever the number of rows.
+    """
+    from geovario.modeldir import load_model_dir, write_gallery_csv
+
+    loaded = load_model_dir(model_dir)
+    problem = geoclip_incompatibility(loaded.model.config)
+    if problem:
+        raise GeovarioError(f"{model_dir}: cannot be exported to GeoCLIP: {problem}")
+    if loaded.gallery_path is None:
+        raise GeovarioError(f"{model_dir}: has no gallery; GeoCLIP needs one (coordinates_100K.csv)")
+    out = Path(out)
+    output_dir(out)
+    location, image_mlp, logit_scale = geoclip_state_dicts(loaded.model)
+    for name, value in (("location_encoder_weights.pth", location), ("image_encoder_mlp_weights.pth", image_mlp),
+                        ("logit_scale_weights.pth", logit_scale)):
+        buffer = io.BytesIO()
+        torch.save(value, buffer)
+        atomic_write_bytes(out / name, buffer.getvalue())
+    gallery = loaded.gallery_path.read_bytes()
+    if gallery.splitlines()[0].strip() == b"LAT,LON":  # already GeoCLIP's format: copied verbatim, digits and all
+        atomic_write_bytes(out / "coordinates_100K.csv", gallery)
+    else:
+        write_gallery_csv(out / "coordinates_100K.csv", read_gallery(loaded.gallery_path))
+    return out
+
+
 # --- The reference implementation, for parity tests and benchmarks -------------------------------
 
 

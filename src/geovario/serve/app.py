@@ -3,6 +3,7 @@
     GET  /              the page (static/index.html)
     GET  /api/health    model, gallery size and limits, as JSON
     POST /api/predict   multipart field "file" (an image); ?top_k=N; JSON answer or {"detail": why}
+    POST /api/predict-text  JSON {"text": ..., "top_k": N}: a text query, same answer without image and EXIF
     GET  /openapi.json  the API's schema
 """
 
@@ -14,11 +15,17 @@ from pathlib import Path
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 
 from geovario import __version__
 from geovario.serve.service import GeoService, UploadError
 
 STATIC = Path(__file__).resolve().parent / "static"
+
+
+class TextQuery(BaseModel):
+    text: str = Field(..., description='a description of the place, e.g. "a snowy street with red trams"')
+    top_k: int | None = Field(None, description="how many places to return (default: the server's --top-k)")
 
 
 class _TooLarge(Exception):
@@ -93,6 +100,14 @@ def create_app(service: GeoService) -> FastAPI:
         data = file.file.read()
         try:
             return service.predict(data, file.filename or "upload", file.content_type, top_k)
+        except UploadError as e:
+            raise HTTPException(e.status, str(e)) from None
+
+    @app.post("/api/predict-text")
+    def predict_text(query: TextQuery) -> dict:
+        """Geolocate a text query: CLIP's text embedding through the image head (see the README for how well)."""
+        try:
+            return service.predict_text(query.text, query.top_k)
         except UploadError as e:
             raise HTTPException(e.status, str(e)) from None
 

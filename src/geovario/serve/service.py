@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from geovario.data.exif_folder import read_exif_gps
+from geovario.errors import GeovarioError
 from geovario.geo import coordinate_problems, haversine_km
 from geovario.images import ImageError, open_image
 from geovario.places import place_names
@@ -113,6 +114,33 @@ class GeoService:
                               "error_km": float(haversine_km(truth[0], truth[1], best.lat, best.lon))}
         answer["elapsed_ms"] = round(1000 * (time.perf_counter() - start), 1)
         return answer
+
+
+    def predict_text(self, text: str, top_k: int | None = None) -> dict:
+        """The JSON answer for a text query; the text tower loads on the first one."""
+        from geovario.backbones import check_texts
+
+        top_k = self.settings.top_k if top_k is None else top_k
+        if not 1 <= top_k <= min(MAX_TOP_K, len(self.predictor.gallery)):
+            raise UploadError(422, f"top_k must be between 1 and {min(MAX_TOP_K, len(self.predictor.gallery))}, got {top_k}")
+        try:
+            check_texts([text])
+        except GeovarioError as e:
+            raise UploadError(422, str(e)) from None
+        start = time.perf_counter()
+        try:
+            with self._lock, torch.inference_mode():
+                predictions = self.predictor.predict_texts([text], top_k=top_k, backbone=self.backbone.name)[0]
+        except GeovarioError as e:  # e.g. a backbone without a text tower
+            raise UploadError(422, str(e)) from None
+        places = place_names([[p.lat, p.lon] for p in predictions])
+        return {
+            "text": text,
+            "predictions": [{"rank": i + 1, **p.to_dict(), "place": place.to_dict(), "label": str(place)}
+                            for i, (p, place) in enumerate(zip(predictions, places))],
+            "exif": None,
+            "elapsed_ms": round(1000 * (time.perf_counter() - start), 1),
+        }
 
 
 def exif_location(data: bytes) -> tuple[float, float] | None:

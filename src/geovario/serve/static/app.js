@@ -83,7 +83,45 @@
       $("truth").hidden = true;
     }
     map.fitBounds(L.latLngBounds(points).pad(0.6), { maxZoom: 8 });
-    setStatus(`${answer.image.width}×${answer.image.height} ${answer.image.format}, geolocated in ${answer.elapsed_ms} ms`);
+    if (answer.image) {
+      setStatus(`${answer.image.width}×${answer.image.height} ${answer.image.format}, geolocated in ${answer.elapsed_ms} ms`);
+    } else {
+      setStatus(`"${answer.text}", located in ${answer.elapsed_ms} ms (a text query: the model was trained on photos only)`);
+    }
+  }
+
+  function failed(error) {
+    markers.clearLayers();
+    $("results").hidden = true;
+    $("truth").hidden = true;
+    setStatus(String(error.message || error), true);
+  }
+
+  async function ask(url, options) {
+    const response = await fetch(url, options);
+    const answer = await response.json();
+    if (!response.ok) {
+      const detail = Array.isArray(answer.detail) ? answer.detail.map((d) => d.msg).join("; ") : answer.detail;
+      throw new Error(detail || response.statusText);
+    }
+    return answer;
+  }
+
+  async function locateText(text) {
+    if (!text.trim()) {
+      setStatus("Describe a place first, e.g. a snowy street with red trams", true);
+      return;
+    }
+    $("photo").hidden = true;
+    $("drop-text").hidden = false;
+    setStatus("Locating…");
+    try {
+      show(await ask("/api/predict-text", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ text, top_k: config.topK }),
+      }));
+    } catch (error) {
+      failed(error);
+    }
   }
 
   async function upload(file) {
@@ -99,17 +137,13 @@
     const form = new FormData();
     form.append("file", file, file.name);
     try {
-      const response = await fetch(`/api/predict?top_k=${config.topK}`, { method: "POST", body: form });
-      const answer = await response.json();
-      if (!response.ok) throw new Error(answer.detail || response.statusText);
-      show(answer);
+      show(await ask(`/api/predict?top_k=${config.topK}`, { method: "POST", body: form }));
     } catch (error) {
-      markers.clearLayers();
-      $("results").hidden = true;
-      $("truth").hidden = true;
-      setStatus(String(error.message || error), true);
+      failed(error);
     }
   }
+
+  $("text-form").addEventListener("submit", (e) => { e.preventDefault(); locateText($("text").value); });
 
   $("file").addEventListener("change", (e) => upload(e.target.files[0]));
   const drop = $("drop");
