@@ -256,6 +256,23 @@ def add_world_commands(commands) -> None:
                        help="train this many runs at once, each in its own process on its share of the cores (default 1)")
     study.add_argument("--sweep-seeds", type=_positive_int, default=1, help="seeds per point of the theta/s sweep (default 1)")
     study.add_argument("--epochs", type=_positive_int, help="training epochs per run (default: the lab budget of geovario/experiments.py)")
+    probe = bench_of.add_parser(
+        "gps-embeddings",
+        help="location embeddings on real labels: country, admin-1 and continent probes on the 100K MP-16 positions",
+        description=("Compare location embeddings as location-encoder papers do: raw lat/lon, 3-D unit vectors, plain random "
+                     "Fourier features at GeoCLIP's sigmas, GeoCLIP 1.3.0's location encoder and one geovario trained on the "
+                     "simulated world. Labels (offline): continent, country and admin-1 region of the nearest GeoNames place. "
+                     "Probes: logistic regression and an MLP, on a random split and on held-out 10-degree blocks. Writes "
+                     "gps_embeddings.md and gps_embeddings.json."),
+    )
+    probe.add_argument("--out", type=Path, default=Path("bench-gps-embeddings"), help="output folder (default bench-gps-embeddings)")
+    probe.add_argument("--geoclip-from", type=Path, metavar="DIR",
+                       help="GeoCLIP release files (default: an installed geoclip package, else pip download geoclip==1.3.0)")
+    probe.add_argument("--sim-model", type=Path, metavar="DIR",
+                       help="a geovario model trained on the simulated world (default: train GeoCLIP's recipe on the default world)")
+    probe.add_argument("--train-size", type=_positive_int, default=10_000, help="training rows per split (default 10,000)")
+    probe.add_argument("--test-size", type=_positive_int, default=2_500, help="test rows per split (default 2,500)")
+    probe.add_argument("--probes", default="logistic,mlp", help="comma-separated: logistic, mlp (default both)")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -295,6 +312,65 @@ def cmd_bench_study(args: argparse.Namespace) -> int:
     print(result["markdown"])
     print(f"wrote {args.out / 'study.md'}, study.json, sweep_theta.png and sweep_s.png")
     return 0
+
+
+def cmd_bench_gps_embeddings(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from geovario.atomic import atomic_write_bytes, output_dir
+    from geovario.jsonio import write_json
+    from geovario.probe import encoder_embeddings, plain_rff, position_labels, probe_markdown, raw_latlon, run_probe, splits, unit_vectors
+    from geovario.sim import mp16_positions
+
+    probes = [p.strip() for p in args.probes.split(",") if p.strip()]
+    if not probes or set(probes) - {"logistic", "mlp"}:
+        raise GeovarioError(f"--probes: choose from logistic, mlp (got {args.probes!r})")
+    output_dir(args.out)
+    latlon = mp16_positions()
+    split_rows = splits(latlon, args.train_size, args.test_size)
+    used = np.unique(np.concatenate([rows for pair in split_rows.values() for rows in pair]))
+    print(f"labelling {len(used):,} positions", flush=True)
+    labels = position_labels(latlon[used])
+    position = np.full(len(latlon), -1)
+    position[used] = np.arange(len(used))
+    split_rows = {name: (position[train], position[test]) for name, (train, test) in split_rows.items()}
+    points = latlon[used]
+    models = {"GeoCLIP 1.3.0 encoder": _geoclip_for_probe(args.geoclip_from), "geovario (sim world)": _sim_model_for_probe(args)}
+    embeddings = {"raw lat/lon": raw_latlon(points), "3-D unit vector": unit_vectors(points), "RFF, GeoCLIP's sigmas": plain_rff(points)}
+    embeddings |= {name: encoder_embeddings(model, points) for name, model in models.items()}
+    rows = run_probe(embeddings, labels, split_rows, probes)
+    command = (f"geovario bench gps-embeddings --train-size {args.train_size} --test-size {args.test_size} --probes {','.join(probes)}"
+               + (f" --geoclip-from {args.geoclip_from}" if args.geoclip_from else ""))
+    text = probe_markdown(rows, command, args.train_size, args.test_size)
+    atomic_write_bytes(args.out / "gps_embeddings.md", (text + "\n").encode())
+    write_json(args.out / "gps_embeddings.json", {"rows": rows, "train_size": args.train_size, "test_size": args.test_size})
+    print(text)
+    print(f"wrote {args.out / 'gps_embeddings.md'} and gps_embeddings.json")
+    return 0
+
+
+def _geoclip_for_probe(folder):
+    from geovario.interop.geoclip import find_release, geoclip_model
+
+    return geoclip_model(find_release(folder=folder))
+
+
+def _sim_model_for_probe(args):
+    from geovario.modeldir import load_model_dir
+
+    if args.sim_model is None:
+        from geovario.experiments import train_and_evaluate
+        from geovario.sim import WorldConfig, simulate
+
+        world, run = args.out / "sim-world", args.out / "sim-run"
+        if not (world / "train").is_dir():
+            print(f"simulating the default world into {world}", flush=True)
+            simulate(world, WorldConfig(), overwrite=True)
+        if not (run / "model").is_dir():
+            print(f"training GeoCLIP's recipe on it into {run}", flush=True)
+            train_and_evaluate(world, run, [], progress=False)  # no overrides: the defaults are GeoCLIP's recipe
+        args.sim_model = run / "model"
+    return load_model_dir(args.sim_model).model
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -941,6 +1017,7 @@ COMMANDS = {
     ("demo", None): cmd_demo,
     ("bench", "losses"): cmd_bench_losses,
     ("bench", "study"): cmd_bench_study,
+    ("bench", "gps-embeddings"): cmd_bench_gps_embeddings,
     ("serve", None): cmd_serve,
 }
 
