@@ -268,7 +268,7 @@ CASES = [
     C("no-command", lambda f: [], 2, "required: COMMAND"),
     C("unknown-command", lambda f: ["teleport"], 2, "invalid choice: 'teleport'"),
     C("predict-no-model", lambda f: s("predict", "--features", f.features), 2, "--model"),
-    C("predict-no-input", lambda f: s("predict", "--model", f.model), 2, "one of the arguments --features --image is required"),
+    C("predict-no-input", lambda f: s("predict", "--model", f.model), 2, "one of the arguments --features --image --text is required"),
     C("predict-top-k-0", lambda f: s("predict", "--model", f.model, "--features", f.features, "--top-k", "0"), 2, "--top-k", "at least 1"),
     C("predict-top-k-text", lambda f: s("predict", "--model", f.model, "--features", f.features, "--top-k", "five"), 2, "expected an integer"),
     C("predict-batch-0", lambda f: s("predict", "--model", f.model, "--features", f.features, "--batch-size", "0"), 2, "--batch-size"),
