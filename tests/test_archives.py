@@ -114,9 +114,12 @@ def archive_cases(tmp_path, photos):
     zipped = osv5m_zips(tmp_path, photos)
     shards = webdataset_shards(tmp_path, photos)
     mp16_csv, mp16_shards = msgpack_shards(tmp_path, photos)
+    keyed = tmp_path / "keyed.csv"  # the same shards, labelled by a CSV keyed by each member's key
+    keyed.write_text("IMG_FILE,LAT,LON\n" + "".join(f"{image_id},{lat!r},{lon!r}\n" for image_id, _, lat, lon in photos))
     return {
         "osv5m zip": (zipped, {}),
         "webdataset tar": (shards, {}),
+        "tar + keyed csv": (keyed, {"images": shards}),
         "msgpack + csv": (mp16_csv, {"images": mp16_shards}),
         "parquet": (parquet_file(tmp_path, photos), {}),
     }
@@ -127,7 +130,8 @@ def test_each_archive_format_gives_the_features_of_the_unpacked_images(tmp_path,
     reference_data = read_dataset(unpacked(tmp_path, photos))
     extract_features(reference_data, backbone, tmp_path / "ref", settings, progress=False)
     reference = FeatureStore(tmp_path / "ref")
-    expected_formats = {"osv5m zip": "osv5m", "webdataset tar": "webdataset", "msgpack + csv": "im2gps", "parquet": "parquet"}
+    expected_formats = {"osv5m zip": "osv5m", "webdataset tar": "webdataset", "tar + keyed csv": "mp16", "msgpack + csv": "im2gps",
+                        "parquet": "parquet"}
     for case, (path, options) in archive_cases(tmp_path, photos).items():
         dataset = read_dataset(path, **options)
         assert dataset.problems == [], case

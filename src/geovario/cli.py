@@ -508,7 +508,7 @@ def add_extract_command(commands) -> None:
     extract.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the augmented views (default 0)")
     extract.add_argument("--workers", type=_non_negative_int, default=None,
                          help="processes that decode and preprocess images while the backbone runs (default: one per "
-                              "core this process may use; 0 decodes in the main process)")
+                              "core this process may use, shared among torchrun's local ranks; 0 decodes in the main process)")
     extract.add_argument("--device", help="torch device (default: cuda when available; under torchrun cuda:LOCAL_RANK)")
     extract.add_argument("--strict", action="store_true", help="fail on the first bad row or image instead of skipping it")
     extract.add_argument("--overwrite", action="store_true", help="replace a store made with different settings or data")

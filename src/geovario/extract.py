@@ -39,7 +39,7 @@ from geovario.distributed import Dist
 from geovario.data.store import INDEX, INDEX_COLUMNS, MANIFEST, SHARDS, SKIPPED, STORE_FORMAT, STORE_VERSION, read_manifest
 from geovario.errors import GeovarioError
 from geovario.jsonio import write_json
-from geovario.machine import available_cores
+from geovario.machine import cores_per_process
 
 
 @dataclass
@@ -49,7 +49,7 @@ class ExtractSettings:
     dtype: str = "float16"
     views: int = 0  # augmented views per image, besides the plain centre crop
     seed: int = 0  # for the augmented views
-    workers: int = field(default_factory=lambda: available_cores())  # decoding processes (0: in the main one)
+    workers: int = field(default_factory=lambda: cores_per_process())  # decoding processes (0: in the main one)
     strict: bool = False  # a bad image stops the run instead of being skipped
 
 

@@ -11,3 +11,8 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def cores_per_process() -> int:
+    """This process's share of the cores when torchrun starts several on the machine (LOCAL_WORLD_SIZE)."""
+    return max(1, available_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))

@@ -8,7 +8,6 @@ centre-crop features the frozen dissimilarity compares, and the true GPS.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -165,12 +164,10 @@ def open_training_data(config: Config, device: torch.device, reference: bool = F
         from geovario.backbones import ClipBackbone
         from geovario.data import read_dataset
 
-        from geovario.machine import available_cores
+        from geovario.machine import cores_per_process
 
         dataset = read_dataset(config.data.images, images=config.data.images_dir)
-        workers = config.data.workers
-        if workers is None:  # the cores, shared among the processes of this machine
-            workers = max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        workers = cores_per_process() if config.data.workers is None else config.data.workers
         return ImageData(dataset, ClipBackbone.load(config.data.backbone, device), reference, workers)
     path = Path(config.data.train)
     if not path.is_dir():
