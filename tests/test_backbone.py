@@ -105,3 +105,49 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
     with pytest.raises(GeovarioError, match="big.png: refused, too many pixels"):
         load_rgb(tmp_path / "big.png")
+
+
+def _hub_cache(root, name, checkpoint):
+    """A Hugging Face hub cache holding ``checkpoint`` as the hub id ``name`` (the layout huggingface_hub writes)."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / "hub" / f"models--{name.replace('/', '--')}"
+    shutil.copytree(checkpoint, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return root
+
+
+@pytest.mark.parametrize("env, reason", [
+    ({"HF_HUB_OFFLINE": "1"}, "the Hugging Face hub is switched off (HF_HUB_OFFLINE)"),
+    ({"HF_ENDPOINT": "http://127.0.0.1:9"}, "the Hugging Face hub is unreachable at http://127.0.0.1:9"),
+])
+def test_without_the_hub_a_cached_backbone_loads_and_a_missing_one_names_backbone_dir(tmp_path, tiny_clip_text_dir, env, reason):
+    import os
+    import subprocess
+    import sys
+
+    from test_data_readers import jpeg
+
+    home = _hub_cache(tmp_path / "hf", "test/tiny-clip", tiny_clip_text_dir)
+    environment = {**os.environ, "HF_HOME": str(home), **env}
+    if "HF_HUB_OFFLINE" not in env:  # the unreachable case must not be rescued by an offline switch set outside
+        environment.pop("HF_HUB_OFFLINE", None)
+        environment.pop("TRANSFORMERS_OFFLINE", None)
+    loads = subprocess.run([sys.executable, "-c", "from geovario.backbones import ClipBackbone, ClipTextTower; "
+                            "print(ClipBackbone.load('test/tiny-clip', 'cpu').feature_dim, "
+                            "ClipTextTower.load('test/tiny-clip', 'cpu').encode_texts(['a street']).shape[1])"],
+                           env=environment, capture_output=True, text=True)
+    assert loads.returncode == 0 and loads.stdout.split() == ["32", "32"], loads.stderr[-800:]
+    from conftest import random_gallery, tiny_config
+
+    from geovario.model import GeoLocModel
+    from geovario.modeldir import save_model_dir
+
+    model = save_model_dir(tmp_path / "model", GeoLocModel(tiny_config()), backbone="openai/clip-vit-large-patch14", gallery=random_gallery(20))
+    failed = subprocess.run([sys.executable, "-m", "geovario", "predict", "--model", str(model), "--image", str(jpeg(tmp_path / "p.jpg")),
+                             "--no-progress"], env=environment, capture_output=True, text=True)
+    lines = failed.stderr.strip().splitlines()
+    assert failed.returncode == 1 and len(lines) == 1, failed.stderr[-800:]
+    assert reason in lines[0] and "not in the local cache" in lines[0] and "pass --backbone DIR" in lines[0]

@@ -445,7 +445,7 @@ CASES = [
     # --- variogram ---
     C("variogram-missing-store", lambda f: s("variogram", "--store", f.root / "none", "--out", f.root / "v.json"), 1, "feature store not found"),
     C("variogram-zero-norm", lambda f: s("variogram", "--features", f.zero_features, "--gps", f.gps5, "--out", f.root / "v.json"), 1, "zero norm"),
-    C("variogram-too-few", lambda f: s("variogram", "--features", f.features, "--gps", f.gps4, "--out", f.root / "v.json", "--bins", "30",
+    C("variogram-too-few", lambda f: s("variogram", "--features", f.features, "--gps", f.gps4, "--out", f.root / "v.json", "--bins", "30", "--linear-bins",
                                         "--no-progress"), 1, "non-empty bins"),
     C("variogram-out-under-file", lambda f: s("variogram", "--store", f.store, "--out", f.a_file / "v.json", "--no-progress"), 1, "cannot create the output folder"),
     C("variogram-plot-under-file", lambda f: s("variogram", "--store", f.store, "--out", f.root / "v2.json", "--plot", f.a_file / "v.png",

@@ -50,7 +50,8 @@ def test_predict_places_keep_json_clean(capsys, tiny_model_dir, features_file):
     assert code == 0, err
     result = json.loads(out)  # nothing but JSON on stdout
     place = result[0]["predictions"][0]["place"]
-    assert set(place) == {"city", "subregion", "region", "country"} and len(place["country"]) == 2
+    assert set(place) == {"city", "subregion", "region", "country", "distance_km", "open_water"} and len(place["country"]) == 2
+    assert place["distance_km"] >= 0 and isinstance(place["open_water"], bool)
 
 
 def test_predict_table_output(capsys, tiny_model_dir, features_file):

@@ -53,9 +53,9 @@ def test_predict_returns_places_and_the_exif_truth(client):
     assert [p["rank"] for p in predictions] == [1, 2, 3, 4, 5]
     probs = [p["prob"] for p in predictions]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
-    assert all(set(p["place"]) == {"city", "subregion", "region", "country"} for p in predictions)
+    assert all(set(p["place"]) == {"city", "subregion", "region", "country", "distance_km", "open_water"} for p in predictions)
     assert all(p["label"] == ", ".join(x for x in (p["place"]["city"], p["place"]["region"], p["place"]["country"]) if x)
-               for p in predictions)
+               for p in predictions if not p["place"]["open_water"])
     exif = answer["exif"]
     assert exif["lat"] == pytest.approx(48.8584, abs=1e-4) and exif["lon"] == pytest.approx(2.2945, abs=1e-4)
     assert exif["error_km"] == pytest.approx(float(haversine_km(exif["lat"], exif["lon"], predictions[0]["lat"], predictions[0]["lon"])))

@@ -7,7 +7,7 @@ import torch
 from geovario.cli import main
 from geovario.errors import GeovarioError
 from geovario.geo import EARTH_RADIUS_KM, haversine_km
-from geovario.variogram import (VariogramFitError, VariogramModel, bin_edges, cressie_hawkins_constants, empirical_variogram,
+from geovario.variogram import (VariogramFitError, VariogramModel, bin_edges, cressie_hawkins_constants, empirical_for_loss, empirical_variogram,
                                 fit_variogram)
 
 
@@ -224,7 +224,7 @@ def test_cli_writes_schema_and_plot(tmp_path, field, capsys):
 
 def test_cli_fit_failure_still_writes_bins(tmp_path, capsys):
     args = _write_arrays(tmp_path, np.random.default_rng(0).normal(size=(20, 4)), sphere_points(20))
-    code = main(["variogram", *args, "--bins", "2", "--out", str(tmp_path / "v.json"), "--no-progress"])
+    code = main(["variogram", *args, "--bins", "2", "--linear-bins", "--out", str(tmp_path / "v.json"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "only 2 non-empty bins" in err[0] and "bins were still written" in err[0]
     report = json.loads((tmp_path / "v.json").read_text())
@@ -240,3 +240,17 @@ def test_cli_bad_input_one_line(tmp_path, capsys):
     assert main(["variogram", *args, "--max-lag-km", "0", "--out", str(tmp_path / "v.json")]) == 2  # a bad option
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--max-lag-km" in err[0] and "0" in err[0], err
+
+
+def test_cli_default_bins_are_the_losses_log_bins(tmp_path, capsys):
+    """`geovario variogram` bins as the loss's fit does (log-spaced from 1 km), so short lags get bins of their own."""
+    rng = np.random.default_rng(1)
+    latlon = np.stack([rng.uniform(40, 41, 300), rng.uniform(2, 3, 300)], 1)  # pairs from 0 to ~140 km
+    features = rng.normal(size=(300, 8))
+    args = _write_arrays(tmp_path, features, latlon)
+    assert main(["variogram", *args, "--out", str(tmp_path / "v.json"), "--no-progress", "--model", "exponential"]) in (0, 1)
+    capsys.readouterr()
+    bins = json.loads((tmp_path / "v.json").read_text())["bins"]
+    expected = empirical_for_loss(features, latlon)
+    assert [b["n"] for b in bins] == expected.n.tolist()
+    assert sum(1 for b in bins if b["n"] and b["h_km"] < 25) >= 5  # linear 40 bins would put all of them in one

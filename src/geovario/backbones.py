@@ -117,18 +117,51 @@ def _check_checkpoint_name(name_or_dir: str) -> Path:
     return local
 
 
+def hub_problem(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be used right now (switched off, or unreachable), or None.
+
+    One TCP connection with a short timeout, instead of transformers' retries (about 25 s offline).
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or \
+            os.environ.get("TRANSFORMERS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "switched off (HF_HUB_OFFLINE)"
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        return f"unreachable at {constants.ENDPOINT} ({e.strerror or type(e).__name__})"
+    return None
+
+
 def _from_pretrained(name_or_dir: str, build):
-    """``build(config)`` -> (config, model) under quiet transformers logging; load errors become one line."""
+    """``build(config, **options)`` -> (config, model) under quiet transformers logging; load errors become one line.
+
+    For a hub id without a usable hub, only the local cache is read, and a miss is one line naming --backbone.
+    """
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
+    options, offline = {}, None
+    if not Path(name_or_dir).exists():
+        offline = hub_problem()
+        if offline:
+            options = {"local_files_only": True}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # a full CLIPModel checkpoint has the other tower's weights, skipped on purpose
     hf_logging.disable_progress_bar()
     try:
-        return build(AutoConfig.from_pretrained(name_or_dir))
+        return build(AutoConfig.from_pretrained(name_or_dir, **options), **options)
     except (OSError, ValueError, RuntimeError) as e:
-        where = "local directory" if Path(name_or_dir).exists() else "Hugging Face hub id (is the hub reachable?)"
+        if offline:
+            raise GeovarioError(f"backbone {name_or_dir!r} is not in the local cache and the Hugging Face hub is {offline}; "
+                                "pass --backbone DIR with a local CLIP checkpoint") from None
+        where = "local directory" if Path(name_or_dir).exists() else "Hugging Face hub id"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise GeovarioError(f"cannot load backbone {name_or_dir!r} as a {where}: {first}") from None
     finally:
@@ -165,17 +198,18 @@ class ClipTextTower:
         device = resolve_device(device)
         _check_checkpoint_name(name_or_dir)
 
-        def text(config):
+        def text(config, **options):
             if not isinstance(config, CLIPConfig):
                 raise GeovarioError(f"backbone {name_or_dir!r} has no text tower (a {type(config).__name__} checkpoint); "
                                     "text queries need a full CLIP checkpoint such as openai/clip-vit-large-patch14")
             text_config = config.text_config
             text_config.projection_dim = config.projection_dim
-            return text_config, CLIPTextModelWithProjection.from_pretrained(name_or_dir, config=text_config)
+            return text_config, CLIPTextModelWithProjection.from_pretrained(name_or_dir, config=text_config, **options)
 
         _, model = _from_pretrained(name_or_dir, text)
         try:
-            tokenizer = CLIPTokenizer.from_pretrained(name_or_dir)
+            tokenizer = CLIPTokenizer.from_pretrained(name_or_dir, local_files_only=hub_problem() is not None
+                                                      and not Path(name_or_dir).exists())
         except (OSError, ValueError, TypeError) as e:
             raise GeovarioError(f"backbone {name_or_dir!r} has no usable CLIP tokenizer (vocab.json, merges.txt): "
                                 f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
@@ -227,14 +261,14 @@ class ClipBackbone:
         device = resolve_device(device)
         local = _check_checkpoint_name(name_or_dir)
 
-        def vision(config):
+        def vision(config, **options):
             if isinstance(config, CLIPConfig):
                 # CLIPModel sizes its visual projection by the top-level projection_dim; the nested
                 # vision config may carry a stale default, so take the one the weights were made with.
                 projection_dim = config.projection_dim
                 config = config.vision_config
                 config.projection_dim = projection_dim
-            return config, CLIPVisionModelWithProjection.from_pretrained(name_or_dir, config=config)
+            return config, CLIPVisionModelWithProjection.from_pretrained(name_or_dir, config=config, **options)
 
         config, model = _from_pretrained(name_or_dir, vision)
         image_size = int(model.config.image_size)

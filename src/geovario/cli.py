@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=_positive_int, default=32, help="images per backbone batch (default 32)")
     predict.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda when available)")
     predict.add_argument("--places", action="store_true",
-                         help="add the nearest GeoNames place (city, sub-region, region, country) to each prediction, offline")
+                         help="add the nearest GeoNames place of 1,000+ people (city, sub-region, region, country) and its "
+                              "distance to each prediction, offline; more than 50 km from any place and off the land "
+                              "outline, it says open water")
     predict.add_argument("--json", action="store_true",
                          help='print JSON: [{"input": ..., "predictions": [{"lat", "lon", "prob"[, "place"]}, ...]}, ...]')
     predict.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -533,9 +535,14 @@ def add_variogram_command(commands) -> None:
     add_feature_source_args(vario)
     vario.add_argument("--out", required=True, type=Path, help="JSON file for the fitted model and bins")
     vario.add_argument("--plot", type=Path, metavar="PNG", help="also draw the bins and the fit")
-    vario.add_argument("--bins", type=_positive_int, default=50, help="number of lag bins (default 50)")
-    vario.add_argument("--log-bins", action="store_true", help="log-spaced bins from --min-lag-km (the first bin starts at 0)")
-    vario.add_argument("--min-lag-km", type=_positive_float, help="first log-bin edge (default: max lag / 10,000)")
+    vario.add_argument("--bins", type=_positive_int, default=40, help="number of lag bins (default 40, as the loss's fit)")
+    spacing = vario.add_mutually_exclusive_group()
+    spacing.add_argument("--log-bins", action="store_true", default=True,
+                         help="log-spaced bins from --min-lag-km, as the semivariogram loss fits them (the default): the lags "
+                              "under 25 km where false negatives live get bins of their own")
+    spacing.add_argument("--linear-bins", dest="log_bins", action="store_false",
+                         help="equal-width bins instead (with 40 bins each is 500 km wide, so every lag under 500 km shares one)")
+    vario.add_argument("--min-lag-km", type=_positive_float, default=1.0, help="first log-bin edge (default 1 km; the first bin starts at 0)")
     vario.add_argument("--max-lag-km", type=_positive_float, default=MAX_LAG_KM, help=f"largest lag (default {MAX_LAG_KM:g}, half the Earth's circumference)")
     vario.add_argument("--model", choices=MODELS, default="spherical", help="variogram model (default spherical)")
     vario.add_argument("--estimator", choices=ESTIMATORS, default="matheron", help="matheron: the mean of 1 - cos per bin (default; the only one the loss accepts); "
@@ -960,7 +967,10 @@ def _format_table(entries: list[dict]) -> str:
         for rank, p in enumerate(entry["predictions"], 1):
             line = f"  {rank:>4}  {p['lat']:>10.5f}  {p['lon']:>11.5f}  {p['prob']:>8.4f}"
             if "place" in p:
-                line += "  " + ", ".join(v for v in (p["place"]["city"], p["place"]["region"], p["place"]["country"]) if v)
+                place = p["place"]
+                name = ", ".join(v for v in (place["city"], place["region"], place["country"]) if v)
+                line += (f"  open water ({place['distance_km']:,.0f} km from {name})" if place["open_water"]
+                         else f"  {name} ({place['distance_km']:,.1f} km away)")
             lines.append(line)
     return "\n".join(lines)
 

@@ -63,7 +63,8 @@
       points.push([p.lat, p.lon]);
       const row = body.insertRow();
       row.className = "prediction-row";
-      row.innerHTML = `<td>${p.rank}</td><td>${escape(p.label || "open sea")}</td>` +
+      const away = p.place && !p.place.open_water ? ` <span class="away">${p.place.distance_km.toFixed(1)} km away</span>` : "";
+      row.innerHTML = `<td>${p.rank}</td><td>${escape(p.label || "open water")}${away}</td>` +
         `<td>${p.lat.toFixed(3)}, ${p.lon.toFixed(3)}</td>` +
         `<td class="prob"><span class="bar" style="width:${Math.max(2, 60 * p.prob)}px"></span>${(100 * p.prob).toFixed(1)}%</td>`;
     });
