@@ -11,7 +11,6 @@ def test_place_names_offline():
 
 
 def test_distance_to_the_named_place_and_open_water():
-    from geovario.geo import haversine_km
 
     eiffel, atlantic, sahara = place_names([(48.8584, 2.2945), (30.0, -40.0), (23.0, 12.0)])
     # The Eiffel Tower's nearest GeoNames place is a suburb a few km away; the distance says so.
