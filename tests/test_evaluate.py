@@ -1,3 +1,4 @@
+from pathlib import Path
 import json
 
 import numpy as np
@@ -21,7 +22,12 @@ def arrays(tmp_path):
 def test_evaluate_writes_report_predictions_and_plots(tmp_path, tiny_model_dir, arrays, capsys):
     out = tmp_path / "report.json"
     code = main(["evaluate", "--model", str(tiny_model_dir), *arrays, "--out", str(out), "--plots", str(tmp_path / "plots"), "--no-progress"])
-    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 0, err
+    listed = [line.removeprefix("wrote ") for line in err.splitlines() if line.startswith("wrote ")]
+    assert listed == [str(out), str(tmp_path / "report.predictions.csv"), str(tmp_path / "plots" / "cumulative_error.png"),
+                      str(tmp_path / "plots" / "error_map.png")]
+    assert all(Path(path).is_file() for path in listed)
     report = json.loads(out.read_text())
     assert report["n"] == 40 and list(report["accuracy"]) == ["1", "25", "200", "750", "2500"]
     assert {"mean_km", "median_km", "geoscore", "admin", "continents", "dropped_rows"} <= set(report)

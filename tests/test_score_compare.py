@@ -119,6 +119,12 @@ def test_compare_prints_deltas(tmp_path, capsys):
     assert table[0].startswith("| Method | 1 km | 25 km | 200 km") and len(table) == 4
     assert main(["compare", str(tmp_path / "a.csv")]) == 1
     capsys.readouterr()
+    # One report with admin levels, one without: the missing cells are dashes, not "nan".
+    assert main(["score", str(tmp_path / "b.csv"), "--out", str(tmp_path / "c.json")]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "c.json"), str(tmp_path / "a.json"), "--markdown"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert "Country" in table[0] and "nan" not in "\n".join(table) and table[3].endswith("| – | – | – |")
 
 
 def test_compare_warns_when_reports_are_not_comparable(tmp_path, capsys):

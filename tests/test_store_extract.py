@@ -248,3 +248,19 @@ def test_data_import_bad_inputs_are_one_line(tmp_path, capsys, case, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and re.search(message, err[0]), err
     assert not (tmp_path / "store" / "manifest.json").exists()
+
+
+def test_data_info_reads_like_a_summary(tmp_path, backbone, capsys):
+    csv = make_dataset(tmp_path, 6, bad={1: "corrupt", 4: "cmyk"})
+    assert main(["extract", "--data", str(csv), "--backbone", str(backbone.name), "--out", str(tmp_path / "store"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["data", "info", "--store", str(tmp_path / "store")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == f"{tmp_path / 'store'}: 5 rows of 32-d float16 features"
+    assert lines[1].startswith(f"  backbone  {backbone.name} (sha256:")
+    assert lines[2] == f"  dataset   {csv} (format mp16): 6 rows, 6 usable, 0 bad"
+    assert lines[3] == f"  left out  1 unreadable images and 0 bad rows, listed in {tmp_path / 'store' / 'skipped.csv'}"
+    assert lines[4] == "  converted to RGB  CMYK 1"
+    assert not any("{" in line for line in lines)  # no dict reprs
+    assert main(["data", "info", "--store", str(tmp_path / "store"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["skipped_images"] == 1

@@ -292,3 +292,14 @@ def test_bad_configs_through_the_cli(tmp_path, stores, capsys):
     capsys.readouterr()
     one_line_error(["train", "--resume", str(tmp_path / "r2"), "--set", "model.embed_dim=8", "--set", "train.max_steps=6", "--no-progress"],
                    "checkpoint from an incompatible model")
+
+
+def test_metrics_lr_is_the_rate_each_logged_step_used(tmp_path, stores):
+    config = load_config(None, SMALL + [f"data.train={stores[0]}", "train.epochs=3", "train.log_every=7", "optim.step_gamma=0.5"])
+    train(config, tmp_path / "run", progress=False)
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    steps_per_epoch = 320 // 16
+    for _, row in metrics.iterrows():  # epoch e (0-based) trains at lr * 0.5**e, its last step included
+        epoch = (int(row["step"]) - 1) // steps_per_epoch
+        assert row["lr"] == pytest.approx(0.002 * 0.5**epoch), row.to_dict()
+    assert steps_per_epoch in metrics["step"].tolist()  # an epoch's last row is among them

@@ -254,3 +254,11 @@ def test_cli_default_bins_are_the_losses_log_bins(tmp_path, capsys):
     expected = empirical_for_loss(features, latlon)
     assert [b["n"] for b in bins] == expected.n.tolist()
     assert sum(1 for b in bins if b["n"] and b["h_km"] < 25) >= 5  # linear 40 bins would put all of them in one
+
+
+def test_cli_plot_without_suffix_gets_png_and_says_so(tmp_path, capsys):
+    args = _write_arrays(tmp_path, np.random.default_rng(0).normal(size=(60, 4)), sphere_points(60))
+    main(["variogram", *args, "--out", str(tmp_path / "v.json"), "--plot", str(tmp_path / "out" / "x"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert (tmp_path / "out" / "x.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "out" / "x").exists()
+    assert f"and {tmp_path / 'out' / 'x.png'}" in out

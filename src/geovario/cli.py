@@ -534,7 +534,7 @@ def add_variogram_command(commands) -> None:
     )
     add_feature_source_args(vario)
     vario.add_argument("--out", required=True, type=Path, help="JSON file for the fitted model and bins")
-    vario.add_argument("--plot", type=Path, metavar="PNG", help="also draw the bins and the fit")
+    vario.add_argument("--plot", type=Path, metavar="PNG", help="also draw the bins and the fit (.png added to a name without a suffix)")
     vario.add_argument("--bins", type=_positive_int, default=40, help="number of lag bins (default 40, as the loss's fit)")
     spacing = vario.add_mutually_exclusive_group()
     spacing.add_argument("--log-bins", action="store_true", default=True,
@@ -594,6 +594,7 @@ def cmd_variogram(args: argparse.Namespace) -> int:
         report["compare"] = [as_dict(*r) for r in results[1:]]
     write_json(args.out, report)
     if args.plot:
+        args.plot = args.plot if args.plot.suffix else args.plot.with_name(args.plot.name + ".png")  # out/x -> out/x.png
         plot_variograms([(lab, emp, mod) for lab, emp, mod, _ in results], args.plot, log_x=args.log_bins)
     if args.json:
         print(json.dumps(report, indent=1))
@@ -680,13 +681,18 @@ def _finish_report(args, report: dict, true_latlon, pred_latlon, label: str) -> 
     from geovario.report import markdown_table, plot_cumulative_error, plot_error_map
     from geovario.atomic import output_dir
 
+    written = [report["predictions"]] if report.get("predictions") else []
     if getattr(args, "out", None):
         write_json(args.out, report)
+        written.insert(0, str(args.out))
     if args.plots:
         output_dir(args.plots)
         errors = errors_km(true_latlon, pred_latlon)
         plot_cumulative_error({label: errors}, [f"{t:g}" for t in args.thresholds], args.plots / "cumulative_error.png")
         plot_error_map(true_latlon, errors, args.plots / "error_map.png")
+        written += [str(args.plots / "cumulative_error.png"), str(args.plots / "error_map.png")]
+    for path in written:  # on stderr, so that --json and --markdown keep stdout to themselves
+        print(f"wrote {path}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=1))
     elif args.markdown:
@@ -792,8 +798,26 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=1))
     else:
-        print("\n".join(f"{k}: {v}" for k, v in info.items()))
+        print(_store_summary(args, info))
     return 0
+
+
+def _store_summary(args, info: dict) -> str:
+    """``data info`` for a person: what the store holds, where it came from, what was left out."""
+    if "backbone" not in info:
+        return f"{args.features} + {args.gps}: {info['rows']:,} rows of {info['dim']}-d features"
+    dataset, counts, backbone = info["dataset"], info["counts"], info["backbone"]
+    views = f", {info['views']} augmented views per row" if info["views"] else ""
+    lines = [f"{args.store}: {info['rows']:,} rows of {info['dim']}-d {info['dtype']} features{views}",
+             f"  backbone  {backbone.get('name')}" + (f" ({backbone['revision'][:19]}…)" if backbone.get("revision") else ""),
+             f"  dataset   {dataset.get('source')} (format {dataset.get('format')}): {dataset.get('rows', 0):,} rows, "
+             f"{dataset.get('usable', 0):,} usable, {dataset.get('bad_rows', 0):,} bad"]
+    left_out = counts.get("skipped_images", 0) + counts.get("bad_rows", 0)
+    lines.append(f"  left out  {counts.get('skipped_images', 0):,} unreadable images and {counts.get('bad_rows', 0):,} bad rows"
+                 + (f", listed in {args.store / 'skipped.csv'}" if left_out else ""))
+    if counts.get("converted_to_rgb"):
+        lines.append("  converted to RGB  " + ", ".join(f"{mode} {n:,}" for mode, n in sorted(counts["converted_to_rgb"].items())))
+    return "\n".join(lines)
 
 
 def cmd_extract(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from geovario.progress import progress as progress_bar
 
 from geovario.data.store import FeatureSource, FeatureStore, open_feature_source
 from geovario.errors import GeovarioError
@@ -47,7 +47,7 @@ def predict_source(predictor: Predictor, source: FeatureSource, top_k: int = 5, 
         raise GeovarioError(f"the features are {source.dim}-d but the model expects {predictor.feature_dim}-d")
     index_faiss = faiss_index(np.asarray(predictor.gallery_embeddings), faiss_factory) if faiss_factory else None
     indices, probs = [], []
-    with tqdm(total=len(source), unit="img", desc="retrieving", disable=None if progress else True) as bar:
+    with progress_bar(len(source), "retrieving", "img", enabled=progress) as bar:
         for features, _, _ in source.iter_batches(batch_size):
             queries = predictor.model.encode_images(torch.tensor(features, device=predictor.device)).float()  # a copy: stores are read-only
             if index_faiss is not None:

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from geovario import __version__
 from geovario.atomic import atomic_path, atomic_write_bytes, output_dir
@@ -40,6 +39,7 @@ from geovario.data.store import INDEX, INDEX_COLUMNS, MANIFEST, SHARDS, SKIPPED,
 from geovario.errors import GeovarioError
 from geovario.jsonio import write_json
 from geovario.machine import cores_per_process
+from geovario.progress import progress as progress_bar
 
 
 @dataclass
@@ -203,9 +203,8 @@ def extract_features(
                for k in pending for first, stop in [(k * settings.shard_size, k * settings.shard_size + size(k))]
                for first in range(first, stop, settings.batch_size)]
     encode = _Encoder(backbone, settings)
-    with tqdm(total=sum(size(k) for k in mine), initial=done, unit="img", smoothing=0.1,
-              desc="extracting" + (f" (rank {world.rank})" if world.enabled else ""),
-              disable=None if progress and world.is_main else True) as bar:
+    with progress_bar(sum(size(k) for k in mine), "extracting" + (f" (rank {world.rank})" if world.enabled else ""), "img",
+                      initial=done, enabled=progress and world.is_main, smoothing=0.1) as bar:
         loaded = decoded_batches(records, backbone.preprocess, settings, batches, pin=backbone.device.type == "cuda")
         for k in pending:
             first, stop = k * settings.shard_size, k * settings.shard_size + size(k)

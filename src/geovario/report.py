@@ -49,12 +49,15 @@ def comparison_warnings(reports: list[tuple[str, dict]]) -> list[str]:
 def markdown_table(reports: list[tuple[str, dict]]) -> str:
     """| Method | 1 km | 25 km | ... | Median km | GeoScore |, one row per report (accuracies in %)."""
     thresholds = list(reports[0][1]["accuracy"])
-    admin = [level for level in ("country", "region", "sub-region", "city") if any(level in r.get("admin", {}) for _, r in reports)]
+    admin = [level for level in ("country", "region", "sub-region", "city") if any(level in (r.get("admin") or {}) for _, r in reports)]
     head = ["Method", *(f"{t} km" for t in thresholds), "Median km", "GeoScore", *(level.capitalize() for level in admin)]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    def cell(value, digits: int) -> str:  # a metric a report does not have is a dash, never "nan"
+        return "–" if value is None or value != value else f"{value:.{digits}f}"
+
     for name, r in reports:
-        cells = [name, *(f"{r['accuracy'].get(t, float('nan')):.1f}" for t in thresholds), f"{r['median_km']:.1f}",
-                 f"{r['geoscore']:.0f}", *(f"{r.get('admin', {}).get(level, float('nan')):.1f}" for level in admin)]
+        cells = [name, *(cell(r["accuracy"].get(t), 1) for t in thresholds), cell(r["median_km"], 1),
+                 cell(r["geoscore"], 0), *(cell((r.get("admin") or {}).get(level), 1) for level in admin)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from geovario import distributed
 from geovario.atomic import output_dir
@@ -24,6 +23,7 @@ from geovario.errors import GeovarioError
 from geovario.jsonio import read_json, write_json
 from geovario.losses import LossOutput, build_loss
 from geovario.metrics import distance_summary, errors_km
+from geovario.progress import progress
 from geovario.model import GeoLocModel
 from geovario.modeldir import save_model_dir
 from geovario.train.build import build_model, build_negatives, initial_variogram, refit_on_learned, set_variogram
@@ -146,6 +146,7 @@ class Trainer:
         out.loss.backward()
         if self.config.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        self.step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used, logged before any scheduler step
         self.optimizer.step()
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
@@ -181,7 +182,7 @@ class Trainer:
         config, t, world = self.config, self.config.train, self.world
         log = MetricsLog(self.run_dir, self.state.step) if world.is_main else None
         self.model.train()
-        bar = tqdm(total=self.total, initial=self.state.step, unit="step", desc=config.name, disable=None if self.progress else True)
+        bar = progress(self.total, config.name, "step", initial=self.state.step, enabled=self.progress)
         window_start, window_samples = time.perf_counter(), 0
         if hasattr(self.data, "prefetch"):  # image-level training: decode the coming steps in worker processes
             self.data.prefetch(self.sampler.batch, t.seed, self.state.step, self.total)
@@ -196,7 +197,7 @@ class Trainer:
                 rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
                 loss = world.mean(float(out.loss.detach()))  # with local_loss, each rank holds its rows' loss
                 if log is not None:
-                    row = {"step": step, "epoch": epoch, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                    row = {"step": step, "epoch": epoch, "loss": loss, "lr": self.step_lr,
                            "samples_per_s": rate, **out.stats}
                     if end_of_epoch and self.val is not None:
                         summary = validate(self.model, self.val, self.gallery, self.device)
