@@ -25,7 +25,7 @@ def test_line_progress_prints_rate_eta_and_postfix():
     assert quiet.getvalue().count("\n") == 1  # only the final line within the interval
 
 
-def test_train_into_a_log_file_prints_progress_lines(tmp_path, stores):
+def test_train_into_a_log_file_prints_progress_lines(tmp_path, stores):  # noqa: F811 (pytest fixture)
     config = tmp_path / "c.yaml"
     config.write_text(f"name: logged\ndata: {{train: {stores[0]}}}\nmodel: {{queue_size: 64, embed_dim: 16, hidden_dim: 32, rff_dim: 16}}\n"
                       "train: {batch_size: 16, epochs: 2, log_every: 5}\n")
