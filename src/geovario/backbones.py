@@ -149,6 +149,12 @@ def _from_pretrained(name_or_dir: str, build):
 
     options, offline = {}, None
     if not Path(name_or_dir).exists():
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(name_or_dir)
+        except HFValidationError as e:  # refused before any network call
+            raise GeovarioError(f"cannot load backbone {name_or_dir!r}: not a local folder, and not a valid hub id ({e})") from None
         offline = hub_problem()
         if offline:
             options = {"local_files_only": True}
