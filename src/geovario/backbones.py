@@ -210,15 +210,15 @@ class ClipTextTower:
                                     "text queries need a full CLIP checkpoint such as openai/clip-vit-large-patch14")
             text_config = config.text_config
             text_config.projection_dim = config.projection_dim
-            return text_config, CLIPTextModelWithProjection.from_pretrained(name_or_dir, config=text_config, **options)
+            model = CLIPTextModelWithProjection.from_pretrained(name_or_dir, config=text_config, **options)
+            try:  # with the same options: the hub is probed once for both
+                tokenizer = CLIPTokenizer.from_pretrained(name_or_dir, **options)
+            except (OSError, ValueError, TypeError) as e:
+                raise GeovarioError(f"backbone {name_or_dir!r} has no usable CLIP tokenizer (vocab.json, merges.txt): "
+                                    f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+            return text_config, (model, tokenizer)
 
-        _, model = _from_pretrained(name_or_dir, text)
-        try:
-            tokenizer = CLIPTokenizer.from_pretrained(name_or_dir, local_files_only=hub_problem() is not None
-                                                      and not Path(name_or_dir).exists())
-        except (OSError, ValueError, TypeError) as e:
-            raise GeovarioError(f"backbone {name_or_dir!r} has no usable CLIP tokenizer (vocab.json, merges.txt): "
-                                f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        _, (model, tokenizer) = _from_pretrained(name_or_dir, text)
         # Without vocab.json and merges.txt, recent transformers builds an empty tokenizer that maps every
         # word to <|endoftext|> instead of failing: every query would then get the same answer.
         probe = tokenizer("a photo", add_special_tokens=False)["input_ids"]

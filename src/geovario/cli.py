@@ -173,7 +173,8 @@ def add_serve_command(commands) -> None:
         help="a local web page: drop a photo, see where it was taken",
         description=("Serve a page at http://HOST:PORT/ that geolocates a dropped photo: the top-k places on a map, "
                      "sized by probability, with place names, and the photo's EXIF GPS as the true location when it "
-                     "has one. JSON API: POST /api/predict (multipart field 'file'), GET /api/health, schema at "
+                     "has one; a text box geolocates a description. JSON API: POST /api/predict (multipart field 'file'), "
+                     "POST /api/predict-text ({\"text\": ...}), GET /api/health, schema at "
                      "/openapi.json. The model, its cached gallery and the backbone load once at start-up."),
     )
     serve.add_argument("--model", required=True, type=Path, help="geovario model directory")
@@ -322,7 +323,8 @@ def cmd_bench_gps_embeddings(args: argparse.Namespace) -> int:
 
     from geovario.atomic import atomic_write_bytes, output_dir
     from geovario.jsonio import write_json
-    from geovario.probe import encoder_embeddings, plain_rff, position_labels, probe_markdown, raw_latlon, run_probe, splits, unit_vectors
+    from geovario.gps_embeddings import embed_locations
+    from geovario.probe import plain_rff, position_labels, probe_markdown, raw_latlon, run_probe, splits, unit_vectors
     from geovario.sim import mp16_positions
 
     probes = [p.strip() for p in args.probes.split(",") if p.strip()]
@@ -340,7 +342,7 @@ def cmd_bench_gps_embeddings(args: argparse.Namespace) -> int:
     points = latlon[used]
     models = {"GeoCLIP 1.3.0 encoder": _geoclip_for_probe(args.geoclip_from), "geovario (sim world)": _sim_model_for_probe(args)}
     embeddings = {"raw lat/lon": raw_latlon(points), "3-D unit vector": unit_vectors(points), "RFF, GeoCLIP's sigmas": plain_rff(points)}
-    embeddings |= {name: encoder_embeddings(model, points) for name, model in models.items()}
+    embeddings |= {name: embed_locations(model, points) for name, model in models.items()}
     rows = run_probe(embeddings, labels, split_rows, probes)
     command = (f"geovario bench gps-embeddings --train-size {args.train_size} --test-size {args.test_size} --probes {','.join(probes)}"
                + (f" --geoclip-from {args.geoclip_from}" if args.geoclip_from else ""))
@@ -885,7 +887,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from geovario.images import load_rgb
-    from geovario.predict import Predictor, load_features_file
+    from geovario.data.importing import load_features_file
+    from geovario.predict import Predictor
 
     if args.features is not None:
         features = load_features_file(args.features)  # validate input before any heavy loading

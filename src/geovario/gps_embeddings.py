@@ -19,13 +19,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from geovario.atomic import atomic_path, output_dir
-from geovario.data.latlon_csv import read_latlon_table
+from geovario.data.latlon_csv import LAT_NAMES, LON_NAMES, read_latlon_table
 from geovario.errors import GeovarioError
 from geovario.geo import validate_coordinates
 from geovario.model import GeoLocModel
 
 OUTPUT_SUFFIXES = (".npy", ".parquet")
-COORDINATE_NAMES = ("lat", "latitude", "lon", "lng", "longitude")  # replaced by float lat, lon columns
 
 
 @torch.no_grad()
@@ -90,7 +89,8 @@ def _write_parquet(out: Path, frame, latlon: np.ndarray, batches, dim: int) -> N
     from geovario.data.archives.parquet_images import _pyarrow
 
     pa = _pyarrow()
-    kept = [c for c in frame.columns if c.strip().lower() not in COORDINATE_NAMES]  # ids, labels: kept as text
+    coordinates = LAT_NAMES + LON_NAMES  # replaced by float lat, lon columns
+    kept = [c for c in frame.columns if c.strip().lower() not in coordinates]  # ids, labels: kept as text
     with atomic_path(out) as tmp:
         writer = None
         try:

@@ -130,15 +130,3 @@ def check_feature_array(features: np.ndarray, source: str = "features", expected
         raise GeovarioError(f"{source}: row {bad[0]} contains NaN or inf ({len(bad)} bad rows)")
     return features.astype(np.float32, copy=False)
 
-
-def load_features_file(path: str | Path) -> np.ndarray:
-    """Read an .npy array of backbone features without ever unpickling."""
-    path = Path(path)
-    if not path.is_file():
-        raise GeovarioError(f"{path}: features file not found")
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as e:
-        raise GeovarioError(f"{path}: not a readable .npy array ({e})") from None
-    except (OSError, EOFError) as e:
-        raise GeovarioError(f"{path}: empty, truncated or not an .npy file ({e})") from None

@@ -17,7 +17,6 @@ import pandas as pd
 import torch
 
 from geovario.geo import equal_earth
-from geovario.model import GeoLocModel
 
 LABELS = ("continent", "country", "admin1")
 BLOCK_DEG = 10.0  # spatial blocks: 10° cells, a fifth of them held out
@@ -51,8 +50,9 @@ def raw_latlon(latlon: np.ndarray) -> np.ndarray:
 
 
 def unit_vectors(latlon: np.ndarray) -> np.ndarray:
-    lat, lon = np.radians(latlon[:, 0]), np.radians(latlon[:, 1])
-    return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], 1).astype(np.float32)
+    from geovario.sim import _unit_vectors
+
+    return _unit_vectors(latlon).astype(np.float32)
 
 
 def plain_rff(latlon: np.ndarray, n_frequencies: int = 256, seed: int = 0) -> np.ndarray:
@@ -65,13 +65,6 @@ def plain_rff(latlon: np.ndarray, n_frequencies: int = 256, seed: int = 0) -> np
         angle = 2 * math.pi * projected @ b.T
         parts += [torch.cos(angle), torch.sin(angle)]
     return torch.cat(parts, 1).float().numpy()
-
-
-@torch.no_grad()
-def encoder_embeddings(model: GeoLocModel, latlon: np.ndarray) -> np.ndarray:
-    from geovario.gps_embeddings import embed_locations
-
-    return embed_locations(model, latlon)
 
 
 def probe_scores(train_x, train_y, test_x, test_y, kind: str, seed: int = 0) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geovario.data.latlon_csv import read_latlon_csv
+from geovario.data.latlon_csv import read_latlon_table
 from geovario.data.store import FeatureStore, write_store
 from geovario.errors import GeovarioError
 from geovario.geo import latlon_swap_message
@@ -20,11 +20,13 @@ from geovario.geo import latlon_swap_message
 BLOCK = 65536
 
 
-def _load(path: Path) -> np.ndarray:
+def load_features_file(path: str | Path, mmap: bool = False) -> np.ndarray:
+    """Read an .npy array of backbone features without ever unpickling (``mmap``: memory-mapped, read lazily)."""
+    path = Path(path)
     if not path.is_file():
         raise GeovarioError(f"{path}: features file not found")
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as e:
         raise GeovarioError(f"{path}: not a readable .npy array ({e})") from None
     except (OSError, EOFError) as e:
@@ -47,15 +49,11 @@ def check_features(features: np.ndarray, path: Path) -> None:
             raise GeovarioError(f"{path}: row {bad} contains NaN or inf")
 
 
-def read_ids(path: Path, column: str, n: int) -> list[str]:
-    """The ``column`` of the GPS CSV, one unique non-empty id per row."""
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    frame = frame[(frame != "").any(axis=1)]
+def read_ids(path: Path, frame: pd.DataFrame, column: str) -> list[str]:
+    """The ``column`` of the GPS CSV (``frame``, as read with its coordinates), one unique non-empty id per row."""
     if column not in frame.columns:
         raise GeovarioError(f"{path}: no column {column!r} for --ids (has {', '.join(frame.columns)})")
     ids = frame[column].str.strip().tolist()
-    if len(ids) != n:
-        raise GeovarioError(f"{path}: {len(ids)} rows with an id but {n} coordinate rows")
     seen: dict[str, int] = {}
     for row, value in enumerate(ids):
         line = int(frame.index[row]) + 2
@@ -73,15 +71,15 @@ def import_features(features: str | Path, gps: str | Path, out: str | Path, ids:
     features, gps, out = Path(features), Path(gps), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GeovarioError(f"{out}: exists and is not empty; choose a new --out")
-    array = _load(features)
+    array = load_features_file(features, mmap=True)
     check_features(array, features)
-    latlon = read_latlon_csv(gps, "GPS", dtype=np.float64)
+    frame, latlon = read_latlon_table(gps, "GPS", dtype=np.float64)
     if len(latlon) != len(array):
         raise GeovarioError(f"{features} has {len(array)} rows but {gps} has {len(latlon)}; they must match row for row")
     swapped = latlon_swap_message(latlon[:, 0], latlon[:, 1], f"{gps}: columns LAT, LON")
     if swapped:
         raise GeovarioError(f"{swapped} Swap them if they are.")
-    names = read_ids(gps, ids, len(array)) if ids else None
+    names = read_ids(gps, frame, ids) if ids else None
     if dtype == "float16" and np.abs(array).max() > np.finfo(np.float16).max:
         raise GeovarioError(f"{features}: values beyond float16's range ({np.finfo(np.float16).max:g}); use --dtype float32")
     return write_store(out, array, latlon, ids=names, source=backbone_name, dtype=dtype)

@@ -11,6 +11,11 @@ from geovario.errors import GeovarioError
 from geovario.geo import coordinate_problems
 
 
+# The names a coordinate column goes by (case-insensitive), in order of preference.
+LAT_NAMES = ("lat", "latitude")
+LON_NAMES = ("lon", "longitude", "lng")
+
+
 def read_latlon_csv(path: str | Path, what: str = "gallery", dtype=np.float32) -> np.ndarray:
     """Read a LAT/LON CSV (a GPS gallery, or the --gps of a features array) into an (N, 2) array.
 
@@ -30,8 +35,8 @@ def read_latlon_table(path: str | Path, what: str = "gallery", dtype=np.float32)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise GeovarioError(f"{path}: cannot parse {what} CSV ({str(e).strip().splitlines()[0]})") from None
     columns = {c.strip().lower(): c for c in frame.columns}
-    lat_col = columns.get("lat") or columns.get("latitude")
-    lon_col = columns.get("lon") or columns.get("longitude") or columns.get("lng")
+    lat_col = next((columns[n] for n in LAT_NAMES if n in columns), None)
+    lon_col = next((columns[n] for n in LON_NAMES if n in columns), None)
     if lat_col is None or lon_col is None:
         raise GeovarioError(f"{path}: {what} needs LAT and LON columns, found {list(frame.columns)}")
     # Drop wholly blank lines but keep the original index, so reported line numbers stay true.

@@ -239,7 +239,8 @@ class ArrayFeatures(FeatureSource):
     """``--features F.npy --gps G.csv``: arrays from elsewhere, row i of one matching row i of the other."""
 
     def __init__(self, features: str | Path, gps: str | Path):
-        from geovario.predict import check_feature_array, load_features_file
+        from geovario.data.importing import load_features_file
+        from geovario.predict import check_feature_array
 
         array = check_feature_array(load_features_file(features), str(features))
         self.gps = read_latlon_csv(gps, "GPS", dtype=np.float64)

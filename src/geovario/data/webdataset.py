@@ -12,6 +12,7 @@ from pathlib import Path
 
 from geovario.data.archives import Listing, archives_in
 from geovario.data.archives.tar_shards import list_members, read_json, webdataset_key
+from geovario.data.latlon_csv import LAT_NAMES, LON_NAMES
 from geovario.data.records import Dataset, Problem, Record
 from geovario.errors import GeovarioError
 
@@ -50,7 +51,7 @@ def read_webdataset(path: Path) -> Dataset:
         except GeovarioError as e:
             problems.append(Problem(str(sidecar), 0, str(e).removeprefix(f"{sidecar}: "), "bad label"))
             continue
-        lat, lon = _coordinate(label, ("lat", "latitude")), _coordinate(label, ("lon", "lng", "longitude"))
+        lat, lon = _coordinate(label, LAT_NAMES), _coordinate(label, LON_NAMES)
         try:
             lat, lon = float(lat), float(lon)
         except (TypeError, ValueError):

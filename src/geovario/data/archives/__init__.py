@@ -16,10 +16,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from geovario.data.image_index import IMAGE_SUFFIXES
 from geovario.data.records import Problem
 from geovario.errors import GeovarioError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"}
 # Sidecar files that belong beside images in a shard (webdataset keeps each image's labels this way).
 SIDECAR_SUFFIXES = {".json", ".txt", ".cls", ".csv"}
 # A member that claims more than this is refused before any byte is read: no photo in OSV5M or
@@ -63,6 +63,7 @@ class Listing:
 
 
 ARCHIVE_SUFFIXES = {".zip": "zip", ".tar": "tar", ".msg": "msgpack", ".msgpack": "msgpack", ".parquet": "parquet"}
+FORMAT_MODULES = {"zip": "zip_members", "tar": "tar_shards", "msgpack": "msgpack_shards", "parquet": "parquet_images"}
 COMPRESSED_TAR = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 
 
@@ -109,15 +110,9 @@ def list_archive(path: Path) -> Listing:
     if name.endswith(COMPRESSED_TAR):
         raise GeovarioError(f"{path}: compressed tar shards cannot be read in place; decompress them to .tar first")
     kind = archive_kind(path)
-    if kind == "zip":
-        from geovario.data.archives import zip_members as module
-    elif kind == "tar":
-        from geovario.data.archives import tar_shards as module
-    elif kind == "msgpack":
-        from geovario.data.archives import msgpack_shards as module
-    else:
+    if kind not in ("zip", "tar", "msgpack"):
         raise GeovarioError(f"{path}: not an archive geovario reads (.zip, .tar, .msg, .msgpack)")
-    return module.list_members(path)
+    return _format_module(kind).list_members(path)
 
 
 def archives_in(folder: Path) -> list[Path]:
@@ -166,15 +161,14 @@ def find_member(folder: Path, image_id: str) -> Member | None:
 
 def read_member(member: Member) -> bytes:
     """The member's bytes, read in place through this process's handle on its archive."""
-    if member.kind == "zip":
-        from geovario.data.archives.zip_members import read
-    elif member.kind == "tar":
-        from geovario.data.archives.tar_shards import read
-    elif member.kind == "msgpack":
-        from geovario.data.archives.msgpack_shards import read
-    else:
-        from geovario.data.archives.parquet_images import read
-    return read(member)
+    return _format_module(member.kind).read(member)
+
+
+def _format_module(kind: str):
+    """The module that lists and reads one kind of archive."""
+    import importlib
+
+    return importlib.import_module(f"geovario.data.archives.{FORMAT_MODULES[kind]}")
 
 
 def load_image(ref):

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from geovario.data.archives import MAX_MEMBER_BYTES, Member
 from geovario.data.archives.handles import handle
+from geovario.data.latlon_csv import LAT_NAMES, LON_NAMES
 from geovario.data.records import Dataset, Problem, Record
 from geovario.errors import GeovarioError
 
-LAT_NAMES, LON_NAMES = ("lat", "latitude"), ("lon", "lng", "longitude")
 ID_NAMES = ("id", "key", "image_id", "img_id", "__key__")
 IMAGE_NAMES = ("image", "img", "jpg", "jpeg", "png", "image_bytes")
 
