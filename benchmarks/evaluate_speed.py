@@ -48,7 +48,8 @@ def main() -> int:
         gallery.sample(N_QUERIES, random_state=0).to_csv(tmp / "q.csv", index=False)
 
         from geovario.data.store import open_feature_source
-        from geovario.evaluate import build_report, predict_source
+        from geovario.evaluate import predict_source
+        from geovario.metrics import build_report
         from geovario.predict import Predictor
 
         Predictor(model_dir, progress=False)  # fill the gallery cache once, as any earlier run would have

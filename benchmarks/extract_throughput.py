@@ -164,12 +164,12 @@ def write_sources(folder: Path, photos) -> dict[str, tuple[Path, dict]]:
 
 def decode_rate(dataset, preprocess, workers: int, batch_size: int = 32) -> float:
     """Images/second of decoding and preprocessing alone, through extraction's own loader."""
-    from geovario.extract import ExtractSettings, decoded_batches
+    from geovario.image_batches import decoded_batches
 
     n = len(dataset.records)
     batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
     start = time.perf_counter()
-    for _ in decoded_batches(dataset.records, preprocess, ExtractSettings(workers=workers), batches, pin=False):
+    for _ in decoded_batches([r.image for r in dataset.records], preprocess, batches, workers):
         pass
     return n / (time.perf_counter() - start)
 

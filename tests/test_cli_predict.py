@@ -97,7 +97,8 @@ def test_bad_model_dirs(capsys, tmp_path, tiny_model_dir, features_file):
         (np.zeros((0, 32), np.float32), "no feature rows"),
         (np.array([[0.0] * 32, [np.nan] + [0.0] * 31], np.float32), "row 1 contains NaN"),
         (np.zeros((2, 3, 32), np.float32), "expected an (N, 32) array"),
-        (np.array([["a"] * 32]), "must be numeric"),
+        (np.array([["a"] * 32]), "features of dtype <U1; expected float16"),
+        (np.ones((2, 32), np.int64), "features of dtype int64; expected float16"),
     ],
 )
 def test_bad_features(capsys, tmp_path, tiny_model_dir, array, message):

@@ -6,17 +6,8 @@ import pytest
 import torch
 
 from geovario.errors import GeovarioError
-from geovario.geo import (
-    EARTH_RADIUS_KM,
-    METRES_PER_DEGREE,
-    add_gps_noise,
-    coordinate_problems,
-    detect_latlon_swap,
-    equal_earth,
-    haversine_km,
-    haversine_km_torch,
-    validate_coordinates,
-)
+from geovario.geo import EARTH_RADIUS_KM, METRES_PER_DEGREE, coordinate_problems, detect_latlon_swap, haversine_km, validate_coordinates
+from geovario.geo_tensors import add_gps_noise, equal_earth, haversine_km_torch
 
 
 def test_haversine_hand_cases():

@@ -87,7 +87,17 @@ class NegativesSection:
 class OptimSection:
     lr: float = 3e-5  # thesis / GeoCLIP
     weight_decay: float = 1e-6
+    # The learning-rate schedule. "step": GeoCLIP's StepLR, the rate times step_gamma after every epoch.
+    # "cosine": a linear warmup over warmup_steps optimizer steps, then cosine decay to min_lr at the
+    # last step (Loshchilov & Hutter 2017, as open_clip and most CLIP fine-tuning recipes use).
+    schedule: str = "step"  # step | cosine
     step_gamma: float = 0.87  # StepLR(step_size=1 epoch, gamma=0.87)
+    warmup_steps: int = 0  # cosine only: steps of linear warmup from lr / warmup_steps up to lr
+    min_lr: float = 0.0  # cosine only: the rate at the last step
+    # Weight decay on every trained parameter (GeoCLIP's Adam), or, with decay_weights_only, on the
+    # weight matrices alone: no decay on biases, norm layers or the logit scale (open_clip's rule,
+    # every parameter with fewer than 2 dimensions).
+    decay_weights_only: bool = False
     grad_clip: float | None = None
 
 
@@ -99,9 +109,20 @@ class TrainSection:
     max_steps: int | None = None  # stop early after this many steps
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bfloat16 autocast on CUDA
+    amp: bool = True  # autocast on CUDA (nothing on CPU)
+    amp_dtype: str = "bfloat16"  # bfloat16 | float16; float16 adds a dynamic gradient scaler (torch.amp.GradScaler)
+    # Split every step's encoder passes into this many micro-batches. The embeddings' gradients are
+    # cached (GradCache, Gao et al. 2021; open_clip's accum_freq), so the update is the one of the whole
+    # train.batch_size batch, every negative included, while activations take 1/accumulate of the memory.
+    accumulate: int = 1
     checkpoint_every: int = 500  # steps; also at every epoch end and at the end
     log_every: int = 10
+    val_every: int | None = None  # also validate on data.val every this many steps (it always does at epoch ends)
+    # Keep best/: the model at the validation with the best value of this metric, one of acc_<t>km
+    # (t in 1, 25, 200, 750, 2500), geoscore (higher is better), median_km or mean_km (lower is better).
+    keep_best: str | None = None
+    wandb: bool = False  # also log to Weights & Biases (needs `pip install wandb`; TensorBoard logs whenever installed)
+    wandb_project: str = "geovario"
     out: str = ""  # run directory (default runs/<name>)
 
 
@@ -129,6 +150,9 @@ CHOICES = {
     "negatives.source": ("queue", "gallery"),
     "negatives.selection": ("random", "far", "near", "mixed"),
     "model.init": None,  # free-form: checked when loading
+    "optim.schedule": ("step", "cosine"),
+    "train.amp_dtype": ("bfloat16", "float16"),
+    "train.keep_best": ("acc_1km", "acc_25km", "acc_200km", "acc_750km", "acc_2500km", "geoscore", "median_km", "mean_km"),
 }
 
 
@@ -181,7 +205,7 @@ def _build(cls, values: dict, prefix: str):
             kwargs[key] = _build(hints[key], value or {}, f"{path}.")
         else:
             kwargs[key] = _check_type(path, value, hints[key])
-            if path in CHOICES and CHOICES[path] and kwargs[key] not in CHOICES[path]:
+            if path in CHOICES and CHOICES[path] and kwargs[key] is not None and kwargs[key] not in CHOICES[path]:
                 raise GeovarioError(f"config key {path}: {kwargs[key]!r} is not one of {', '.join(CHOICES[path])}")
     return cls(**kwargs)
 
@@ -229,7 +253,8 @@ def validate(config: Config) -> None:
     for key, value in (("train.batch_size", t.batch_size), ("train.epochs", t.epochs), ("train.checkpoint_every", t.checkpoint_every),
                        ("train.log_every", t.log_every), ("negatives.k", neg.k), ("loss.variogram_bins", loss.variogram_bins),
                        ("train.max_steps", t.max_steps), ("loss.refit_every", loss.refit_every), ("model.queue_size", config.model.queue_size),
-                       ("data.gallery_max", config.data.gallery_max)):
+                       ("data.gallery_max", config.data.gallery_max), ("train.accumulate", t.accumulate),
+                       ("train.val_every", t.val_every)):
         if value is not None and value < 1:
             raise GeovarioError(f"config key {key}: must be at least 1, got {value}")
     for key, value in (("optim.weight_decay", config.optim.weight_decay), ("negatives.batch_noise_m", neg.batch_noise_m),
@@ -241,6 +266,18 @@ def validate(config: Config) -> None:
     for key, value in (("loss.theta1_km", loss.theta1_km), ("loss.mask_km", loss.mask_km), ("optim.grad_clip", config.optim.grad_clip)):
         if value is not None and value <= 0:
             raise GeovarioError(f"config key {key}: must be positive (or null), got {value}")
+    optim = config.optim
+    if optim.warmup_steps < 0 or optim.min_lr < 0:
+        raise GeovarioError("config keys optim.warmup_steps and optim.min_lr: must not be negative")
+    if optim.schedule == "step" and (optim.warmup_steps or optim.min_lr):
+        key = "optim.warmup_steps" if optim.warmup_steps else "optim.min_lr"
+        raise GeovarioError(f"config key {key}: belongs to optim.schedule: cosine (the step schedule has neither)")
+    if optim.min_lr > optim.lr:
+        raise GeovarioError(f"config key optim.min_lr: {optim.min_lr} is above optim.lr {optim.lr}")
+    if t.accumulate > t.batch_size:
+        raise GeovarioError(f"config key train.accumulate: {t.accumulate} micro-batches are more than train.batch_size {t.batch_size} samples")
+    if (t.keep_best or t.val_every) and not config.data.val:
+        raise GeovarioError(f"config key train.{'keep_best' if t.keep_best else 'val_every'}: needs a validation store in data.val")
     if not 0 < config.optim.step_gamma <= 1:
         raise GeovarioError(f"config key optim.step_gamma: must lie in (0, 1], got {config.optim.step_gamma}")
     if not 0 <= loss.tau_plus < 1:
@@ -265,3 +302,15 @@ def validate(config: Config) -> None:
             if set(part) - {"name", "weight"} or part.get("name") not in CHOICES["loss.name"][:-1] or not isinstance(part.get("weight", 1.0), (int, float)):
                 raise GeovarioError(f"config key loss.parts[{i}]: expected {{name: <loss>, weight: <number>}}, got {part}")
             part.setdefault("weight", 1.0)
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:
+    """The config a run directory was started with (its ``config.json``), with ``--set`` overrides, for ``--resume``."""
+    from geovario.jsonio import read_json
+
+    saved = Path(run_dir) / "config.json"
+    if not saved.is_file():
+        raise GeovarioError(f"{run_dir}: no config.json; not a geovario run directory")
+    config = _build(Config, apply_overrides(read_json(saved, "run config"), overrides or []), "")
+    validate(config)
+    return config

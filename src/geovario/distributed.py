@@ -18,12 +18,12 @@ from datetime import timedelta
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional  # noqa: F401
 # Imported before any process group exists, on purpose: this module binds `group=group.WORLD` as
 # default arguments, so importing it later (transformers does, through torch.distributed.fsdp) pins
 # the default group forever. A pinned gloo group outlives destroy_process_group, and its worker
 # threads can then release a finished broadcast's tensors during interpreter shutdown, which aborts
 # the process ("terminate called without an active exception") after the job has succeeded.
-import torch.distributed.nn.functional as dist_nn
 
 from geovario.backbones import resolve_device
 from geovario.errors import GeovarioError
@@ -93,7 +93,7 @@ class Dist:
         """
         if not self.enabled:
             return tensor
-        return torch.cat(dist_nn.all_gather(tensor))
+        return _AllGatherWithGrad.apply(tensor.contiguous(), self.world_size)
 
     def all_reduce_sum(self, array: np.ndarray) -> np.ndarray:
         if not self.enabled:
@@ -189,3 +189,26 @@ class DistributedBatchSampler:
         order = self.epoch_order(epoch)
         b = self.global_batch
         return order[position * b : (position + 1) * b].numpy(), self.world.local_rows(b)
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward sums, over ranks, the gradient each rank's loss sends to this rank's rows.
+
+    What ``torch.distributed.nn.all_gather`` does; that one and ``all_gather_into_tensor`` print a
+    FutureWarning on every rank under torch 2.13. The backward is an all-reduce and a slice, which gloo
+    and NCCL both support.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, world_size: int) -> torch.Tensor:
+        ctx.rows = len(tensor)
+        gathered = torch.empty((world_size * len(tensor), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        dist.all_gather_single(gathered, tensor)
+        return gathered
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        rank = dist.get_rank()
+        return grad[rank * ctx.rows : (rank + 1) * ctx.rows], None

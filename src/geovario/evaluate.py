@@ -15,8 +15,7 @@ from geovario.progress import progress as progress_bar
 
 from geovario.data.store import FeatureSource, FeatureStore, open_feature_source
 from geovario.errors import GeovarioError
-from geovario.metrics import (THRESHOLDS_KM, admin_accuracy, by_continent, distance_summary, errors_km, reverse_geocode_labels,
-                              with_failures)
+from geovario.metrics import THRESHOLDS_KM, build_report, errors_km
 from geovario.predict import Predictor
 from geovario.retrieval import faiss_index, faiss_topk, topk_softmax
 
@@ -72,32 +71,6 @@ def predict_source(predictor: Predictor, source: FeatureSource, top_k: int = 5, 
     return frame
 
 
-def build_report(
-    true_latlon: np.ndarray,
-    pred_latlon: np.ndarray,
-    thresholds=THRESHOLDS_KM,
-    strict_less: bool = False,
-    labels: pd.DataFrame | None = None,
-    admin: bool = True,
-    failed: np.ndarray | None = None,
-) -> dict:
-    """The report dict: distance metrics, admin-level accuracy and the per-continent breakdown.
-
-    ``failed`` marks samples without a valid prediction (their predicted coordinates are ignored):
-    they stay in n, wrong at every threshold, as far off as possible, with GeoScore 0.
-    """
-    errors = with_failures(errors_km(true_latlon, np.nan_to_num(pred_latlon)), failed)
-    report = distance_summary(errors, thresholds, strict_less, failed)
-    if admin:
-        report["admin"] = admin_accuracy(pred_latlon, labels, true_latlon, failed)
-        truth = reverse_geocode_labels(true_latlon)["country"]
-        if labels is not None and "country" in labels.columns:
-            given = labels["country"].fillna("").astype(str).reset_index(drop=True)
-            truth = given.where(given.str.len() == 2, truth)  # OSV5M stores ISO codes; anything else is geocoded
-        report["continents"] = by_continent(errors, truth, thresholds, strict_less, failed)
-    return report
-
-
 def store_labels(source: FeatureSource) -> pd.DataFrame | None:
     """The admin labels a store carries (OSV5M's country, region, sub-region, city), if any."""
     if isinstance(source, FeatureStore):
@@ -106,3 +79,20 @@ def store_labels(source: FeatureSource) -> pd.DataFrame | None:
         if present:
             return meta[present].reset_index(drop=True)
     return None
+
+
+def evaluate_model(model_dir: str | Path, source: FeatureSource, predictions_path: Path, gallery: str | None = None,
+                   top_k: int | None = None, thresholds=THRESHOLDS_KM, strict_less: bool = False, admin: bool = True,
+                   faiss_factory: str | None = None, device: str | None = None, progress: bool = True) -> tuple[dict, pd.DataFrame]:
+    """``geovario evaluate``: the report dict and the per-image predictions, written to ``predictions_path`` (CSV)."""
+    from geovario.atomic import atomic_write_bytes
+
+    predictor = Predictor(model_dir, gallery=load_gallery(gallery), device=device, progress=progress)
+    frame = predict_source(predictor, source, top_k or min(5, len(predictor.gallery)), progress=progress, faiss_factory=faiss_factory)
+    true_latlon, pred_latlon = frame[["true_lat", "true_lon"]].to_numpy(), frame[["pred_lat", "pred_lon"]].to_numpy()
+    report = build_report(true_latlon, pred_latlon, thresholds, strict_less, store_labels(source), admin=admin)
+    atomic_write_bytes(predictions_path, frame.to_csv(index=False).encode())
+    report |= {"model": str(model_dir), "gallery": str(gallery or "model"),
+               "retrieval": f"faiss:{faiss_factory}" if faiss_factory else "exact", "predictions": str(predictions_path),
+               "dropped_rows": []}
+    return report, frame

@@ -19,7 +19,8 @@ import numpy as np
 
 from geovario.config import load_config
 from geovario.data.store import FeatureStore
-from geovario.evaluate import build_report, predict_source
+from geovario.evaluate import predict_source
+from geovario.metrics import build_report
 from geovario.predict import Predictor
 from geovario.train import train
 

@@ -7,7 +7,8 @@ finished shards and recomputes the rest: batches inside a shard are always forme
 so the resumed store is identical to an uninterrupted one.
 
 Images are decoded and preprocessed in ``workers`` DataLoader processes while the backbone runs in
-this one (on pinned memory and under fp16 autocast on CUDA). They may be files or archive members
+this one (on pinned memory and under fp16 autocast on CUDA), through the pipeline ``predict`` uses
+(:mod:`geovario.image_batches`). They may be files or archive members
 read in place (:mod:`geovario.data.archives`); either way the features are the same.
 
 Under torchrun each rank encodes every W-th shard on its own device, and rank 0 merges the shard
@@ -26,17 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from geovario import __version__
 from geovario.atomic import atomic_path, atomic_write_bytes, output_dir
-from geovario.augment import geoclip_train_view, view_rng
 from geovario.backbones import ClipBackbone
-from geovario.data.archives import image_location, load_image
+from geovario.data.archives import image_location
 from geovario.data.records import Dataset, Record
 from geovario.distributed import Dist
 from geovario.data.store import INDEX, INDEX_COLUMNS, MANIFEST, SHARDS, SKIPPED, STORE_FORMAT, STORE_VERSION, read_manifest
 from geovario.errors import GeovarioError
+from geovario.image_batches import BatchEncoder, decoded_batches
 from geovario.jsonio import write_json
 from geovario.machine import cores_per_process
 from geovario.progress import progress as progress_bar
@@ -80,71 +80,6 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array)
-
-
-class _DecodedImages(torch.utils.data.Dataset):
-    """Item i: record i decoded and preprocessed (plus its augmented views), or why it could not be.
-
-    Runs in DataLoader workers. A bad image is returned as its message, never raised: the main
-    process decides whether to skip it or, with ``--strict``, stop with that one line.
-    """
-
-    def __init__(self, records: list[Record], preprocess, settings: ExtractSettings):
-        self.records, self.preprocess, self.settings = records, preprocess, settings
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, position: int):
-        try:
-            image, mode = load_image(self.records[position].image)
-        except GeovarioError as e:
-            return position, str(e), None, None
-        views = [geoclip_train_view(image, view_rng(self.settings.seed, position, v), self.preprocess)
-                 for v in range(self.settings.views)]
-        return position, self.preprocess(image), views, mode
-
-
-def _collate(items: list) -> dict:
-    """A batch of decoded images: the pixels stacked (pinned by the loader on CUDA), the failures listed."""
-    good = [item for item in items if not isinstance(item[1], str)]
-    stack = lambda arrays: torch.from_numpy(np.stack(arrays)) if arrays else None  # noqa: E731
-    return {
-        "positions": [item[0] for item in items],
-        "kept": [item[0] for item in good],
-        "failed": [(item[0], item[1]) for item in items if isinstance(item[1], str)],
-        "modes": [item[3] for item in good],
-        "pixels": stack([item[1] for item in good]),
-        "views": stack([view for item in good for view in item[2]]),
-    }
-
-
-def _worker_init(_worker_id: int) -> None:
-    torch.set_num_threads(1)  # a worker decodes one image at a time; the cores are for the other workers
-
-
-def decoded_batches(records: list[Record], preprocess, settings: ExtractSettings, batches: list[list[int]], pin: bool):
-    """Decoded batches, in order, from ``settings.workers`` worker processes (0: in this process)."""
-    if not batches:
-        return iter(())
-    loader = torch.utils.data.DataLoader(
-        _DecodedImages(records, preprocess, settings), batch_sampler=batches, num_workers=settings.workers,
-        collate_fn=_collate, pin_memory=pin, worker_init_fn=_worker_init if settings.workers else None,
-        prefetch_factor=4 if settings.workers else None, persistent_workers=False,
-    )
-    return iter(loader)
-
-
-class _Encoder:
-    """The backbone on batches of pixels, ``batch_size`` at a time, in the store's dtype."""
-
-    def __init__(self, backbone: ClipBackbone, settings: ExtractSettings):
-        self.backbone, self.batch_size, self.dtype = backbone, settings.batch_size, np.dtype(settings.dtype)
-
-    def __call__(self, pixels: torch.Tensor) -> np.ndarray:
-        out = [self.backbone.encode_pixels(pixels[s : s + self.batch_size]).cpu().numpy().astype(self.dtype)
-               for s in range(0, len(pixels), self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.backbone.feature_dim), self.dtype)
 
 
 def extract_features(
@@ -202,10 +137,12 @@ def extract_features(
     batches = [list(range(first, min(first + settings.batch_size, stop)))
                for k in pending for first, stop in [(k * settings.shard_size, k * settings.shard_size + size(k))]
                for first in range(first, stop, settings.batch_size)]
-    encode = _Encoder(backbone, settings)
+    encode = BatchEncoder(backbone, settings.batch_size, settings.dtype)
     with progress_bar(sum(size(k) for k in mine), "extracting" + (f" (rank {world.rank})" if world.enabled else ""), "img",
                       initial=done, enabled=progress and world.is_main, smoothing=0.1) as bar:
-        loaded = decoded_batches(records, backbone.preprocess, settings, batches, pin=backbone.device.type == "cuda")
+        images = [r.image for r in records]
+        loaded = decoded_batches(images, backbone.preprocess, batches, settings.workers, pin=backbone.device.type == "cuda",
+                                 views=settings.views, seed=settings.seed)
         for k in pending:
             first, stop = k * settings.shard_size, k * settings.shard_size + size(k)
             kept, features, views, skipped, modes, received = [], [], [], [], Counter(), 0

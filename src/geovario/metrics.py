@@ -153,3 +153,29 @@ def by_continent(errors: np.ndarray, true_countries: pd.Series, thresholds=THRES
         rows = (continents == name).to_numpy()
         summary[name] = distance_summary(errors[rows], thresholds, strict_less, failed[rows])
     return summary
+
+
+def build_report(
+    true_latlon: np.ndarray,
+    pred_latlon: np.ndarray,
+    thresholds=THRESHOLDS_KM,
+    strict_less: bool = False,
+    labels: pd.DataFrame | None = None,
+    admin: bool = True,
+    failed: np.ndarray | None = None,
+) -> dict:
+    """The report dict: distance metrics, admin-level accuracy and the per-continent breakdown.
+
+    ``failed`` marks samples without a valid prediction (their predicted coordinates are ignored):
+    they stay in n, wrong at every threshold, as far off as possible, with GeoScore 0.
+    """
+    errors = with_failures(errors_km(true_latlon, np.nan_to_num(pred_latlon)), failed)
+    report = distance_summary(errors, thresholds, strict_less, failed)
+    if admin:
+        report["admin"] = admin_accuracy(pred_latlon, labels, true_latlon, failed)
+        truth = reverse_geocode_labels(true_latlon)["country"]
+        if labels is not None and "country" in labels.columns:
+            given = labels["country"].fillna("").astype(str).reset_index(drop=True)
+            truth = given.where(given.str.len() == 2, truth)  # OSV5M stores ISO codes; anything else is geocoded
+        report["continents"] = by_continent(errors, truth, thresholds, strict_less, failed)
+    return report

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geovario.geo import equal_earth
+from geovario.geo_tensors import equal_earth
 
 
 @dataclass

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from geovario.backbones import ClipBackbone, ClipTextTower, resolve_device
+from geovario.data.feature_arrays import check_feature_array
 from geovario.errors import GeovarioError
 from geovario.modeldir import load_model_dir, read_gallery
 from geovario.retrieval import cached_gallery_embeddings, topk_softmax
@@ -54,6 +55,19 @@ class Predictor:
         self._backbone: ClipBackbone | None = None
         self._text_tower: ClipTextTower | None = None
 
+    @classmethod
+    @torch.no_grad()
+    def from_model(cls, model, gallery: np.ndarray, device: str | torch.device) -> Predictor:
+        """A predictor for a model in memory (validation during training): its gallery encoded now, not cached."""
+        self = cls.__new__(cls)
+        self.device, self.model, self.model_dir, self.backbone_name = torch.device(device), model, None, None
+        self.gallery = np.ascontiguousarray(gallery, dtype=np.float32)
+        self.gallery_embeddings = torch.cat([model.encode_locations(torch.from_numpy(self.gallery[s : s + 8192]).to(self.device)).float()
+                                             for s in range(0, len(self.gallery), 8192)]).cpu().numpy()
+        self.logit_scale = float(model.logit_scale.detach().exp())
+        self._backbone, self._text_tower = None, None
+        return self
+
     @property
     def feature_dim(self) -> int:
         return self.model.config.feature_dim
@@ -84,9 +98,31 @@ class Predictor:
         """Geolocate text queries: CLIP's text embedding through the image head, as GeoCLIP's paper does."""
         return self.predict_features(self.text_tower(backbone).encode_texts(texts), top_k)
 
+    def predict_images(self, images: list, top_k: int = 5, backbone: str | None = None, batch_size: int = 32,
+                       workers: int = 0) -> list[list[Prediction] | str]:
+        """Per image (a path or an archive member), its top-k predictions, or why it could not be read.
+
+        Images stream through :mod:`geovario.image_batches` (the pipeline ``extract`` uses). With
+        ``workers=0`` the backbone loads only once a readable image exists; worker processes need its
+        preprocessing up front.
+        """
+        from geovario.image_batches import image_features
+
+        if not 1 <= top_k <= len(self.gallery):
+            raise GeovarioError(f"--top-k must be between 1 and the gallery size {len(self.gallery)}, got {top_k}")
+        results: list[list[Prediction] | str] = [""] * len(images)
+        source = _LazyBackbone(self, backbone) if workers == 0 else self.backbone(backbone)
+        for batch, features in image_features(images, source, batch_size, workers):
+            for position, why in batch["failed"]:
+                results[position] = why
+            if batch["kept"]:
+                for position, predictions in zip(batch["kept"], self.predict_features(features, top_k)):
+                    results[position] = predictions
+        return results
+
     def check_features(self, features: np.ndarray, source: str = "features") -> np.ndarray:
         """Validate an (N, feature_dim) array: shape, emptiness and finiteness."""
-        return check_feature_array(features, source, self.feature_dim)
+        return check_feature_array(features, source, self.feature_dim).astype(np.float32, copy=False)
 
     @torch.inference_mode()
     def predict_features(self, features: np.ndarray | torch.Tensor, top_k: int = 5, batch_size: int = 1024) -> list[list[Prediction]]:
@@ -109,24 +145,19 @@ class Predictor:
         return results
 
 
-def check_feature_array(features: np.ndarray, source: str = "features", expected_dim: int | None = None) -> np.ndarray:
-    """An (N, D) float32 array of finite numbers, or a one-line error naming ``source`` and the problem."""
-    features = np.asarray(features)
-    if features.ndim == 1:
-        features = features[None, :]
-    width = expected_dim if expected_dim is not None else "D"
-    if features.ndim != 2:
-        raise GeovarioError(f"{source}: expected an (N, {width}) array, got shape {features.shape}")
-    if features.shape[0] == 0:
-        raise GeovarioError(f"{source}: no feature rows")
-    if expected_dim is not None and features.shape[1] != expected_dim:
-        raise GeovarioError(
-            f"{source}: features are {features.shape[1]}-d but the model expects {expected_dim}-d (shape {features.shape})"
-        )
-    if not np.issubdtype(features.dtype, np.number):
-        raise GeovarioError(f"{source}: features must be numeric, got dtype {features.dtype}")
-    bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
-    if len(bad):
-        raise GeovarioError(f"{source}: row {bad[0]} contains NaN or inf ({len(bad)} bad rows)")
-    return features.astype(np.float32, copy=False)
+class _LazyBackbone:
+    """The predictor's backbone as the image pipeline sees it, loaded on the first batch with a readable image."""
 
+    def __init__(self, predictor: Predictor, name_or_dir: str | None):
+        self.predictor, self.name_or_dir = predictor, name_or_dir
+        self.device = predictor.device
+
+    def preprocess(self, image):
+        return self.predictor.backbone(self.name_or_dir).preprocess(image)
+
+    def encode_pixels(self, pixels):
+        return self.predictor.backbone(self.name_or_dir).encode_pixels(pixels)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.predictor.feature_dim

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from geovario.geo import equal_earth
+from geovario.errors import GeovarioError
+from geovario.geo_tensors import equal_earth
 
 LABELS = ("continent", "country", "admin1")
 BLOCK_DEG = 10.0  # spatial blocks: 10° cells, a fifth of them held out
@@ -131,3 +133,55 @@ def probe_markdown(rows: list[dict], command: str, n_train: int, n_test: int) ->
                                                          for c in cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def gps_embedding_bench(out: Path, geoclip_from: Path | None, sim_model: Path | None, train_size: int, test_size: int,
+                        probes: list[str]) -> str:
+    """``geovario bench gps-embeddings``: label, embed and probe; writes gps_embeddings.md and .json, returns the Markdown."""
+    from geovario.atomic import atomic_write_bytes, output_dir
+    from geovario.gps_embeddings import embed_locations
+    from geovario.interop.geoclip import find_release, geoclip_model
+    from geovario.jsonio import write_json
+    from geovario.sim import mp16_positions
+
+    if not probes or set(probes) - {"logistic", "mlp"}:
+        raise GeovarioError(f"--probes: choose from logistic, mlp (got {','.join(probes)!r})")
+    output_dir(out)
+    latlon = mp16_positions()
+    split_rows = splits(latlon, train_size, test_size)
+    used = np.unique(np.concatenate([rows for pair in split_rows.values() for rows in pair]))
+    print(f"labelling {len(used):,} positions", flush=True)
+    labels = position_labels(latlon[used])
+    position = np.full(len(latlon), -1)
+    position[used] = np.arange(len(used))
+    split_rows = {name: (position[train], position[test]) for name, (train, test) in split_rows.items()}
+    points = latlon[used]
+    models = {"GeoCLIP 1.3.0 encoder": geoclip_model(find_release(folder=geoclip_from)), "geovario (sim world)": _sim_model(out, sim_model)}
+    embeddings = {"raw lat/lon": raw_latlon(points), "3-D unit vector": unit_vectors(points), "RFF, GeoCLIP's sigmas": plain_rff(points)}
+    embeddings |= {name: embed_locations(model, points) for name, model in models.items()}
+    rows = run_probe(embeddings, labels, split_rows, probes)
+    command = (f"geovario bench gps-embeddings --train-size {train_size} --test-size {test_size} --probes {','.join(probes)}"
+               + (f" --geoclip-from {geoclip_from}" if geoclip_from else ""))
+    text = probe_markdown(rows, command, train_size, test_size)
+    atomic_write_bytes(out / "gps_embeddings.md", (text + "\n").encode())
+    write_json(out / "gps_embeddings.json", {"rows": rows, "train_size": train_size, "test_size": test_size})
+    return text
+
+
+def _sim_model(out: Path, model_dir: Path | None):
+    """The given model, else GeoCLIP's recipe trained on the default simulated world (kept under ``out``)."""
+    from geovario.modeldir import load_model_dir
+
+    if model_dir is None:
+        from geovario.experiments import train_and_evaluate
+        from geovario.sim import WorldConfig, simulate
+
+        world, run = out / "sim-world", out / "sim-run"
+        if not (world / "train").is_dir():
+            print(f"simulating the default world into {world}", flush=True)
+            simulate(world, WorldConfig(), overwrite=True)
+        if not (run / "model").is_dir():
+            print(f"training GeoCLIP's recipe on it into {run}", flush=True)
+            train_and_evaluate(world, run, [], progress=False)  # no overrides: the defaults are GeoCLIP's recipe
+        model_dir = run / "model"
+    return load_model_dir(model_dir).model

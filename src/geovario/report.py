@@ -137,3 +137,23 @@ def plot_error_map(true_latlon: np.ndarray, errors: np.ndarray, path: str | Path
     save_figure(fig, path)
     plt.close(fig)
     return Path(path)
+
+
+def write_report_files(report: dict, out: Path | None, plots: Path | None, true_latlon: np.ndarray, pred_latlon: np.ndarray,
+                       thresholds, label: str) -> list[str]:
+    """The report JSON (``out``) and the cumulative-error and world-error PNGs (in ``plots``); every file written, in order."""
+    from geovario.atomic import output_dir
+    from geovario.jsonio import write_json
+    from geovario.metrics import errors_km
+
+    written = [report["predictions"]] if report.get("predictions") else []
+    if out is not None:
+        write_json(out, report)
+        written.insert(0, str(out))
+    if plots is not None:
+        output_dir(plots)
+        errors = errors_km(true_latlon, pred_latlon)
+        plot_cumulative_error({label: errors}, [f"{t:g}" for t in thresholds], plots / "cumulative_error.png")
+        plot_error_map(true_latlon, errors, plots / "error_map.png")
+        written += [str(plots / "cumulative_error.png"), str(plots / "error_map.png")]
+    return written

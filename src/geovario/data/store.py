@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from geovario.data.feature_arrays import check_feature_array, load_features_file
 from geovario.data.latlon_csv import read_latlon_csv
 from geovario.errors import GeovarioError
 from geovario.geo import latlon_swap_message
@@ -239,9 +240,6 @@ class ArrayFeatures(FeatureSource):
     """``--features F.npy --gps G.csv``: arrays from elsewhere, row i of one matching row i of the other."""
 
     def __init__(self, features: str | Path, gps: str | Path):
-        from geovario.data.importing import load_features_file
-        from geovario.predict import check_feature_array
-
         array = check_feature_array(load_features_file(features), str(features))
         self.gps = read_latlon_csv(gps, "GPS", dtype=np.float64)
         swapped = latlon_swap_message(self.gps[:, 0], self.gps[:, 1], f"{gps}: columns LAT, LON")

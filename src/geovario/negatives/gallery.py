@@ -16,7 +16,8 @@ import torch
 from sklearn.neighbors import BallTree
 
 from geovario.distributed import Dist
-from geovario.geo import EARTH_RADIUS_KM, add_gps_noise, haversine_km
+from geovario.geo import EARTH_RADIUS_KM, haversine_km
+from geovario.geo_tensors import add_gps_noise
 from geovario.negatives.base import Batch, Candidates, NegativeSource
 from geovario.negatives.geometry import pair_geometry
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from geovario.geo import haversine_km_torch
+from geovario.geo_tensors import haversine_km_torch
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geovario.distributed import Dist
-from geovario.geo import add_gps_noise
+from geovario.geo_tensors import add_gps_noise
 from geovario.negatives.base import Batch, Candidates, NegativeSource
 from geovario.negatives.geometry import pair_geometry
 

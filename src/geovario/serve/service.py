@@ -21,6 +21,7 @@ from PIL import Image
 from geovario.data.exif_folder import read_exif_gps
 from geovario.errors import GeovarioError
 from geovario.geo import coordinate_problems, haversine_km
+from geovario.image_batches import encode_decoded
 from geovario.images import ImageError, open_image
 from geovario.places import place_names
 from geovario.predict import Predictor
@@ -95,9 +96,8 @@ class GeoService:
             raise UploadError(422, f"top_k must be between 1 and {min(MAX_TOP_K, len(self.predictor.gallery))}, got {top_k}")
         start = time.perf_counter()
         image, format = self.decode(data, filename, content_type)
-        pixels = torch.from_numpy(self.backbone.preprocess(image)[None])
         with self._lock, torch.inference_mode():
-            features = self.backbone.encode_pixels(pixels)
+            features = encode_decoded([image], self.backbone)
             predictions = self.predictor.predict_features(features, top_k=top_k)[0]
         places = place_names([[p.lat, p.lon] for p in predictions])
         answer = {

@@ -30,13 +30,14 @@ CHECKSUMS = "checksums.json"
 class TrainState:
     step: int = 0
     variogram: dict | None = None  # the fit on learned embeddings, once refitted
+    best: dict | None = None  # train.keep_best: {"metric", "value", "step"} of the model in best/
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, state: TrainState, keep: int = 2) -> Path:
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, state: TrainState, scaler=None, keep: int = 2) -> Path:
     """Write checkpoints/step-N/ through a temporary folder renamed into place, then point ``latest`` at it."""
     folder = run_dir / "checkpoints"
     output_dir(folder)
@@ -50,8 +51,9 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, state
     tensors = {f"{pid}.{name}": value for pid, slots in opt["state"].items() for name, value in slots.items()}
     tensors["torch_rng"] = torch.get_rng_state()
     save_file(_cpu(tensors), str(tmp / "optimizer.safetensors"))
-    write_json(tmp / "state.json", {"step": state.step, "variogram": state.variogram, "scheduler": scheduler.state_dict(),
-                                    "param_groups": opt["param_groups"]})
+    write_json(tmp / "state.json", {"step": state.step, "variogram": state.variogram, "best": state.best,
+                                    "scheduler": scheduler.state_dict(), "param_groups": opt["param_groups"],
+                                    "grad_scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None})
     write_json(tmp / CHECKSUMS, {path.name: sha256_file(path) for path in sorted(tmp.iterdir())})
     for path in tmp.iterdir():
         with open(path, "rb") as f:
@@ -64,7 +66,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, state
     return final
 
 
-def load_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives) -> TrainState:
+def load_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, scaler=None) -> TrainState:
     folder = run_dir / "checkpoints"
     latest = folder / "latest"
     if not latest.is_file():
@@ -90,7 +92,9 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives) -> Tr
     optimizer.load_state_dict({"state": slots, "param_groups": state["param_groups"]})
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(tensors["torch_rng"])
-    return TrainState(step=state["step"], variogram=state["variogram"])
+    if scaler is not None and scaler.is_enabled() and state.get("grad_scaler"):
+        scaler.load_state_dict(state["grad_scaler"])
+    return TrainState(step=state["step"], variogram=state["variogram"], best=state.get("best"))
 
 
 def _check_shapes(path: Path, ours: dict, found: dict, problem: str) -> None:

@@ -7,7 +7,10 @@ checkpoint therefore resumes bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -22,7 +25,6 @@ from geovario.distributed import DistributedBatchSampler
 from geovario.errors import GeovarioError
 from geovario.jsonio import read_json, write_json
 from geovario.losses import LossOutput, build_loss
-from geovario.metrics import distance_summary, errors_km
 from geovario.progress import progress
 from geovario.model import GeoLocModel
 from geovario.modeldir import save_model_dir
@@ -30,6 +32,7 @@ from geovario.train.build import build_model, build_negatives, initial_variogram
 from geovario.train.checkpoints import TrainState, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from geovario.train.data import StoreData, gallery_positions, open_training_data, step_generator
 from geovario.train.metrics_log import MetricsLog
+from geovario.train.optim import Schedule, build_optimizer
 from geovario.variogram import VariogramModel
 
 # CLIP (Radford et al. 2021) and open_clip (src/open_clip_train/train.py) clamp the learned logit
@@ -49,20 +52,25 @@ class _Encoders(torch.nn.Module):
         return m.encode_images(features), m.encode_locations(locations), m.logit_scale.exp()
 
 
-@torch.no_grad()
-def validate(model: GeoLocModel, val: FeatureStore, gallery: np.ndarray, device) -> dict:
-    from geovario.retrieval import topk_softmax
+def validate(model: GeoLocModel, val, gallery: np.ndarray, device) -> dict:
+    """Accuracy at every threshold, median and mean error and GeoScore of ``model`` on the store ``val``,
+    through evaluation's own retrieval (geovario.evaluate.predict_source)."""
+    from geovario.evaluate import predict_source
+    from geovario.metrics import build_report
+    from geovario.predict import Predictor
 
     model.eval()
-    gallery_emb = torch.cat([model.encode_locations(torch.from_numpy(gallery[s : s + 8192]).float().to(device))
-                             for s in range(0, len(gallery), 8192)])
-    predicted = []
-    for features, _, _ in val.iter_batches(1024):
-        index, _, _ = topk_softmax(model.encode_images(torch.from_numpy(features).to(device)).float(), gallery_emb.float(),
-                                   float(model.logit_scale.exp()), 1)
-        predicted.append(gallery[index[:, 0].cpu().numpy()])
-    model.train()
-    return distance_summary(errors_km(val.gps, np.concatenate(predicted)))
+    try:
+        frame = predict_source(Predictor.from_model(model, gallery, device), val, top_k=1, progress=False)
+    finally:
+        model.train()
+    return build_report(frame[["true_lat", "true_lon"]].to_numpy(), frame[["pred_lat", "pred_lon"]].to_numpy(), admin=False)
+
+
+def validation_row(summary: dict) -> dict:
+    """The metrics.csv columns of one validation: val_acc_<t>km, val_median_km, val_mean_km, val_geoscore."""
+    return ({f"val_acc_{k}km": v for k, v in summary["accuracy"].items()}
+            | {"val_median_km": summary["median_km"], "val_mean_km": summary["mean_km"], "val_geoscore": summary["geoscore"]})
 
 
 class Trainer:
@@ -100,32 +108,35 @@ class Trainer:
         if self.world.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
-            # The queues are kept identical by construction; broadcasting them every step would cost ~12 MB.
+            # The queues are kept identical by construction (and live outside the module); the module's only
+            # buffers are the fixed random Fourier frequencies, the same on every rank: no sync per forward.
             self.encoders = DistributedDataParallel(self.encoders, device_ids=[self.device] if self.device.type == "cuda" else None,
-                                                    broadcast_buffers=False)
+                                                    forward_sync_buffers=False)
         variogram = None
         if _uses(config, "semivariogram"):
             fitted = initial_variogram(config, self.data, self.run_dir).to_dict() if self.world.is_main else None
             variogram = VariogramModel.from_dict(self.world.broadcast(fitted))
         self.loss_fn = build_loss(config.loss.name, config.loss.__dict__, variogram)
         self.negatives = build_negatives(config, self.data, self.world, self.loss_fn.needs_geometry).to(self.device)
-        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.optim.lr,
-                                          weight_decay=config.optim.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=config.optim.step_gamma)
+        steps = self.sampler.steps_per_epoch
+        self.total = steps * t.epochs if t.max_steps is None else min(t.max_steps, steps * t.epochs)
+        self.optimizer = build_optimizer(self.model, config.optim)
+        self.scheduler = Schedule(self.optimizer, config.optim, self.total)
+        on_cuda = t.amp and self.device.type == "cuda"
+        self.amp = torch.autocast(self.device.type, dtype=getattr(torch, t.amp_dtype), enabled=on_cuda)
+        # float16's narrow range needs loss scaling (bfloat16 has float32's exponent and does not)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=on_cuda and t.amp_dtype == "float16")
         self.state = TrainState()
         self.learned_space = False
         if resume:
             if self.world.is_main:
                 remove_stale_temporaries(self.run_dir)
             self.world.barrier()  # rank 0 may have just created the run directory
-            self.state = load_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.negatives)
+            self.state = load_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.negatives, self.scaler)
             if self.state.variogram:
                 set_variogram(self.loss_fn, VariogramModel.from_dict(self.state.variogram))
                 self.learned_space = True
         self.gallery = gallery_positions(config.data.gallery, self.data, config, "data.gallery")
-        steps = self.sampler.steps_per_epoch
-        self.total = steps * t.epochs if t.max_steps is None else min(t.max_steps, steps * t.epochs)
-        self.amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and self.device.type == "cuda")
         self.progress = progress and self.world.is_main
         self.last_candidates = None  # the latest step's candidates, for inspection
 
@@ -139,28 +150,61 @@ class Trainer:
         batch = self.data.batch(*self.sampler.batch(step), generator, self.device)
         embed = self.model.encode_images if self.learned_space else None
         candidates = self.negatives.candidates(batch, generator, rng, embed)
-        with self.amp:
-            out = self.loss_fn(candidates.loss_inputs(*self.encoders(batch.features, candidates.locations)))
-        self._stop_unless_finite(out.loss, step)
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        if t.accumulate == 1:
+            with self.amp:
+                out = self.loss_fn(candidates.loss_inputs(*self.encoders(batch.features, candidates.locations)))
+            self._stop_unless_finite(out.loss, step)
+            self.scaler.scale(out.loss).backward()
+        else:
+            out = self._accumulated_step(batch.features, candidates, step)
         if self.config.optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
         self.step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used, logged before any scheduler step
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         self.negatives.commit(candidates)
         self.last_candidates = candidates
         self.state.step += 1
-        if self.state.step % self.sampler.steps_per_epoch == 0:
-            self.scheduler.step()
+        self.scheduler.after_step(end_of_epoch=self.state.step % self.sampler.steps_per_epoch == 0)
         refit = self.config.loss.refit_every
         if refit and self.state.step % refit == 0 and isinstance(self.data, StoreData):
             refitted = refit_on_learned(self.model, self.data, self.config, self.device, self.world)
             if refitted is not None:
                 set_variogram(self.loss_fn, refitted)
                 self.state.variogram, self.learned_space = refitted.to_dict(), True
+        return out
+
+    def _accumulated_step(self, features: torch.Tensor, candidates, step: int) -> LossOutput:
+        """The whole batch's gradient in ``train.accumulate`` micro-batches (GradCache, Gao et al. 2021).
+
+        1. Encode every micro-batch without a graph. 2. Take the loss of the whole batch on those
+        embeddings as leaves: their gradients are the batch's. 3. Encode each micro-batch again with
+        a graph and backpropagate its slice of those gradients. The parameters' gradients sum to the
+        whole batch's, while only one micro-batch's activations are alive at a time.
+        """
+        parts = self.config.train.accumulate
+        image_parts = torch.tensor_split(torch.arange(len(features)), parts)
+        location_parts = torch.tensor_split(torch.arange(len(candidates.locations)), parts)
+        with torch.no_grad(), self.amp:
+            encoded = [self.encoders(features[i], candidates.locations[j]) for i, j in zip(image_parts, location_parts)]
+        leaves = [torch.cat([e[k] for e in encoded]).detach().requires_grad_() for k in (0, 1)]
+        scale = encoded[0][2].detach().requires_grad_()
+        with self.amp:
+            out = self.loss_fn(candidates.loss_inputs(leaves[0], leaves[1], scale))
+        self._stop_unless_finite(out.loss, step)
+        self.scaler.scale(out.loss).backward()
+        syncing = self.encoders.no_sync if self.world.enabled else contextlib.nullcontext
+        for part, (i, j) in enumerate(zip(image_parts, location_parts)):
+            last = part == parts - 1
+            with (contextlib.nullcontext() if last else syncing()), self.amp:  # DDP all-reduces once, on the last
+                image, locations, part_scale = self.encoders(features[i], candidates.locations[j])
+            # the scale's gradient is the whole batch's: it goes through the first micro-batch only
+            torch.autograd.backward([image, locations, part_scale],
+                                    [leaves[0].grad[i], leaves[1].grad[j], scale.grad if part == 0 else torch.zeros_like(scale)])
         return out
 
     def _stop_unless_finite(self, loss: torch.Tensor, step: int) -> None:
@@ -177,10 +221,37 @@ class Trainer:
 
     # --- the run ---
 
+    def _keep_if_best(self, row: dict, step: int) -> None:
+        """Write best/ (a model directory, atomically) when ``train.keep_best`` improved; state.best remembers it across resumes."""
+        metric = self.config.train.keep_best
+        if metric is None:
+            return
+        value = row[f"val_{metric}"]
+        lower_is_better = metric.endswith("_km") and not metric.startswith("acc_")
+        best = self.state.best
+        if best is not None and not (value < best["value"] if lower_is_better else value > best["value"]):
+            return
+        self.state.best = {"metric": metric, "value": value, "step": step}
+        best, staged, previous = self.run_dir / "best", self.run_dir / ".best.tmp", self.run_dir / ".best.old"
+        shutil.rmtree(staged, ignore_errors=True)
+        self._save_model(staged, extra={"best": self.state.best})
+        if best.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(best, previous)
+        os.replace(staged, best)  # best/ is always a whole model directory: the old one or the new one
+        shutil.rmtree(previous, ignore_errors=True)
+
+    def _save_model(self, folder: Path, extra: dict | None = None) -> None:
+        config = self.config
+        save_model_dir(folder, self.model, backbone=config.data.backbone, gallery=self.gallery.astype(np.float32),
+                       meta={"trained": {"config": config.name, "steps": self.state.step, "loss": config.loss.name,
+                                         "processes": self.world.world_size, **(extra or {})}})
+
     def run(self) -> Path:
         """Train to the end, checkpointing into the run directory; returns the final model directory."""
         config, t, world = self.config, self.config.train, self.world
-        log = MetricsLog(self.run_dir, self.state.step) if world.is_main else None
+        log = MetricsLog(self.run_dir, self.state.step, wandb=t.wandb, project=t.wandb_project, name=config.name,
+                         config=config.to_dict()) if world.is_main else None
         self.model.train()
         bar = progress(self.total, config.name, "step", initial=self.state.step, enabled=self.progress)
         window_start, window_samples = time.perf_counter(), 0
@@ -193,30 +264,29 @@ class Trainer:
             window_samples += t.batch_size
             bar.update(1)
             end_of_epoch = step % self.sampler.steps_per_epoch == 0
-            if step % t.log_every == 0 or end_of_epoch or step == self.total:
+            validating = self.val is not None and (end_of_epoch or (t.val_every is not None and step % t.val_every == 0))
+            if step % t.log_every == 0 or end_of_epoch or step == self.total or validating:
                 rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
                 loss = world.mean(float(out.loss.detach()))  # with local_loss, each rank holds its rows' loss
                 if log is not None:
                     row = {"step": step, "epoch": epoch, "loss": loss, "lr": self.step_lr,
                            "samples_per_s": rate, **out.stats}
-                    if end_of_epoch and self.val is not None:
-                        summary = validate(self.model, self.val, self.gallery, self.device)
-                        row |= {f"val_acc_{k}km": v for k, v in summary["accuracy"].items()} | {"val_median_km": summary["median_km"]}
+                    if validating:
+                        row |= validation_row(validate(self.model, self.val, self.gallery, self.device))
+                        self._keep_if_best(row, step)
                     log.write(row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{rate:.0f}")
                 window_start, window_samples = time.perf_counter(), 0
             if step % t.checkpoint_every == 0 or end_of_epoch or step == self.total:
                 if world.is_main:
-                    save_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.negatives, self.state)
+                    save_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.negatives, self.state, self.scaler)
                 world.barrier()  # nobody runs ahead of a checkpoint it might resume from
         bar.close()
         if log is not None:
             log.close()
         final = self.run_dir / "model"
         if world.is_main:
-            save_model_dir(final, self.model.cpu(), backbone=config.data.backbone, gallery=self.gallery.astype(np.float32),
-                           meta={"trained": {"config": config.name, "steps": self.state.step, "loss": config.loss.name,
-                                             "processes": world.world_size}})
+            self._save_model(final)
         world.barrier()
         return final
 

@@ -1,4 +1,5 @@
-"""What a run logs: ``metrics.csv`` (one row per logged step, rewritten exactly on resume) and TensorBoard."""
+"""What a run logs: ``metrics.csv`` (one row per logged step, rewritten exactly on resume), TensorBoard
+whenever the tensorboard package is installed, and Weights & Biases when ``train.wandb`` asks for it."""
 
 from __future__ import annotations
 
@@ -7,26 +8,34 @@ import math
 from pathlib import Path
 
 from geovario.atomic import atomic_path
+from geovario.errors import GeovarioError
+from geovario.jsonio import read_json, write_json
 
 
 class MetricsLog:
     """``metrics.csv`` beside a TensorBoard writer (when the tensorboard package is installed)."""
 
-    def __init__(self, run_dir: Path, resumed_at: int):
+    def __init__(self, run_dir: Path, resumed_at: int, wandb: bool = False, project: str = "geovario", name: str = "",
+                 config: dict | None = None):
         self.path = run_dir / "metrics.csv"
         _truncate(self.path, resumed_at)
         self.tensorboard = _tensorboard(run_dir)
+        self.wandb = _wandb_run(run_dir, project, name, config) if wandb else None
 
     def write(self, row: dict) -> None:
         _append(self.path, row)
+        scalars = {k: v for k, v in row.items() if k not in ("step", "epoch") and isinstance(v, (int, float))}
         if self.tensorboard is not None:
-            for key, value in row.items():
-                if key not in ("step", "epoch") and isinstance(value, (int, float)):
-                    self.tensorboard.add_scalar(key, value, row["step"])
+            for key, value in scalars.items():
+                self.tensorboard.add_scalar(key, value, row["step"])
+        if self.wandb is not None:
+            self.wandb.log(scalars | {"epoch": row["epoch"]}, step=row["step"])
 
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 def _tensorboard(run_dir: Path):
@@ -35,6 +44,19 @@ def _tensorboard(run_dir: Path):
     except ImportError:
         return None
     return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _wandb_run(run_dir: Path, project: str, name: str, config: dict | None):
+    """A W&B run that a --resume continues: its id is kept in the run directory (wandb.json)."""
+    try:
+        import wandb
+    except ImportError:
+        raise GeovarioError("config key train.wandb: the wandb package is not installed (pip install wandb), "
+                            "or set train.wandb: false") from None
+    record = run_dir / "wandb.json"
+    run_id = read_json(record, "W&B run record")["id"] if record.is_file() else wandb.util.generate_id()
+    write_json(record, {"id": run_id, "project": project})
+    return wandb.init(project=project, name=name or None, id=run_id, resume="allow", config=config, dir=str(run_dir))
 
 
 def _truncate(path: Path, step: int) -> None:

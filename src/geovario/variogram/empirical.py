@@ -32,9 +32,7 @@ from tqdm.auto import tqdm
 
 from geovario.errors import GeovarioError
 from geovario.geo import EARTH_RADIUS_KM, coordinate_problems
-
-ESTIMATORS = ("matheron", "cressie")
-MAX_LAG_KM = 20015.0  # half the Earth's circumference on the R = 6371.0088 km sphere: the largest lag
+from geovario.variogram.choices import ESTIMATORS, MAX_LAG_KM  # noqa: F401 (re-exported)
 
 
 @dataclass

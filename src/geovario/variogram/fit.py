@@ -14,8 +14,8 @@ from scipy.optimize import OptimizeWarning, curve_fit
 from geovario.errors import GeovarioError
 from geovario.variogram.empirical import EmpiricalVariogram
 from geovario.variogram.models import MODELS, VariogramModel, model_gamma
+from geovario.variogram.choices import WEIGHTS
 
-WEIGHTS = ("cressie", "pairs", "none")
 LAG_POSITIONS = ("mean", "centre", "upper")
 
 

@@ -23,8 +23,7 @@ import torch
 from geovario.errors import GeovarioError
 from geovario.geo import EARTH_RADIUS_KM
 from geovario.jsonio import read_json, write_json
-
-MODELS = ("spherical", "exponential", "gaussian", "stable")
+from geovario.variogram.choices import MODELS  # noqa: F401 (re-exported)
 
 
 def _scale(model: str, range_km: float, shape: float) -> float:

@@ -1,0 +1,58 @@
+"""The ``geovario`` command: one module per command group, each parsing its options and calling the library.
+
+    weights.py     weights geoclip | export-geoclip | rehash
+    predict.py     predict, embed-gps
+    data.py        data check | import | info
+    extract.py     extract
+    variogram.py   variogram
+    evaluation.py  evaluate, score, compare
+    train.py       train
+    world.py       simulate, demo, bench losses | study | gps-embeddings
+    serve.py       serve
+    options.py     what they share: the parser, option types and option groups
+
+Parsing imports no numpy or torch; each command imports what it needs when it runs, so ``--help``
+is instant. Errors the user can fix (:class:`GeovarioError`) print as one ``geovario: error: ...``
+line with exit status 1; usage errors exit 2, as argparse does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from geovario import __version__
+from geovario.cli import data, evaluation, extract, predict, serve, train, variogram, weights, world
+from geovario.cli.options import Parser
+from geovario.errors import GeovarioError
+
+GROUPS = (weights, predict, data, extract, variogram, evaluation, train, world, serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="geovario", description="Worldwide image geolocalization in the GeoCLIP family.")
+    parser.add_argument("--version", action="version", version=f"geovario {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in GROUPS:
+        group.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit status: 0, 1 for a problem the user can fix, 2 for a usage error."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error already printed as one line
+        return e.code if isinstance(e.code, int) else 0
+    try:
+        return args.run(args)
+    except GeovarioError as e:
+        print(f"geovario: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("geovario: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""``geovario predict`` (images, features or text to places) and ``geovario embed-gps`` (coordinates to embeddings)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from geovario.cli.options import positive_int
+from geovario.errors import GeovarioError
+
+
+def register(commands) -> None:
+    predict = commands.add_parser(
+        "predict",
+        help="geolocate images or backbone features",
+        description=(
+            "Predict the top-k gallery locations for each input. The gallery's location embeddings are "
+            "computed once and cached beside the model; probabilities are the softmax over the whole gallery."
+        ),
+    )
+    predict.add_argument("--model", required=True, type=Path, help="geovario model directory")
+    inputs = predict.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--features", type=Path, metavar="FILE.npy",
+                        help="an (N, D) .npy array of backbone features (D = 768 for CLIP ViT-L/14)")
+    inputs.add_argument("--image", type=Path, nargs="+", metavar="PATH", help="one or more image files")
+    inputs.add_argument("--text", nargs="+", metavar="TEXT",
+                        help='one or more text queries, e.g. "a snowy street with red trams": CLIP\'s text embedding is fed '
+                             "through the image head, as GeoCLIP's paper does (the head never saw text in training: see the README)")
+    predict.add_argument("--backbone", metavar="NAME_OR_DIR",
+                         help="CLIP checkpoint (hub id or local folder) for --image and --text; default: the one in the model's config")
+    predict.add_argument("--gallery", type=Path, metavar="CSV", help="GPS gallery CSV (LAT,LON) instead of the model's own")
+    predict.add_argument("--top-k", type=positive_int, default=5, help="predictions per input, best first (default 5)")
+    predict.add_argument("--batch-size", type=positive_int, default=32, help="images per backbone batch (default 32)")
+    predict.add_argument("--workers", type=int, default=None, metavar="N",
+                         help="processes that decode images while the backbone runs (default: none for one batch of "
+                              "images, else one per core; 0 decodes in this process)")
+    predict.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda when available)")
+    predict.add_argument("--places", action="store_true",
+                         help="add the nearest GeoNames place of 1,000+ people (city, sub-region, region, country) and its "
+                              "distance to each prediction, offline; more than 50 km from any place and off the land "
+                              "outline, it says open water")
+    predict.add_argument("--json", action="store_true",
+                         help='print JSON: [{"input": ..., "predictions": [{"lat", "lon", "prob"[, "place"]}, ...]}, ...]')
+    predict.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    predict.set_defaults(run=run_predict)
+
+    embed = commands.add_parser(
+        "embed-gps",
+        help="embed GPS coordinates with a model's location encoder, for downstream tasks",
+        description=("Run a model's location encoder (GeoCLIP's, or one geovario trained) over coordinates and write the "
+                     "embeddings: an (N, D) float32 .npy in the CSV's row order, or a parquet file that keeps the CSV's "
+                     "other columns (ids, labels) beside an 'embedding' column. Streams in batches; every coordinate is "
+                     "checked first, and a bad row is one error naming its line."),
+    )
+    embed.add_argument("--model", required=True, type=Path, help="geovario model directory (e.g. from `geovario weights geoclip`)")
+    where = embed.add_mutually_exclusive_group(required=True)
+    where.add_argument("--csv", type=Path, metavar="G.csv", help="CSV with LAT and LON columns (lat/latitude, lon/lng/longitude)")
+    where.add_argument("--lat", type=float, help="one latitude in degrees (with --lon)")
+    embed.add_argument("--lon", type=float, help="one longitude in degrees (with --lat)")
+    embed.add_argument("--out", type=Path, metavar="E.npy|E.parquet",
+                       help="output file; required with --csv (with --lat/--lon, omitted: print the embedding as JSON)")
+    embed.add_argument("--normalize", action="store_true",
+                       help="unit-length embeddings, as retrieval compares them (default: the encoder's raw output, as GeoCLIP's LocationEncoder returns it)")
+    embed.add_argument("--batch-size", type=positive_int, default=65536, help="coordinates per forward pass (default 65536)")
+    embed.add_argument("--device", help="torch device (default: cuda when available)")
+    embed.add_argument("--json", action="store_true", help="print a JSON summary")
+    embed.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    embed.set_defaults(run=run_embed_gps)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from geovario.data.feature_arrays import load_features_file
+    from geovario.predict import Predictor
+
+    if args.workers is not None and args.workers < 0:
+        raise GeovarioError(f"--workers must not be negative, got {args.workers}")
+    if args.features is not None:
+        features = load_features_file(args.features)  # validate input before any heavy loading
+    if args.text is not None:
+        from geovario.backbones import check_texts
+
+        check_texts(args.text)
+    predictor = Predictor(args.model, gallery=args.gallery, device=args.device, progress=not args.no_progress)
+    if args.top_k > len(predictor.gallery):
+        raise GeovarioError(f"--top-k must be between 1 and the gallery size {len(predictor.gallery)}, got {args.top_k}")
+    if args.text is not None:
+        inputs, results = args.text, predictor.predict_texts(args.text, args.top_k, args.backbone)
+    elif args.features is not None:
+        features = predictor.check_features(features, str(args.features))
+        inputs = [f"{args.features}[{i}]" for i in range(len(features))]
+        results = predictor.predict_features(features, args.top_k)
+    else:
+        from geovario.machine import available_cores
+
+        workers = args.workers if args.workers is not None else (0 if len(args.image) <= args.batch_size else available_cores())
+        inputs = [str(path) for path in args.image]
+        results = predictor.predict_images(args.image, args.top_k, args.backbone, args.batch_size, workers)
+    entries = [{"input": name, "error": result} if isinstance(result, str) else
+               {"input": name, "predictions": [p.to_dict() for p in result]} for name, result in zip(inputs, results)]
+    if args.places:
+        _add_places(entries)
+    print(json.dumps(entries, indent=1) if args.json else _format_table(entries))
+    failed = [e for e in entries if "error" in e]
+    for entry in failed:
+        print(f"geovario: error: {entry['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _add_places(entries: list[dict]) -> None:
+    from geovario.places import place_names
+
+    predictions = [p for entry in entries for p in entry.get("predictions", [])]
+    for prediction, place in zip(predictions, place_names([(p["lat"], p["lon"]) for p in predictions])):
+        prediction["place"] = place.to_dict()
+
+
+def _format_table(entries: list[dict]) -> str:
+    lines = []
+    for entry in entries:
+        if "error" in entry:
+            continue
+        lines.append(entry["input"])
+        lines.append(f"  {'rank':>4}  {'lat':>10}  {'lon':>11}  {'prob':>8}")
+        for rank, p in enumerate(entry["predictions"], 1):
+            line = f"  {rank:>4}  {p['lat']:>10.5f}  {p['lon']:>11.5f}  {p['prob']:>8.4f}"
+            if "place" in p:
+                place = p["place"]
+                name = ", ".join(v for v in (place["city"], place["region"], place["country"]) if v)
+                line += (f"  open water ({place['distance_km']:,.0f} km from {name})" if place["open_water"]
+                         else f"  {name} ({place['distance_km']:,.1f} km away)")
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def run_embed_gps(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from geovario.backbones import resolve_device
+    from geovario.data.latlon_csv import read_latlon_table
+    from geovario.geo import coordinate_problems
+    from geovario.gps_embeddings import OUTPUT_SUFFIXES, embed_locations, write_embeddings
+    from geovario.modeldir import load_model_dir
+
+    if (args.lat is None) != (args.lon is None):
+        raise GeovarioError("give both --lat and --lon (or --csv)")
+    if args.csv is not None and args.out is None:
+        raise GeovarioError("--csv needs --out E.npy or E.parquet")
+    if args.out is not None and args.out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise GeovarioError(f"{args.out}: the output must end in .npy or .parquet")
+    if args.csv is not None:  # every row checked before the model loads
+        frame, latlon = read_latlon_table(args.csv, "GPS", dtype=np.float64)
+    else:
+        frame, latlon = pd.DataFrame(index=[0]), np.array([[args.lat, args.lon]])
+        for _, problem in coordinate_problems(latlon[:, 0], latlon[:, 1]):
+            raise GeovarioError(f"--lat/--lon: {problem}")
+    device = resolve_device(args.device)
+    model = load_model_dir(args.model, device).model
+    if args.out is None:
+        embedding = embed_locations(model, latlon, normalize=args.normalize, device=device)
+        print(json.dumps({"lat": args.lat, "lon": args.lon, "embedding": embedding[0].tolist()}))
+        return 0
+    summary = write_embeddings(model, frame, latlon, args.out, args.batch_size, args.normalize, device,
+                               progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['out']}: {summary['rows']} embeddings of {summary['dim']} values"
+              f"{' (unit length)' if summary['normalized'] else ''}")
+    return 0

@@ -1,0 +1,68 @@
+"""``geovario variogram``: estimate and fit one or more feature sources the same way, as one report.
+
+A fit that fails is not fatal here: its empirical bins are still reported (and written), with the
+reason, so the caller can show what was measured and exit non-zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from geovario.variogram.choices import MAX_LAG_KM
+from geovario.variogram.empirical import EmpiricalVariogram, empirical_variogram
+from geovario.variogram.fit import VariogramFitError, fit_variogram
+from geovario.variogram.models import VariogramModel
+
+
+@dataclass
+class EstimateSettings:
+    bins: int = 40
+    max_lag_km: float = MAX_LAG_KM
+    log_bins: bool = True
+    min_lag_km: float = 1.0
+    model: str = "spherical"
+    estimator: str = "matheron"
+    weights: str = "cressie"
+    exact_max: int = 20_000
+    max_pairs: int = 4_000_000
+    short_lag_km: float = 25.0
+    seed: int = 0
+
+
+@dataclass
+class Estimate:
+    label: str
+    empirical: EmpiricalVariogram
+    model: VariogramModel | None
+    error: str | None  # why the fit failed, when it did
+
+    def to_dict(self, model_name: str) -> dict:
+        if self.model is not None:
+            return {"label": self.label, **self.model.to_dict()}
+        return {"label": self.label, "model": model_name, "nugget": None, "psill": None, "range_km": None,
+                "fit_error": self.error, **self.empirical.to_dict()}
+
+
+def estimate(source, label: str, settings: EstimateSettings, progress: bool = True) -> Estimate:
+    """The empirical semivariogram of a feature source and its fitted model (or why the fit failed)."""
+    large = len(source) > settings.exact_max  # sampled pairs: float16 features halve the memory
+    empirical = empirical_variogram(
+        source.features(dtype=np.float16 if large else np.float32), source.gps,
+        bins=settings.bins, max_lag_km=settings.max_lag_km, log_bins=settings.log_bins, min_lag_km=settings.min_lag_km,
+        estimator=settings.estimator, exact_max=settings.exact_max, max_pairs=settings.max_pairs,
+        short_lag_km=settings.short_lag_km, seed=settings.seed, progress=progress,
+    )
+    try:
+        return Estimate(label, empirical, fit_variogram(empirical, settings.model, settings.weights), None)
+    except VariogramFitError as e:
+        return Estimate(label, empirical, None, str(e))
+
+
+def estimates_report(estimates: list[Estimate], model_name: str) -> dict:
+    """The JSON report: the first source's fit and bins, the others under ``compare``."""
+    report = estimates[0].to_dict(model_name)
+    if len(estimates) > 1:
+        report["compare"] = [e.to_dict(model_name) for e in estimates[1:]]
+    return report

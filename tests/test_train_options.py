@@ -1,0 +1,182 @@
+"""Training options beyond GeoCLIP's recipe: gradient accumulation, warmup + cosine, parameter groups,
+validation every N steps, the best/ model, fp16's settings and Weights & Biases."""
+
+import sys
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from geovario.cli import main
+from geovario.config import load_config
+from geovario.errors import GeovarioError
+from geovario.train import Trainer, train
+from test_train import SMALL, make_store
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("option-stores")
+    return make_store(root / "train", 320, seed=0).folder, make_store(root / "val", 64, seed=1).folder
+
+
+def trainer(run_dir, stores, *overrides, loss="infonce"):
+    train_store, val_store = stores
+    config = load_config(None, SMALL + [f"data.train={train_store}", f"loss.name={loss}", *overrides])
+    return Trainer(config, run_dir, progress=False)
+
+
+@pytest.mark.parametrize("loss", ["infonce", "semivariogram"])
+def test_accumulation_gives_the_update_of_the_whole_batch(tmp_path, stores, loss):
+    whole = trainer(tmp_path / "whole", stores, "train.batch_size=32", loss=loss)
+    split = trainer(tmp_path / "split", stores, "train.batch_size=32", "train.accumulate=4", loss=loss)
+    for _ in range(3):  # the queue fills and the weights move, so later steps depend on earlier ones
+        expected, got = whole.step(), split.step()
+        assert float(got.loss.detach()) == pytest.approx(float(expected.loss.detach()), rel=1e-6)
+    ours, theirs = split.model.state_dict(), whole.model.state_dict()
+    for name in theirs:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_warmup_then_cosine_matches_torchs_own_schedulers(tmp_path, stores):
+    lr, min_lr, warmup = 1e-3, 1e-5, 5
+    train(load_config(None, SMALL + [f"data.train={stores[0]}", "train.epochs=2", "optim.schedule=cosine", f"optim.lr={lr}",
+                                     f"optim.min_lr={min_lr}", f"optim.warmup_steps={warmup}"]), tmp_path / "run", progress=False)
+    logged = pd.read_csv(tmp_path / "run" / "metrics.csv")["lr"].to_numpy()
+    total = len(logged)
+    assert total == 40  # 320 samples / 16 per batch x 2 epochs, one row per step
+    # The reference: torch's LinearLR warmup followed by CosineAnnealingLR down to min_lr at the last step.
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    reference = torch.optim.lr_scheduler.SequentialLR(optimizer, [
+        torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup, end_factor=1.0, total_iters=warmup - 1),
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup - 1, eta_min=min_lr)], milestones=[warmup])
+    expected = []
+    for _ in range(total):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        reference.step()
+    np.testing.assert_allclose(logged, expected, rtol=1e-5)  # metrics.csv keeps 6 significant digits
+    assert logged[0] == pytest.approx(lr / warmup) and logged.max() == pytest.approx(lr) and logged[-1] == pytest.approx(min_lr)
+
+
+def test_resume_continues_the_cosine_schedule_exactly(tmp_path, stores):
+    overrides = SMALL + [f"data.train={stores[0]}", "train.epochs=2", "optim.schedule=cosine", "optim.warmup_steps=3",
+                         "train.checkpoint_every=7"]
+    train(load_config(None, overrides), tmp_path / "whole", progress=False)
+    original = Trainer.step
+
+    def killed_after_step_14(self):  # as if killed right after the checkpoint at step 14
+        if self.state.step == 14:
+            raise KeyboardInterrupt
+        return original(self)
+
+    Trainer.step = killed_after_step_14
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(load_config(None, overrides), tmp_path / "cut", progress=False)
+    finally:
+        Trainer.step = original
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
+    whole, resumed = (pd.read_csv(tmp_path / run / "metrics.csv") for run in ("whole", "cut"))
+    np.testing.assert_array_equal(resumed["lr"], whole["lr"])
+    np.testing.assert_array_equal(resumed["loss"], whole["loss"])
+
+
+def test_decay_weights_only_spares_biases_and_the_logit_scale(tmp_path, stores):
+    run = trainer(tmp_path / "run", stores, "optim.weight_decay=0.01", "optim.decay_weights_only=true")
+    names = {id(p): name for name, p in run.model.named_parameters()}
+    groups = {group["weight_decay"]: sorted(names[id(p)] for p in group["params"]) for group in run.optimizer.param_groups}
+    assert set(groups) == {0.01, 0.0}
+    assert groups[0.0] == sorted(n for n in names.values() if n.endswith(".bias") or n == "logit_scale")
+    assert groups[0.01] == sorted(n for n in names.values() if n.endswith(".weight"))
+    assert len(groups[0.0]) + len(groups[0.01]) == len(names)  # every trained parameter, once
+    # Without the option, one group decays everything (GeoCLIP's Adam).
+    plain = trainer(tmp_path / "plain", stores, "optim.weight_decay=0.01")
+    assert [len(g["params"]) for g in plain.optimizer.param_groups] == [len(names)]
+    # And it matters: with a zero gradient, a decayed bias would move, a spared one does not.
+    run.optimizer.zero_grad()
+    for p in run.model.parameters():
+        p.grad = torch.zeros_like(p)
+    bias_before, weight_before = run.model.image_head.mlp[0].bias.clone(), run.model.image_head.mlp[0].weight.clone()
+    run.optimizer.step()
+    assert torch.equal(run.model.image_head.mlp[0].bias, bias_before)
+    assert not torch.equal(run.model.image_head.mlp[0].weight, weight_before)
+
+
+@pytest.mark.parametrize("metric, pick", [("acc_2500km", np.argmax), ("median_km", np.argmin)])
+def test_best_model_is_the_validation_with_the_best_metric(tmp_path, stores, metric, pick, capsys):
+    train_store, val_store = stores
+    config = load_config(None, SMALL + [f"data.train={train_store}", f"data.val={val_store}", "train.epochs=2",
+                                        "train.val_every=4", f"train.keep_best={metric}"])
+    train(config, tmp_path / "run", progress=False)
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    validated = metrics.dropna(subset=[f"val_{metric}"])
+    assert validated["step"].tolist() == [4, 8, 12, 16, 20, 24, 28, 32, 36, 40]  # every 4 steps, epoch ends included
+    assert validated["val_geoscore"].between(0, 5000).all()
+    column = validated[f"val_{metric}"].to_numpy()
+    assert len(set(column)) > 1  # the choice is not trivial
+    best_step = int(validated["step"].iloc[int(pick(column))])
+    from geovario.modeldir import load_model_dir
+
+    assert load_model_dir(tmp_path / "run" / "best").meta["trained"]["best"]["step"] == best_step
+    # Evaluating best/ the way users do gives the logged number.
+    out = tmp_path / "best.json"
+    assert main(["evaluate", "--model", str(tmp_path / "run" / "best"), "--store", str(val_store), "--gallery", str(train_store),
+                 "--out", str(out), "--no-admin", "--no-progress", "--json"]) == 0
+    import json
+
+    report = json.loads(out.read_text())
+    value = report["accuracy"]["2500"] if metric == "acc_2500km" else report["median_km"]
+    assert value == pytest.approx(float(column[int(pick(column))]), rel=1e-5)
+
+
+def test_options_are_checked_and_name_their_key(stores):
+    base = SMALL + [f"data.train={stores[0]}"]
+    for overrides, message in [
+        (["optim.warmup_steps=5"], "optim.warmup_steps: belongs to optim.schedule: cosine"),
+        (["optim.schedule=linear"], "optim.schedule: 'linear' is not one of step, cosine"),
+        (["train.keep_best=acc_25km"], "train.keep_best: needs a validation store in data.val"),
+        (["train.keep_best=accuracy"], "train.keep_best: 'accuracy' is not one of"),
+        (["train.accumulate=32"], "train.accumulate: 32 micro-batches are more than train.batch_size 16"),
+        (["train.amp_dtype=float8"], "train.amp_dtype: 'float8' is not one of bfloat16, float16"),
+        (["optim.schedule=cosine", "optim.min_lr=1"], "optim.min_lr: 1.0 is above optim.lr"),
+    ]:
+        with pytest.raises(GeovarioError, match=message.replace("(", r"\(")):
+            load_config(None, base + overrides)
+
+
+def test_wandb_logs_every_metrics_row_and_resumes_the_same_run(tmp_path, stores, monkeypatch):
+    calls = []
+
+    class FakeRun:
+        def log(self, values, step):
+            calls.append(("log", step, values))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake = types.SimpleNamespace(init=lambda **kw: calls.append(("init", kw)) or FakeRun(),
+                                 util=types.SimpleNamespace(generate_id=lambda: "abc123"))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    overrides = SMALL + [f"data.train={stores[0]}", "train.max_steps=6", "train.log_every=2", "train.wandb=true", "train.wandb_project=p"]
+    train(load_config(None, overrides), tmp_path / "run", progress=False)
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    logged = [c for c in calls if c[0] == "log"]
+    assert [c[1] for c in logged] == metrics["step"].tolist() == [2, 4, 6]
+    assert [c[2]["loss"] for c in logged] == pytest.approx(metrics["loss"].tolist(), rel=1e-5)
+    init = calls[0][1]
+    assert (init["project"], init["id"], init["resume"]) == ("p", "abc123", "allow") and calls[-1] == ("finish",)
+    calls.clear()
+    assert main(["train", "--resume", str(tmp_path / "run"), "--set", "train.max_steps=8", "--no-progress"]) == 0
+    assert calls[0][1]["id"] == "abc123"  # the same W&B run continues
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: one line naming the key
+    with pytest.raises(GeovarioError, match="train.wandb: the wandb package is not installed"):
+        train(load_config(None, overrides), tmp_path / "other", progress=False)
+
+
+def test_float16_amp_is_accepted_and_inert_on_cpu(tmp_path, stores):
+    run = trainer(tmp_path / "run", stores, "train.amp_dtype=float16", "train.device=cpu")
+    assert not run.scaler.is_enabled() and not run.amp._enabled  # autocast and loss scaling are CUDA-only here
+    run.step()
