@@ -73,6 +73,14 @@ def test_predict_images_with_tiny_clip(capsys, tmp_path, tiny_model_dir, tiny_cl
     assert code == 1 and all("predictions" in e for e in result[:3])
     assert "corrupt or truncated" in result[3]["error"]
     assert_one_line_error(code, err, "broken.jpg")
+    # Decoding in worker processes, in batches that split the inputs, gives the same answers in the same order.
+    code, out_workers, _ = run(capsys, *argv[:-4], "--workers", "2", "--batch-size", "2", "--image", bad, *photos)
+    workers = json.loads(out_workers)
+    assert code == 1 and "corrupt or truncated" in workers[0]["error"]
+    for got, expected in zip(workers[1:], result[:3], strict=True):  # batches of 2, not 4: float rounding may differ
+        assert got["input"] == expected["input"]
+        assert [(p["lat"], p["lon"]) for p in got["predictions"]] == [(p["lat"], p["lon"]) for p in expected["predictions"]]
+        assert [p["prob"] for p in got["predictions"]] == pytest.approx([p["prob"] for p in expected["predictions"]], rel=1e-4)
 
 
 def test_bad_model_dirs(capsys, tmp_path, tiny_model_dir, features_file):
