@@ -272,8 +272,6 @@ def validate(config: Config) -> None:
     if optim.schedule == "step" and (optim.warmup_steps or optim.min_lr):
         key = "optim.warmup_steps" if optim.warmup_steps else "optim.min_lr"
         raise GeovarioError(f"config key {key}: belongs to optim.schedule: cosine (the step schedule has neither)")
-    if optim.min_lr > optim.lr:
-        raise GeovarioError(f"config key optim.min_lr: {optim.min_lr} is above optim.lr {optim.lr}")
     if t.accumulate > t.batch_size:
         raise GeovarioError(f"config key train.accumulate: {t.accumulate} micro-batches are more than train.batch_size {t.batch_size} samples")
     if (t.keep_best or t.val_every) and not config.data.val:
@@ -295,6 +293,8 @@ def validate(config: Config) -> None:
         raise GeovarioError("config key data.train: no training store given (or data.images for image-level training)")
     if config.optim.lr <= 0:
         raise GeovarioError(f"config key optim.lr: must be positive, got {config.optim.lr}")
+    if optim.min_lr > optim.lr:
+        raise GeovarioError(f"config key optim.min_lr: {optim.min_lr} is above optim.lr {optim.lr}")
     if loss.name == "combined":
         if not loss.parts:
             raise GeovarioError("config key loss.parts: a combined loss needs parts, e.g. [{name: infonce, weight: 1.0}]")
