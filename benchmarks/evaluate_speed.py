@@ -48,8 +48,7 @@ def main() -> int:
         gallery.sample(N_QUERIES, random_state=0).to_csv(tmp / "q.csv", index=False)
 
         from geovario.data.store import open_feature_source
-        from geovario.evaluate import predict_source
-        from geovario.metrics import build_report
+        from geovario.evaluate import frame_report, predict_source
         from geovario.predict import Predictor
 
         Predictor(model_dir, progress=False)  # fill the gallery cache once, as any earlier run would have
@@ -57,7 +56,7 @@ def main() -> int:
         source = open_feature_source(features=tmp / "q.npy", gps=tmp / "q.csv")
         predictor = Predictor(model_dir, progress=False)
         frame = predict_source(predictor, source, 5, progress=False)
-        build_report(frame[["true_lat", "true_lon"]].to_numpy(), frame[["pred_lat", "pred_lon"]].to_numpy())
+        frame_report(frame)
         in_process = time.perf_counter() - start
 
         start = time.perf_counter()

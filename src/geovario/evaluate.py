@@ -71,6 +71,17 @@ def predict_source(predictor: Predictor, source: FeatureSource, top_k: int = 5, 
     return frame
 
 
+def prediction_coordinates(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The (N, 2) true and predicted (top-1) coordinates of a :func:`predict_source` frame."""
+    return frame[["true_lat", "true_lon"]].to_numpy(), frame[["pred_lat", "pred_lon"]].to_numpy()
+
+
+def frame_report(frame: pd.DataFrame, thresholds=THRESHOLDS_KM, strict_less: bool = False, labels: pd.DataFrame | None = None,
+                 admin: bool = True) -> dict:
+    """The report (:func:`geovario.metrics.build_report`) of a :func:`predict_source` frame."""
+    return build_report(*prediction_coordinates(frame), thresholds, strict_less, labels, admin=admin)
+
+
 def store_labels(source: FeatureSource) -> pd.DataFrame | None:
     """The admin labels a store carries (OSV5M's country, region, sub-region, city), if any."""
     if isinstance(source, FeatureStore):
@@ -89,8 +100,7 @@ def evaluate_model(model_dir: str | Path, source: FeatureSource, predictions_pat
 
     predictor = Predictor(model_dir, gallery=load_gallery(gallery), device=device, progress=progress)
     frame = predict_source(predictor, source, top_k or min(5, len(predictor.gallery)), progress=progress, faiss_factory=faiss_factory)
-    true_latlon, pred_latlon = frame[["true_lat", "true_lon"]].to_numpy(), frame[["pred_lat", "pred_lon"]].to_numpy()
-    report = build_report(true_latlon, pred_latlon, thresholds, strict_less, store_labels(source), admin=admin)
+    report = frame_report(frame, thresholds, strict_less, store_labels(source), admin=admin)
     atomic_write_bytes(predictions_path, frame.to_csv(index=False).encode())
     report |= {"model": str(model_dir), "gallery": str(gallery or "model"),
                "retrieval": f"faiss:{faiss_factory}" if faiss_factory else "exact", "predictions": str(predictions_path),

@@ -19,8 +19,7 @@ import numpy as np
 
 from geovario.config import load_config
 from geovario.data.store import FeatureStore
-from geovario.evaluate import predict_source
-from geovario.metrics import build_report
+from geovario.evaluate import frame_report, predict_source, prediction_coordinates
 from geovario.predict import Predictor
 from geovario.train import train
 
@@ -45,8 +44,7 @@ def train_and_evaluate(world: Path, run_dir: Path, overrides: list[str], epochs:
     gallery = FeatureStore(world / "train").gps.astype(np.float32)
     predictor = Predictor(model_dir, gallery=gallery, device="cpu", progress=False)
     frame = predict_source(predictor, FeatureStore(world / "test"), top_k=1, progress=False)
-    true, pred = frame[["true_lat", "true_lon"]].to_numpy(), frame[["pred_lat", "pred_lon"]].to_numpy()
-    report = build_report(true, pred, admin=False)
+    report = frame_report(frame, admin=False)
     report["errors_km"] = frame["error_km"].to_numpy()
-    report["true_latlon"] = true
+    report["true_latlon"] = prediction_coordinates(frame)[0]
     return report

@@ -62,14 +62,14 @@ def register(commands) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from geovario.data.store import open_feature_source
-    from geovario.evaluate import evaluate_model
+    from geovario.evaluate import evaluate_model, prediction_coordinates
 
     source = open_feature_source(args.store, args.features, args.gps)
     predictions = args.predictions or args.out.with_name(args.out.stem + ".predictions.csv")
     report, frame = evaluate_model(args.model, source, predictions, args.gallery, args.top_k, args.thresholds, args.strict_less,
                                    admin=not args.no_admin, faiss_factory=args.faiss, device=args.device, progress=not args.no_progress)
     report["data"] = str(args.store or args.features)
-    return _finish(args, report, frame[["true_lat", "true_lon"]].to_numpy(), frame[["pred_lat", "pred_lon"]].to_numpy(), str(args.model))
+    return _finish(args, report, *prediction_coordinates(frame), str(args.model))
 
 
 def run_score(args: argparse.Namespace) -> int:

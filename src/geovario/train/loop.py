@@ -55,8 +55,7 @@ class _Encoders(torch.nn.Module):
 def validate(model: GeoLocModel, val, gallery: np.ndarray, device) -> dict:
     """Accuracy at every threshold, median and mean error and GeoScore of ``model`` on the store ``val``,
     through evaluation's own retrieval (geovario.evaluate.predict_source)."""
-    from geovario.evaluate import predict_source
-    from geovario.metrics import build_report
+    from geovario.evaluate import frame_report, predict_source
     from geovario.predict import Predictor
 
     model.eval()
@@ -64,7 +63,7 @@ def validate(model: GeoLocModel, val, gallery: np.ndarray, device) -> dict:
         frame = predict_source(Predictor.from_model(model, gallery, device), val, top_k=1, progress=False)
     finally:
         model.train()
-    return build_report(frame[["true_lat", "true_lon"]].to_numpy(), frame[["pred_lat", "pred_lon"]].to_numpy(), admin=False)
+    return frame_report(frame, admin=False)
 
 
 def validation_row(summary: dict) -> dict:
