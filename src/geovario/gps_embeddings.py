@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from geovario.atomic import atomic_path, output_dir
@@ -29,15 +28,13 @@ OUTPUT_SUFFIXES = (".npy", ".parquet")
 
 @torch.no_grad()
 def embed_batches(model: GeoLocModel, latlon: np.ndarray, batch_size: int = 65536, normalize: bool = False,
-                  device: str | torch.device = "cpu", progress: bool = False):
+                  device: str | torch.device = "cpu", progress: bool = False, desc: str = "embedding", leave: bool = True):
     """Yield (start, embeddings) for consecutive batches of ``latlon`` (N, 2) degrees, float32."""
     model = model.eval().to(device)
-    with tqdm(total=len(latlon), unit="loc", desc="embedding", disable=None if progress else True) as bar:
+    with tqdm(total=len(latlon), unit="loc", desc=desc, disable=None if progress else True, leave=leave) as bar:
         for start in range(0, len(latlon), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(latlon[start : start + batch_size], dtype=np.float32)).to(device)
-            out = model.location_encoder(batch)
-            if normalize:
-                out = F.normalize(out, dim=-1)
+            out = model.encode_locations(batch) if normalize else model.location_encoder(batch)  # unit length, as retrieval compares
             yield start, out.float().cpu().numpy()
             bar.update(len(batch))
 

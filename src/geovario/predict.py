@@ -11,6 +11,7 @@ import torch
 from geovario.backbones import ClipBackbone, ClipTextTower, resolve_device
 from geovario.data.feature_arrays import check_feature_array
 from geovario.errors import GeovarioError
+from geovario.gps_embeddings import embed_locations
 from geovario.modeldir import load_model_dir, read_gallery
 from geovario.retrieval import cached_gallery_embeddings, topk_softmax
 
@@ -56,14 +57,12 @@ class Predictor:
         self._text_tower: ClipTextTower | None = None
 
     @classmethod
-    @torch.no_grad()
     def from_model(cls, model, gallery: np.ndarray, device: str | torch.device) -> Predictor:
         """A predictor for a model in memory (validation during training): its gallery encoded now, not cached."""
         self = cls.__new__(cls)
         self.device, self.model, self.model_dir, self.backbone_name = torch.device(device), model, None, None
         self.gallery = np.ascontiguousarray(gallery, dtype=np.float32)
-        self.gallery_embeddings = torch.cat([model.encode_locations(torch.from_numpy(self.gallery[s : s + 8192]).to(self.device)).float()
-                                             for s in range(0, len(self.gallery), 8192)]).cpu().numpy()
+        self.gallery_embeddings = embed_locations(model, self.gallery, batch_size=8192, normalize=True, device=self.device)
         self.logit_scale = float(model.logit_scale.detach().exp())
         self._backbone, self._text_tower = None, None
         return self

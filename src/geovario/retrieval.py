@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from geovario.errors import GeovarioError
+from geovario.gps_embeddings import embed_batches
 from geovario.model import GeoLocModel
 
 CACHE_ENV = "GEOVARIO_CACHE_DIR"
@@ -46,15 +46,12 @@ def encode_gallery_to(
     path: Path, model: GeoLocModel, gallery: np.ndarray, batch_size: int = 8192, progress: bool = True
 ) -> None:
     """Stream unit location embeddings of ``gallery`` into an .npy at ``path`` (atomic rename)."""
-    device = model.logit_scale.device
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(gallery), model.config.embed_dim))
     try:
-        with tqdm(total=len(gallery), desc="encoding gallery", unit="loc", disable=None if progress else True, leave=False) as bar:
-            for start in range(0, len(gallery), batch_size):
-                chunk = torch.from_numpy(np.ascontiguousarray(gallery[start : start + batch_size], dtype=np.float32))
-                out[start : start + len(chunk)] = model.encode_locations(chunk.to(device)).float().cpu().numpy()
-                bar.update(len(chunk))
+        for start, embeddings in embed_batches(model, gallery, batch_size, normalize=True, device=model.logit_scale.device,
+                                               progress=progress, desc="encoding gallery", leave=False):
+            out[start : start + len(embeddings)] = embeddings
         out.flush()
         del out
         os.replace(tmp, path)
