@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +64,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_folder(staged: Path, final: Path) -> None:
+    """Put the fully written folder ``staged`` at ``final`` by renames. A folder already at ``final`` is set
+    aside first and removed only once the new one is in place."""
+    previous = final.with_name(f".{final.name}.old")
+    shutil.rmtree(previous, ignore_errors=True)
+    if final.exists():
+        os.replace(final, previous)
+    os.replace(staged, final)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from geovario.atomic import atomic_write_bytes, output_dir
+from geovario.atomic import atomic_write_bytes, output_dir, replace_folder
 from geovario.errors import GeovarioError
 from geovario.hashing import sha256_file
 from geovario.jsonio import read_json, write_json
@@ -58,8 +58,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, state
     for path in tmp.iterdir():
         with open(path, "rb") as f:
             os.fsync(f.fileno())
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    replace_folder(tmp, final)
     atomic_write_bytes(folder / "latest", final.name.encode())
     for old in sorted(folder.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

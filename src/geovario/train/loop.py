@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from geovario import distributed
-from geovario.atomic import output_dir
+from geovario.atomic import output_dir, replace_folder
 from geovario.config import Config
 from geovario.data.store import FeatureStore
 from geovario.distributed import DistributedBatchSampler
@@ -38,6 +37,7 @@ from geovario.variogram import VariogramModel
 # CLIP (Radford et al. 2021) and open_clip (src/open_clip_train/train.py) clamp the learned logit
 # scale at ln 100 after every step, so the softmax temperature never falls below 0.01.
 MAX_LOGIT_SCALE = math.log(100)
+LOWER_IS_BETTER = ("median_km", "mean_km")  # train.keep_best metrics where smaller wins; accuracies and GeoScore grow
 
 
 class _Encoders(torch.nn.Module):
@@ -225,20 +225,14 @@ class Trainer:
         metric = self.config.train.keep_best
         if metric is None:
             return
-        value = row[f"val_{metric}"]
-        lower_is_better = metric.endswith("_km") and not metric.startswith("acc_")
-        best = self.state.best
-        if best is not None and not (value < best["value"] if lower_is_better else value > best["value"]):
+        value, best = row[f"val_{metric}"], self.state.best
+        if best is not None and not (value < best["value"] if metric in LOWER_IS_BETTER else value > best["value"]):
             return
         self.state.best = {"metric": metric, "value": value, "step": step}
-        best, staged, previous = self.run_dir / "best", self.run_dir / ".best.tmp", self.run_dir / ".best.old"
+        staged = self.run_dir / ".best.tmp"
         shutil.rmtree(staged, ignore_errors=True)
         self._save_model(staged, extra={"best": self.state.best})
-        if best.exists():
-            shutil.rmtree(previous, ignore_errors=True)
-            os.replace(best, previous)
-        os.replace(staged, best)  # best/ is always a whole model directory: the old one or the new one
-        shutil.rmtree(previous, ignore_errors=True)
+        replace_folder(staged, self.run_dir / "best")
 
     def _save_model(self, folder: Path, extra: dict | None = None) -> None:
         config = self.config
