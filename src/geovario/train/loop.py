@@ -30,7 +30,7 @@ from geovario.modeldir import save_model_dir
 from geovario.train.build import build_model, build_negatives, initial_variogram, refit_on_learned, set_variogram
 from geovario.train.checkpoints import TrainState, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from geovario.train.data import StoreData, gallery_positions, open_training_data, step_generator
-from geovario.train.metrics_log import MetricsLog
+from geovario.train.metrics_log import MetricsLog, require_wandb
 from geovario.train.optim import Schedule, build_optimizer
 from geovario.variogram import VariogramModel
 
@@ -93,6 +93,8 @@ class Trainer:
         if self.world.is_main:  # checked before any work; every rank learns of a problem, so none waits for ever
             try:
                 self.val = open_validation_store(config, self.data.dim)
+                if t.wandb:
+                    require_wandb()  # here, where every rank hears of it, not when rank 0 opens the log
                 output_dir(self.run_dir)
                 check_training_data(self.run_dir, self.data.fingerprint(), config, resume)
                 if not resume:

@@ -46,13 +46,19 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def _wandb_run(run_dir: Path, project: str, name: str, config: dict | None):
-    """A W&B run that a --resume continues: its id is kept in the run directory (wandb.json)."""
+def require_wandb():
+    """The wandb module, or one line naming the key that asked for it."""
     try:
         import wandb
     except ImportError:
         raise GeovarioError("config key train.wandb: the wandb package is not installed (pip install wandb), "
                             "or set train.wandb: false") from None
+    return wandb
+
+
+def _wandb_run(run_dir: Path, project: str, name: str, config: dict | None):
+    """A W&B run that a --resume continues: its id is kept in the run directory (wandb.json)."""
+    wandb = require_wandb()
     record = run_dir / "wandb.json"
     run_id = read_json(record, "W&B run record")["id"] if record.is_file() else wandb.util.generate_id()
     write_json(record, {"id": run_id, "project": project})
