@@ -5,6 +5,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from geovario.errors import GeovarioError
 from geovario.progress import LineProgress
 from test_train import stores  # noqa: F401  (the fixture)
 
@@ -38,3 +41,23 @@ def test_train_into_a_log_file_prints_progress_lines(tmp_path, stores):  # noqa:
     lines = [line for line in text.splitlines() if line.startswith("logged: ")]
     assert len(lines) >= 40 and lines[-1].startswith("logged: 40/40 step (100%)")
     assert "ETA" in lines[0] and "loss " in lines[-1] and "\r" not in text  # plain lines, no bar redraws
+
+
+def test_a_bad_progress_interval_is_one_line_naming_the_variable(tmp_path, monkeypatch, stores):  # noqa: F811
+    for bad in ("abc", "-5", "nan"):
+        monkeypatch.setenv("GEOVARIO_PROGRESS_EVERY_S", bad)
+        with pytest.raises(GeovarioError, match=f"GEOVARIO_PROGRESS_EVERY_S: expected seconds .* got '{bad}'"):
+            LineProgress(10, "train")
+    monkeypatch.setenv("GEOVARIO_PROGRESS_EVERY_S", "2.5")
+    assert LineProgress(10, "train").every_s == 2.5
+    monkeypatch.delenv("GEOVARIO_PROGRESS_EVERY_S")
+    assert LineProgress(10, "train").every_s == 30.0
+    # Through the command, into a log: one line and exit 1, no traceback.
+    config = os.path.join(os.path.dirname(__file__), "..", "configs", "geoclip_baseline.yaml")
+    done = subprocess.run([sys.executable, "-m", "geovario", "train", "--config", config, "--out", str(tmp_path / "run"),
+                           "--set", f"data.train={stores[0]}", "--set", "data.val=null",
+                           "--set", "train.batch_size=16", "--set", "model.queue_size=64", "--set", "train.max_steps=2"],
+                          capture_output=True, text=True, env={**os.environ, "GEOVARIO_PROGRESS_EVERY_S": "abc"}, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == ("geovario: error: GEOVARIO_PROGRESS_EVERY_S: expected seconds between "
+                                                    "progress lines (0 or more), got 'abc'")

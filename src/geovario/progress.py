@@ -7,11 +7,14 @@ run silent between its first and last line. There, :class:`LineProgress` prints 
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
 
 from tqdm.auto import tqdm
+
+from geovario.errors import GeovarioError
 
 EVERY_S = 30.0  # seconds between progress lines in a log; $GEOVARIO_PROGRESS_EVERY_S overrides it
 
@@ -21,13 +24,27 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def _every_s_from_environment() -> float:
+    """``$GEOVARIO_PROGRESS_EVERY_S`` (seconds, 0 or more), else :data:`EVERY_S`; anything else is one line."""
+    text = os.environ.get("GEOVARIO_PROGRESS_EVERY_S") or ""
+    if not text.strip():
+        return EVERY_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise GeovarioError(f"GEOVARIO_PROGRESS_EVERY_S: expected seconds between progress lines (0 or more), got {text!r}")
+    return value
+
+
 class LineProgress:
     """tqdm's small interface (update, set_postfix, close, a context manager), printed as lines."""
 
     def __init__(self, total: int | None, desc: str = "", unit: str = "it", initial: int = 0, every_s: float | None = None,
                  stream=None):
         if every_s is None:
-            every_s = float(os.environ.get("GEOVARIO_PROGRESS_EVERY_S") or EVERY_S)
+            every_s = _every_s_from_environment()
         self.total, self.desc, self.unit, self.n, self.every_s = total, desc, unit, initial, every_s
         self.stream = stream or sys.stderr
         self.start_n, self.start = initial, time.perf_counter()
