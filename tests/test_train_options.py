@@ -28,16 +28,34 @@ def trainer(run_dir, stores, *overrides, loss="infonce"):
     return Trainer(config, run_dir, progress=False)
 
 
-@pytest.mark.parametrize("loss", ["infonce", "semivariogram"])
-def test_accumulation_gives_the_update_of_the_whole_batch(tmp_path, stores, loss):
-    whole = trainer(tmp_path / "whole", stores, "train.batch_size=32", loss=loss)
-    split = trainer(tmp_path / "split", stores, "train.batch_size=32", "train.accumulate=4", loss=loss)
-    for _ in range(3):  # the queue fills and the weights move, so later steps depend on earlier ones
+def _gradients(model) -> dict[str, torch.Tensor]:
+    return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("loss, clip", [("infonce", None), ("semivariogram", None), ("infonce", 0.05), ("semivariogram", 0.05)])
+def test_accumulation_gives_the_gradient_of_the_whole_batch(tmp_path, stores, loss, clip):
+    """GradCache's micro-batches give the whole batch's loss and (clipped) gradient, step after step.
+
+    Gradients are compared, not the weights after Adam's step: Adam's first update is about lr * sign(g),
+    so a gradient element within rounding of 0 can move its weight by a whole lr either way. Before
+    each step both runs hold the same weights (the whole batch's are copied over), so each comparison
+    is of one step's arithmetic, while the queue fills and the weights move as training goes on.
+    """
+    clipping = [f"optim.grad_clip={clip}"] if clip else []
+    whole = trainer(tmp_path / "whole", stores, "train.batch_size=32", *clipping, loss=loss)
+    split = trainer(tmp_path / "split", stores, "train.batch_size=32", "train.accumulate=4", *clipping, loss=loss)
+    for step in range(3):
+        split.model.load_state_dict(whole.model.state_dict())
         expected, got = whole.step(), split.step()
         assert float(got.loss.detach()) == pytest.approx(float(expected.loss.detach()), rel=1e-6)
-    ours, theirs = split.model.state_dict(), whole.model.state_dict()
-    for name in theirs:
-        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-6, msg=name)
+        theirs, ours = _gradients(whole.model), _gradients(split.model)
+        assert sorted(ours) == sorted(theirs) == sorted(name for name, _ in whole.model.named_parameters())
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in theirs.values()]))
+        if clip:  # the clip is active, and applies to the whole batch's gradient, once
+            assert float(norm) == pytest.approx(clip, rel=1e-4)
+        for name in theirs:  # float reassociation only: tolerance relative to the gradient's size
+            torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5 * float(norm), msg=f"step {step}: {name}")
+    assert whole.negatives.queue.count == 64  # the queue filled: later steps had queue negatives
 
 
 def test_warmup_then_cosine_matches_torchs_own_schedulers(tmp_path, stores):
