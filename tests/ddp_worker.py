@@ -38,7 +38,8 @@ def candidate_record(trainer: Trainer, step: int) -> dict[str, torch.Tensor]:
     """What the step's candidates say about every column: its true and encoded GPS and its geometry."""
     c = trainer.last_candidates
     fields = {"query_gps": c.query_gps, "column_gps": c.column_gps, "targets": c.targets, "lags_km": c.lags_km,
-              "dissimilarity": c.dissimilarity}
+              "dissimilarity": c.dissimilarity,
+              "excluded": c.excluded if c.excluded is not None else torch.zeros(len(c.targets), c.column_gps.shape[-2], dtype=torch.bool)}
     if hasattr(c, "column_locations"):  # the queue: every column's noisy GPS, as encoded
         fields["column_locations"] = c.column_locations
     else:  # the gallery: per-row columns

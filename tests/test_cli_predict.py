@@ -166,3 +166,22 @@ def test_console_entry_points(tmp_path, tiny_model_dir):
     help_text = subprocess.run([str(script), "predict", "--help"], capture_output=True, text=True, check=True).stdout
     for option in ("--model", "--features", "--image", "--backbone", "--top-k", "--json", "--gallery", "--device"):
         assert option in help_text
+
+
+def test_the_library_takes_one_image_path_and_raises_for_a_bad_one(tmp_path, tiny_model_dir, tiny_clip_dir, fixtures_dir):
+    from geovario.errors import GeovarioError, ParameterError
+    from geovario.predict import Prediction, Predictor
+
+    predictor = Predictor(tiny_model_dir, progress=False)
+    photo = fixtures_dir / "exif-gps" / "DSCN0010.jpg"
+    listed = predictor.predict_images([photo], top_k=3, backbone=str(tiny_clip_dir))
+    for one in (predictor.predict_images(str(photo), top_k=3), predictor.predict_images(photo, top_k=3)):
+        assert len(one) == 3 and all(isinstance(p, Prediction) for p in one)  # one image: its places, not one per character
+        assert [(p.lat, p.lon, p.prob) for p in one] == [(p.lat, p.lon, p.prob) for p in listed[0]]
+    text = tmp_path / "readme.txt"
+    text.write_text("hello")
+    with pytest.raises(GeovarioError, match="readme.txt: not an image"):
+        predictor.predict_images(str(text))
+    assert "not an image" in predictor.predict_images([text, photo])[0]  # in a list, reported in its place
+    with pytest.raises(ParameterError, match=r"^top_k must be between 1 and the gallery size 300, got 0$"):
+        predictor.predict_images(str(photo), top_k=0)  # the library names its parameter, not a command-line flag

@@ -32,7 +32,7 @@ def torchrun(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
     return done
 
 
-def scenarios(store, view_store) -> list[dict]:
+def scenarios(store, view_store, small_store) -> list[dict]:
     base = SMALL + [f"data.train={store}", f"train.batch_size={GLOBAL_BATCH}"]
     queue = base + ["model.queue_size=40"]
     # Gradients after 5 steps: the 40-entry queue wrapped mid-batch at the third and is full and wrapped since.
@@ -59,7 +59,14 @@ def scenarios(store, view_store) -> list[dict]:
          "steps": 6, "record": True},
         {"name": "geometry_gallery", "overrides": views + ["negatives.source=gallery"], "steps": 3, "record": True},
     ]
-    return wrapped + long + geometry
+    # 48 samples: from step 3 (the second epoch) samples meet their own queued entries, which are excluded.
+    small = SMALL + [f"data.train={small_store}", f"train.batch_size={GLOBAL_BATCH}", "model.queue_size=40"]
+    own = [
+        {"name": "own_entries", "overrides": small + ["loss.name=semivariogram"], "steps": 5, "record": True},
+        {"name": "own_entries_local", "overrides": small + ["loss.name=semivariogram", "train.local_loss=true"], "steps": 5,
+         "record": True},
+    ]
+    return wrapped + long + geometry + own
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +75,8 @@ def two_ranks(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     store = make_store(root / "store", 256).folder
     view_store = make_view_store(root / "views").folder
-    spec = scenarios(store, view_store)
+    small_store = make_view_store(root / "small", n=48).folder
+    spec = scenarios(store, view_store, small_store)
     (root / "spec.json").write_text(json.dumps(spec))
     torchrun(str(TESTS / "ddp_worker.py"), str(root / "spec.json"), str(root))
     results = {}
@@ -77,6 +85,7 @@ def two_ranks(tmp_path_factory):
         results[scenario["name"]] = ranks, run_scenario(scenario, root / "single")
     results["teardown"] = [json.loads((root / f"teardown.rank{r}.json").read_text()) for r in (0, 1)]
     results["view_store"] = FeatureStore(view_store)
+    results["small_store"] = FeatureStore(small_store)
     return results
 
 
@@ -88,7 +97,7 @@ def test_teardown_frees_the_group_even_after_transformers_imports(two_ranks):
 
 
 @pytest.mark.parametrize("name", ["infonce", "semivariogram", "infonce_local", "semivariogram_local", "triplet_gallery",
-                                  "semivariogram_accumulate"])
+                                  "semivariogram_accumulate", "own_entries", "own_entries_local"])
 def test_gradients_equal_a_single_process_on_a_wrapped_queue(two_ranks, name):
     (rank0, rank1), single = two_ranks[name]
     if "queue.count" in single:  # the last step ran on a full queue that had wrapped around
@@ -120,6 +129,17 @@ def test_queue_columns_carry_their_own_geometry_on_every_rank(two_ranks, name, n
         check_queue_record(_records(single, step), store, step, noise, Dist(), local_loss)
 
 
+@pytest.mark.parametrize("name, local_loss", [("own_entries", False), ("own_entries_local", True)])
+def test_own_queued_entries_are_excluded_alike_on_every_rank(two_ranks, name, local_loss):
+    ranks, single = two_ranks[name]
+    store = two_ranks["small_store"]
+    for step in range(5):
+        for rank, tensors in enumerate(ranks):
+            check_queue_record(_records(tensors, step), store, step, True, Dist(rank, rank, 2), local_loss, queue=40)
+        check_queue_record(_records(single, step), store, step, True, Dist(), local_loss, queue=40)
+    assert _records(single, 4)["excluded"].any()  # the case arose
+
+
 def test_gallery_columns_carry_their_own_geometry_on_every_rank(two_ranks):
     ranks, single = two_ranks["geometry_gallery"]
     store = two_ranks["view_store"]
@@ -135,7 +155,7 @@ def test_gallery_columns_carry_their_own_geometry_on_every_rank(two_ranks):
 def test_queues_identical_after_20_steps(two_ranks):
     (rank0, rank1), single = two_ranks["queue20"]
     queue = [k for k in single if k.startswith("queue.")]
-    assert {k.split(".", 1)[1] for k in queue} == {"gps", "features", "ptr", "count"}
+    assert {k.split(".", 1)[1] for k in queue} == {"gps", "features", "ids", "ptr", "count"}
     for key in queue:
         assert torch.equal(rank0[key], rank1[key]), key
         assert torch.equal(rank0[key], single[key]), key  # the gathered batch is the single-process batch, in order

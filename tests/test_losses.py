@@ -216,3 +216,71 @@ def test_theta1_follows_a_refitted_variogram():
     loss.variogram = VariogramModel("spherical", nugget=0.1, psill=0.4, range_km=3500.0)  # as a refit sets it
     assert loss.theta1_km == 3500.0
     assert SemivariogramWeightedInfoNCE(VARIOGRAM, theta1_km=800.0).theta1_km == 800.0
+
+
+def with_own_entries(inputs: LossInputs, seed: int) -> LossInputs:
+    """Exclude about a third of each row's negative columns (as queued copies of the row's own sample are)."""
+    excluded = torch.rand(inputs.logits.shape, generator=torch.Generator().manual_seed(seed)) < 0.3
+    excluded[torch.arange(len(inputs.targets)), inputs.targets] = False
+    inputs.excluded = excluded
+    return inputs
+
+
+def row_without_excluded(inputs: LossInputs, i: int) -> LossInputs:
+    """Row i alone, its excluded columns deleted: what the row's loss must see."""
+    keep = ~inputs.excluded[i]
+    target = int(keep[: int(inputs.targets[i])].sum())  # the positive's column once the excluded ones are gone
+    cut = lambda x: None if x is None else x[i : i + 1, keep]  # noqa: E731
+    return LossInputs(inputs.logits[i : i + 1, keep], torch.tensor([target]), inputs.logit_scale, cut(inputs.lags_km),
+                      cut(inputs.dissimilarity), inputs.queue_full)
+
+
+EVERY_LOSS = {
+    "infonce": InfoNCE(),
+    "semivariogram": SemivariogramWeightedInfoNCE(VARIOGRAM, theta1_km=1500, theta2_km=800, s1=3.0, s2=2.0, mask_km=300),
+    "semivariogram-penalty": SemivariogramWeightedInfoNCE(VARIOGRAM, "penalty"),
+    "hcl_weighted": HCLWeighted(1.0),
+    "hcl_debiased": HCLDebiased(0.1, 1.0),
+    "triplet": Triplet(1.0, "cosine"),
+    "combined": WeightedSum([("infonce", 0.5, InfoNCE()), ("hcl_debiased", 0.5, HCLDebiased(0.1, 1.0))]),
+}
+
+
+@pytest.mark.parametrize("name", EVERY_LOSS)
+def test_every_loss_treats_an_excluded_column_as_absent_from_its_row(name):
+    loss = EVERY_LOSS[name]
+    inputs = with_own_entries(make_inputs(b=6, c=14, seed=4, scale=5.0), seed=1)
+    assert inputs.excluded.any(1).all()  # every row loses some columns
+    rows = [row_without_excluded(inputs, i) for i in range(len(inputs.logits))]
+    if name == "triplet":  # the mean over every (row, negative) pair
+        counts = [r.logits.shape[1] - 1 for r in rows]
+        expected = sum(float(loss(r).loss) * n for r, n in zip(rows, counts)) / sum(counts)
+    else:  # the mean over rows
+        expected = sum(float(loss(r).loss) for r in rows) / len(rows)
+    assert float(loss(inputs).loss) == pytest.approx(expected, rel=1e-10)
+    inputs.excluded = None  # and the exclusion matters here
+    assert float(loss(inputs).loss) != pytest.approx(expected, rel=1e-3)
+
+
+def test_hcl_weighted_importance_weights_are_constants_of_the_gradient():
+    """Robinson et al. treat the importance weights as fixed (detached): the gradient of row i's loss with
+    respect to a negative logit l_ij is then softmax_j(w l) * w_ij, with w held constant. Were the weights
+    differentiated, d(w_ij l_ij)/d l_ij would add l_ij * dw_ij/dl_ij terms and change the update, not the value."""
+    inputs = make_inputs(b=4, c=9, seed=2, scale=3.0)
+    logits = inputs.logits.clone().requires_grad_(True)
+    inputs.logits = logits
+    HCLWeighted(beta=1.0)(inputs).loss.backward()
+    values = logits.detach()
+    expected = torch.zeros_like(values)
+    b, c = values.shape
+    for i in range(b):
+        raw = [math.exp(float(values[i, j])) if j != i else None for j in range(c)]
+        mean = sum(r for r in raw if r is not None) / (c - 1)
+        w = [1.0 if j == i else raw[j] / mean for j in range(c)]
+        z = [w[j] * float(values[i, j]) for j in range(c)]
+        top = max(z)
+        soft = [math.exp(v - top) for v in z]
+        total = sum(soft)
+        for j in range(c):
+            expected[i, j] = (soft[j] / total - (1.0 if j == i else 0.0)) * w[j] / b
+    torch.testing.assert_close(logits.grad, expected, rtol=1e-9, atol=1e-12)

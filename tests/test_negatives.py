@@ -84,14 +84,18 @@ def expected_queue_step(store, step, world=Dist(), local_loss=False, batch=BATCH
     return (index[rows] if local_loss else index), columns
 
 
-def check_queue_record(record: dict, store, step, noise: bool, world=Dist(), local_loss=False, embed=None):
-    """Every column's GPS, encoded GPS, lag and dissimilarity belong to that column's own sample."""
-    queries, columns = expected_queue_step(store, step, world, local_loss)
+def check_queue_record(record: dict, store, step, noise: bool, world=Dist(), local_loss=False, embed=None, batch=BATCH, queue=QUEUE):
+    """Every column's GPS, encoded GPS, lag and dissimilarity belong to that column's own sample, and a row's
+    own sample, queued earlier, is excluded from that row (and only there)."""
+    queries, columns = expected_queue_step(store, step, world, local_loss, batch, queue)
     gps = torch.from_numpy(store.gps.astype(np.float32))
     torch.testing.assert_close(record["query_gps"], gps[queries], rtol=0, atol=0)
     torch.testing.assert_close(record["column_gps"], gps[columns], rtol=0, atol=0)
     first = world.rank * len(queries) if local_loss else 0
     assert record["targets"].tolist() == list(range(first, first + len(queries)))
+    own = columns[None, :] == queries[:, None]
+    own[np.arange(len(queries)), first + np.arange(len(queries))] = False  # the positive stays
+    np.testing.assert_array_equal(record["excluded"].numpy(), own)
     encoded = record["column_locations"].double().numpy()
     moved = haversine_km(encoded[:, 0], encoded[:, 1], gps[columns, 0].double().numpy(), gps[columns, 1].double().numpy())
     if noise:  # 150 m on the batch, 1000 m on the queue: each column is encoded near its own sample
@@ -125,6 +129,32 @@ def test_queue_columns_carry_their_own_geometry_before_and_after_the_wrap(tmp_pa
         assert record["column_gps"].shape[0] == BATCH + min(QUEUE, BATCH * step)
         check_queue_record(record, view_store, step, noise)
         assert torch.equal(trainer.last_candidates.locations, record["column_locations"])  # one process encodes every column
+
+
+def test_a_sample_never_meets_its_own_queued_entry_as_a_negative(tmp_path):
+    """48 samples, batches of 16, a queue of 64: from the second epoch every sample's earlier entry waits in the
+    queue. That column is excluded from the sample's own row only; the queue keeps its size; the loss sees it."""
+    store = make_view_store(tmp_path / "store", n=48)
+    config = load_config(None, SMALL + [f"data.train={store.folder}", "loss.name=semivariogram", "model.queue_size=64",
+                                        "train.batch_size=16"])
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    seen = []
+    real_loss = trainer.loss_fn.forward
+    trainer.loss_fn.forward = lambda inputs: seen.append(inputs.excluded) or real_loss(inputs)
+    for step in range(9):  # three epochs
+        out = trainer.step()
+        record = record_of(trainer, step)
+        check_queue_record(record, store, step, noise=True, batch=16, queue=64)
+        own = record["excluded"]
+        assert int(trainer.negatives.queue.count) == min(64, 16 * (step + 1))
+        if step < 3:  # the first epoch: nobody has been queued before
+            assert trainer.last_candidates.excluded is None and seen[-1] is None and "own_entries_excluded" not in out.stats
+        else:  # samples of the batch were queued in an earlier epoch (at step 3 all of them, exactly once)
+            assert own.sum(1).max() <= 2 and (own.sum(1).min() == 1 if step == 3 else own.any())
+            assert seen[-1] is trainer.last_candidates.excluded  # what the loss received
+            assert out.stats["own_entries_excluded"] == int(own.sum())
+            lags = record["lags_km"][own]
+            assert float(lags.max()) == 0.0  # each excluded column was the row itself, at 0 km
 
 
 def test_learned_space_geometry_embeds_each_columns_own_plain_features(tmp_path, view_store):
@@ -251,3 +281,19 @@ def test_queue_pointer_matches_geoclip_ring_buffer():
     assert int(queue.ptr) == 0
     with pytest.raises(ValueError, match="3 GPS rows but 2 feature rows"):
         queue.enqueue(torch.zeros(3, 2), torch.zeros(2, 1))
+
+
+def test_a_checkpoint_from_before_the_queue_kept_ids_loads_with_every_entry_unknown():
+    from geovario.negatives import QueueNegatives
+
+    old = QueueNegatives(8, feature_dim=3)
+    old.queue.enqueue(torch.ones(5, 2), torch.ones(5, 3), torch.arange(5))
+    state = {k: v for k, v in old.state_dict().items() if k != "queue.ids"}  # as saved before 0.2
+    new = QueueNegatives(8, feature_dim=3)
+    new.load_state_dict(state)
+    assert int(new.queue.count) == 5 and new.queue.filled_ids().tolist() == [-1] * 5
+    # Unknown entries are never excluded, even for a query whose id is -1's neighbour in value.
+    from geovario.negatives.queue import own_entries
+
+    excluded = own_entries(torch.tensor([0, 1]), torch.cat([torch.tensor([0, 1]), new.queue.filled_ids()]), torch.tensor([0, 1]))
+    assert not excluded.any()

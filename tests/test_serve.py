@@ -43,8 +43,24 @@ def test_health_and_page(client, served_model):
     assert page.status_code == 200 and "/static/vendor/leaflet/leaflet.js" in page.text  # vendored, no CDN
     assert "cdn" not in page.text.lower() and client.get("/static/vendor/leaflet/leaflet.js").status_code == 200
     assert client.get("/static/vendor/world-atlas/countries-110m.json").json()["type"] == "Topology"
-    assert '"tiles": "https://tile.openstreetmap.org/' in client.get("/config.js").text
+    assert '"tiles": null' in client.get("/config.js").text  # by default the page asks no tile server for anything
     assert "/api/predict" in client.get("/openapi.json").json()["paths"]
+    assert '<link rel="icon" href="/static/favicon.svg"' in page.text
+    for icon in ("/static/favicon.svg", "/favicon.ico"):
+        answer = client.get(icon)
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("image/svg+xml") and b"<svg" in answer.content
+
+
+def test_tiles_option():
+    from geovario.cli.serve import OSM_TILES, tile_template
+    from geovario.errors import GeovarioError
+
+    assert tile_template("none") is None and tile_template("NONE") is None
+    assert tile_template("osm") == OSM_TILES == "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    assert tile_template("https://tiles.example/{z}/{x}/{y}.png") == "https://tiles.example/{z}/{x}/{y}.png"
+    for bad in ("openstreetmap", "https://tiles.example/map.png", "ftp://x/{z}/{x}/{y}"):
+        with pytest.raises(GeovarioError, match="--tiles .*expected none, osm or a tile URL template"):
+            tile_template(bad)
 
 
 def test_predict_returns_places_and_the_exif_truth(client):

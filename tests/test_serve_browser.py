@@ -1,8 +1,9 @@
 """End to end: `geovario serve` on a tiny random CLIP, driven by Playwright in Debian's headless Chromium.
 
 Uploads a geotagged JPEG through the page and checks that the markers, the table and the EXIF truth
-appear, with the map tiles unreachable (as offline) so the bundled world outline must show. The
-screenshot is kept in $GEOVARIO_TEST_ARTIFACTS (default test-artifacts/) as serve-e2e.png.
+appear on the bundled world outline, and that the page asks nothing of any other host, as its header
+says. With ``--tiles osm`` the header names the tile server instead. The screenshot is kept in
+$GEOVARIO_TEST_ARTIFACTS (default test-artifacts/) as serve-e2e.png.
 """
 
 import os
@@ -32,11 +33,12 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path, served_model, tiny_clip_text_dir):
+def server(request, tmp_path, served_model, tiny_clip_text_dir):
     port = free_port()
     log = open(tmp_path / "serve.log", "w")
+    extra = getattr(request, "param", [])
     process = subprocess.Popen([sys.executable, "-m", "geovario", "serve", "--model", str(served_model), "--backbone", str(tiny_clip_text_dir),
-                                "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+                                "--port", str(port), *extra], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -53,10 +55,29 @@ def server(tmp_path, served_model, tiny_clip_text_dir):
         process.wait(timeout=20)
 
 
-def test_drop_a_photo_and_see_markers_table_and_truth(server, tmp_path):
+def _playwright():
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
     if not (os.access(CHROMIUM, os.X_OK) or shutil.which(CHROMIUM)):
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set GEOVARIO_CHROMIUM)")
+    return sync_api
+
+
+def _record_other_hosts(page) -> list[str]:
+    """Every request the page makes to a host other than this server, refused as this closed network would."""
+    elsewhere = []
+
+    def handle(route):
+        if route.request.url.startswith(("http://127.0.0.1:", "data:", "blob:")):
+            return route.continue_()
+        elsewhere.append(route.request.url)
+        return route.abort()
+
+    page.route("**/*", handle)
+    return elsewhere
+
+
+def test_drop_a_photo_and_see_markers_table_and_truth(server, tmp_path):
+    sync_api = _playwright()
     image = tmp_path / "eiffel.jpg"
     image.write_bytes(photo(48.8584, 2.2945, size=(640, 480)))
     artifacts = Path(os.environ.get("GEOVARIO_TEST_ARTIFACTS", REPO / "test-artifacts"))
@@ -65,8 +86,7 @@ def test_drop_a_photo_and_see_markers_table_and_truth(server, tmp_path):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
-            tiles = []
-            page.route("**/tile.openstreetmap.org/**", lambda route: (tiles.append(route.request.url), route.abort()))
+            elsewhere = _record_other_hosts(page)
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(server)
@@ -82,7 +102,10 @@ def test_drop_a_photo_and_see_markers_table_and_truth(server, tmp_path):
             assert "km away" in page.locator("#truth").inner_text()
             assert "%" in rows.nth(0).inner_text()
             assert page.locator(".leaflet-outline-pane path").count() > 100  # country outlines drawn, not a blank map
-            assert tiles, "the page should have tried the OpenStreetMap tiles"
+            assert elsewhere == [], elsewhere  # nothing left the machine...
+            assert page.locator("#privacy").inner_text() == "Nothing leaves this machine."  # ...as the header says
+            icon = page.request.get(page.evaluate("document.querySelector('link[rel=icon]').href"))
+            assert icon.ok and icon.headers["content-type"].startswith("image/svg+xml")
             assert not errors, errors
             page.screenshot(path=str(artifacts / "serve-e2e.png"))
             # The text box: a description instead of a photo, the same table and markers; no EXIF truth.
@@ -98,3 +121,20 @@ def test_drop_a_photo_and_see_markers_table_and_truth(server, tmp_path):
         finally:
             browser.close()
     assert (artifacts / "serve-e2e.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("server", [["--tiles", "osm"]], indirect=True, ids=["tiles-osm"])
+def test_with_tiles_the_header_names_the_tile_server(server):
+    sync_api = _playwright()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            elsewhere = _record_other_hosts(page)
+            page.goto(server)
+            page.wait_for_selector(".leaflet-outline-pane path", state="attached", timeout=30_000)
+            page.wait_for_function("document.querySelectorAll('.leaflet-tile').length > 0", timeout=30_000)
+            assert elsewhere and all(url.startswith("https://tile.openstreetmap.org/") for url in elsewhere), elsewhere
+            assert "map tiles come from tile.openstreetmap.org" in page.locator("#privacy").inner_text()
+        finally:
+            browser.close()

@@ -14,7 +14,7 @@ import torch
 from geovario.progress import progress as progress_bar
 
 from geovario.data.store import FeatureSource, FeatureStore, open_feature_source
-from geovario.errors import GeovarioError
+from geovario.errors import GeovarioError, ParameterError
 from geovario.metrics import THRESHOLDS_KM, build_report, errors_km
 from geovario.predict import Predictor
 from geovario.retrieval import faiss_index, faiss_topk, topk_softmax
@@ -41,7 +41,7 @@ def predict_source(predictor: Predictor, source: FeatureSource, top_k: int = 5, 
     softmax over the top-k candidates rather than the whole gallery.
     """
     if not 1 <= top_k <= len(predictor.gallery):
-        raise GeovarioError(f"--top-k must be between 1 and the gallery size {len(predictor.gallery)}, got {top_k}")
+        raise ParameterError("top_k", f"must be between 1 and the gallery size {len(predictor.gallery)}, got {top_k}")
     if source.dim != predictor.feature_dim:
         raise GeovarioError(f"the features are {source.dim}-d but the model expects {predictor.feature_dim}-d")
     index_faiss = faiss_index(np.asarray(predictor.gallery_embeddings), faiss_factory) if faiss_factory else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 
 from geovario.backbones import ClipBackbone, ClipTextTower, resolve_device
 from geovario.data.feature_arrays import check_feature_array
-from geovario.errors import GeovarioError
+from geovario.errors import GeovarioError, ParameterError
 from geovario.gps_embeddings import embed_locations
 from geovario.modeldir import load_model_dir, read_gallery
 from geovario.retrieval import cached_gallery_embeddings, topk_softmax
@@ -47,7 +48,7 @@ class Predictor:
         else:
             gallery_path = Path(gallery) if gallery else loaded.gallery_path
             if gallery_path is None:
-                raise GeovarioError(f"{model_dir}: the model has no gallery; pass --gallery CSV")
+                raise GeovarioError(f"{model_dir}: the model has no gallery; give one (a LAT/LON CSV or an (N, 2) array)")
             self.gallery = read_gallery(gallery_path)
         self.gallery_embeddings = cached_gallery_embeddings(
             self.model, self.gallery, loaded.weights_sha256, self.model_dir, progress=progress
@@ -97,9 +98,13 @@ class Predictor:
         """Geolocate text queries: CLIP's text embedding through the image head, as GeoCLIP's paper does."""
         return self.predict_features(self.text_tower(backbone).encode_texts(texts), top_k)
 
-    def predict_images(self, images: list, top_k: int = 5, backbone: str | None = None, batch_size: int = 32,
-                       workers: int = 0) -> list[list[Prediction] | str]:
-        """Per image (a path or an archive member), its top-k predictions, or why it could not be read.
+    def predict_images(self, images, top_k: int = 5, backbone: str | None = None, batch_size: int = 32,
+                       workers: int = 0) -> list[list[Prediction] | str] | list[Prediction]:
+        """Geolocate images: one (a path) or a list (paths or archive members).
+
+        For one image, its top-k predictions, best first; a :class:`GeovarioError` if it cannot be read.
+        For a list, one entry per image in order: its top-k predictions, or (a string) why it could not
+        be read, so one bad file does not lose the others.
 
         Images stream through :mod:`geovario.image_batches` (the pipeline ``extract`` uses). With
         ``workers=0`` the backbone loads only once a readable image exists; worker processes need its
@@ -107,8 +112,12 @@ class Predictor:
         """
         from geovario.image_batches import image_features
 
-        if not 1 <= top_k <= len(self.gallery):
-            raise GeovarioError(f"--top-k must be between 1 and the gallery size {len(self.gallery)}, got {top_k}")
+        if isinstance(images, (str, os.PathLike)):
+            result = self.predict_images([images], top_k, backbone, batch_size, workers)[0]
+            if isinstance(result, str):
+                raise GeovarioError(result)
+            return result
+        self._check_top_k(top_k)
         results: list[list[Prediction] | str] = [""] * len(images)
         source = _LazyBackbone(self, backbone) if workers == 0 else self.backbone(backbone)
         for batch, features in image_features(images, source, batch_size, workers):
@@ -118,6 +127,10 @@ class Predictor:
                 for position, predictions in zip(batch["kept"], self.predict_features(features, top_k)):
                     results[position] = predictions
         return results
+
+    def _check_top_k(self, top_k: int) -> None:
+        if not 1 <= top_k <= len(self.gallery):
+            raise ParameterError("top_k", f"must be between 1 and the gallery size {len(self.gallery)}, got {top_k}")
 
     def check_features(self, features: np.ndarray, source: str = "features") -> np.ndarray:
         """Validate an (N, feature_dim) array: shape, emptiness and finiteness."""
@@ -129,8 +142,7 @@ class Predictor:
         if isinstance(features, torch.Tensor):
             features = features.detach().cpu().numpy()
         features = self.check_features(features)
-        if not 1 <= top_k <= len(self.gallery):
-            raise GeovarioError(f"--top-k must be between 1 and the gallery size {len(self.gallery)}, got {top_k}")
+        self._check_top_k(top_k)
         results: list[list[Prediction]] = []
         for start in range(0, len(features), batch_size):
             batch = torch.from_numpy(features[start : start + batch_size]).to(self.device)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geovario.errors import GeovarioError
+from geovario.errors import GeovarioError, ParameterError
 from geovario.gps_embeddings import embed_batches
 from geovario.model import GeoLocModel
 
@@ -115,7 +115,7 @@ def topk_softmax(
     """
     n = len(gallery_embeddings)
     if not 1 <= k <= n:
-        raise GeovarioError(f"--top-k must be between 1 and the gallery size {n}, got {k}")
+        raise ParameterError("top_k", f"must be between 1 and the gallery size {n}, got {k}")
     device = queries.device
     rows = chunk_rows or _chunk_rows(len(queries))
     best_logits = torch.full((len(queries), 0), float("-inf"), device=device)
@@ -176,7 +176,7 @@ def faiss_topk(index, queries: torch.Tensor, logit_scale: float, k: int) -> tupl
     """Top-k through a FAISS index. The probabilities are a softmax over the k candidates only: the
     whole-gallery normaliser would need every score, which is what FAISS avoids computing."""
     if not 1 <= k <= index.ntotal:
-        raise GeovarioError(f"--top-k must be between 1 and the gallery size {index.ntotal}, got {k}")
+        raise ParameterError("top_k", f"must be between 1 and the gallery size {index.ntotal}, got {k}")
     scores, indices = index.search(np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32), k)
     logits = torch.from_numpy(logit_scale * scores)
     return torch.from_numpy(indices.astype(np.int64)), logits.softmax(dim=1), logits

@@ -24,7 +24,7 @@ import sys
 from geovario import __version__
 from geovario.cli import data, evaluation, extract, predict, serve, train, variogram, weights, world
 from geovario.cli.options import Parser
-from geovario.errors import GeovarioError
+from geovario.errors import GeovarioError, ParameterError
 
 GROUPS = (weights, predict, data, extract, variogram, evaluation, train, world, serve)
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except GeovarioError as e:
-        print(f"geovario: error: {e}", file=sys.stderr)
+        print(f"geovario: error: {e.as_option() if isinstance(e, ParameterError) else e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("geovario: interrupted", file=sys.stderr)

@@ -29,10 +29,26 @@ def register(commands) -> None:
     serve.add_argument("--max-upload-mb", type=positive_float, default=20.0, help="larger uploads get HTTP 413 (default 20)")
     serve.add_argument("--max-pixels", type=positive_int, default=50_000_000,
                        help="images with more pixels get HTTP 413, before decoding: the decompression-bomb guard (default 50,000,000)")
-    serve.add_argument("--tiles", default="https://tile.openstreetmap.org/{z}/{x}/{y}.png", metavar="URL|none",
-                       help="map tile URL template (default OpenStreetMap); 'none' shows only the bundled world outline")
+    serve.add_argument("--tiles", default="none", metavar="none|osm|URL",
+                       help="map tiles under the markers: 'none' (default) shows the bundled world outline and sends nothing "
+                            "anywhere; 'osm' fetches OpenStreetMap tiles, or give a tile URL template with {z}/{x}/{y}. "
+                            "A tile server learns which part of the map you view, so it can guess where the photo is")
     serve.add_argument("--device", help="torch device (default: cuda when available)")
     serve.set_defaults(run=run_serve)
+
+
+OSM_TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+
+
+def tile_template(value: str) -> str | None:
+    """--tiles as the page's tile URL template: None for 'none', OpenStreetMap's for 'osm'."""
+    if value.lower() == "none":
+        return None
+    if value.lower() == "osm":
+        return OSM_TILES
+    if not value.startswith(("http://", "https://")) or not all(f"{{{k}}}" in value for k in "zxy"):
+        raise GeovarioError(f"--tiles {value!r}: expected none, osm or a tile URL template such as {OSM_TILES}")
+    return value
 
 
 def _check_can_listen(host: str, port: int) -> None:
@@ -54,7 +70,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from geovario.serve import GeoService, ServeSettings, create_app
 
     settings = ServeSettings(top_k=args.top_k, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-                             tiles=None if args.tiles.lower() == "none" else args.tiles)
+                             tiles=tile_template(args.tiles))
     _check_can_listen(args.host, args.port)  # before the slow model load, not after
     try:
         service = GeoService(str(args.model), args.backbone, args.device, settings)

@@ -4,6 +4,10 @@ All losses work on one logits matrix: row i holds the scaled cosines between ima
 candidate locations, ``targets[i]`` is the column of its true location, and every other column is a
 negative. With GeoCLIP's batch-plus-queue negatives the candidates are shared (columns = batch GPS
 then queue GPS, targets = arange(B)); with gallery negatives each row has its own (column 0 = true).
+
+``excluded`` marks columns that are neither the positive nor a negative of their row: a queued copy of
+the row's own sample (from the queue's second pass over a small dataset), which would otherwise stand
+as a negative of itself at lag 0. Every loss leaves them out, as if the column were absent from that row.
 """
 
 from __future__ import annotations
@@ -21,12 +25,21 @@ class LossInputs:
     lags_km: torch.Tensor | None = None  # (B, C) great-circle distance from image i's GPS to candidate j
     dissimilarity: torch.Tensor | None = None  # (B, C) 1 - cos of frozen (or learned) image features, detached
     queue_full: bool = True
+    excluded: torch.Tensor | None = None  # (B, C) True for a column left out of its row (the row's own sample, queued)
 
     def negatives_mask(self) -> torch.Tensor:
-        """(B, C) True for every negative."""
+        """(B, C) True for every negative: not the positive, not excluded."""
         mask = torch.ones_like(self.logits, dtype=torch.bool)
         mask[torch.arange(len(self.targets), device=mask.device), self.targets] = False
+        if self.excluded is not None:
+            mask &= ~self.excluded
         return mask
+
+    def present(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` (or logits derived from them) with excluded columns at -inf, so a softmax never sees them."""
+        if self.excluded is None:
+            return logits
+        return logits.masked_fill(self.excluded, float("-inf"))
 
 
 @dataclass

@@ -31,11 +31,11 @@ class HCLWeighted(ContrastiveLoss):
     def forward(self, inputs: LossInputs) -> LossOutput:
         negative = inputs.negatives_mask()
         scaled = (self.beta * inputs.logits.detach()).masked_fill(~negative, float("-inf"))
-        # exp(beta l) / mean over negatives, in log space for stability.
-        log_w = scaled - (torch.logsumexp(scaled, dim=1, keepdim=True) - math.log(negative.shape[1] - 1))
+        # exp(beta l) / mean over the row's negatives, in log space for stability.
+        log_w = scaled - (torch.logsumexp(scaled, dim=1, keepdim=True) - torch.log(negative.sum(1, keepdim=True).to(scaled.dtype)))
         weights = torch.where(negative, log_w.exp(), torch.ones_like(log_w))
         stats = {"max_weight": float(weights[negative].max()), "mean_weight": float(weights[negative].mean())}
-        return LossOutput(F.cross_entropy(inputs.logits * weights, inputs.targets), stats)
+        return LossOutput(F.cross_entropy(inputs.present(inputs.logits * weights), inputs.targets), stats)
 
 
 class HCLDebiased(ContrastiveLoss):
@@ -49,21 +49,21 @@ class HCLDebiased(ContrastiveLoss):
         """In log space throughout: at logit scale 100, e^{(1 + beta) l} is e^200, past float32's range."""
         logits, negative = inputs.logits, inputs.negatives_mask()
         rows = torch.arange(len(logits), device=logits.device)
-        n = negative.shape[1] - 1
+        log_n = torch.log(negative.sum(1).to(logits.dtype))  # the row's count of negatives, N
         l_pos = logits[rows, inputs.targets]
-        l_neg = logits[negative].view(len(logits), n)
-        # log R, R = sum_j imp_j neg_j / mean_j imp_j = e^{logsumexp((1 + beta) l) - logsumexp(beta l)} n
-        log_r = torch.logsumexp((1 + self.beta) * l_neg, 1) - torch.logsumexp(self.beta * l_neg, 1) + math.log(n)
-        # Ng = (R - tau+ n pos) / (1 - tau+) = R (1 - e^{log_ratio}) / (1 - tau+), positive while log_ratio < 0.
+        l_neg = logits.masked_fill(~negative, float("-inf"))
+        # log R, R = sum_j imp_j neg_j / mean_j imp_j = e^{logsumexp((1 + beta) l) - logsumexp(beta l)} N
+        log_r = torch.logsumexp((1 + self.beta) * l_neg, 1) - torch.logsumexp(self.beta * l_neg, 1) + log_n
+        # Ng = (R - tau+ N pos) / (1 - tau+) = R (1 - e^{log_ratio}) / (1 - tau+), positive while log_ratio < 0.
         if self.tau_plus > 0:
-            log_ratio = math.log(self.tau_plus * n) + l_pos - log_r
+            log_ratio = math.log(self.tau_plus) + log_n + l_pos - log_r
             positive = log_ratio < 0
             safe = torch.where(positive, log_ratio, torch.full_like(log_ratio, -1.0))  # no inf/NaN in the unused branch
             log_ng = log_r + torch.log(-torch.expm1(safe)) - math.log(1 - self.tau_plus)
             log_ng = torch.where(positive, log_ng, torch.full_like(log_ng, float("-inf")))
         else:
             log_ng = log_r
-        log_floor = math.log(n) - float(inputs.logit_scale.detach())  # log(n e^{-scale})
+        log_floor = log_n - float(inputs.logit_scale.detach())  # log(N e^{-scale})
         clamped = log_ng.detach() <= log_floor
         log_ng = torch.clamp(log_ng, min=log_floor)
         loss = F.softplus(log_ng - l_pos)  # -log(pos / (pos + Ng)) = log(1 + Ng / pos)

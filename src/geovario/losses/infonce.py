@@ -13,4 +13,4 @@ from geovario.losses.base import ContrastiveLoss, LossInputs, LossOutput
 
 class InfoNCE(ContrastiveLoss):
     def forward(self, inputs: LossInputs) -> LossOutput:
-        return LossOutput(F.cross_entropy(inputs.logits, inputs.targets))
+        return LossOutput(F.cross_entropy(inputs.present(inputs.logits), inputs.targets))

@@ -98,9 +98,9 @@ class SemivariogramWeightedInfoNCE(ContrastiveLoss):
     def forward(self, inputs: LossInputs) -> LossOutput:
         if self.mode == "paper":
             log_w, stats = self.log_weights(inputs)
-            return LossOutput(F.cross_entropy(inputs.logits + log_w, inputs.targets), stats)
+            return LossOutput(F.cross_entropy(inputs.present(inputs.logits + log_w), inputs.targets), stats)
         if not inputs.queue_full:  # the thesis turns the penalty on once the feature queue has filled
-            return LossOutput(F.cross_entropy(inputs.logits, inputs.targets), {"penalized_fraction": 0.0})
+            return LossOutput(F.cross_entropy(inputs.present(inputs.logits), inputs.targets), {"penalized_fraction": 0.0})
         h, d = inputs.lags_km.detach(), inputs.dissimilarity.detach()
         excess = torch.clamp(d - self.variogram(h.double()).to(d.dtype), min=0)
         penalty = torch.where((h < self.range_km) & inputs.negatives_mask(), excess, torch.zeros_like(excess))
@@ -108,4 +108,4 @@ class SemivariogramWeightedInfoNCE(ContrastiveLoss):
         penalized = (penalty > 0)[inputs.negatives_mask()]
         stats = {"penalized_fraction": float(penalized.float().mean()),
                  "mean_penalty_factor": float(penalty[penalty > 0].exp().mean()) if penalized.any() else 1.0}
-        return LossOutput(F.cross_entropy(logits, inputs.targets), stats)
+        return LossOutput(F.cross_entropy(inputs.present(logits), inputs.targets), stats)

@@ -50,6 +50,7 @@ class Candidates:
     lags_km: torch.Tensor | None = None  # (q, C) great-circle km from each query to each column
     dissimilarity: torch.Tensor | None = None  # (q, C) 1 - cos of the two images' features
     queue_full: bool = True
+    excluded: torch.Tensor | None = None  # (q, C) columns left out of a row: the row's own sample, queued earlier
 
     def loss_inputs(self, image: torch.Tensor, location_embeddings: torch.Tensor, scale: torch.Tensor) -> LossInputs:
         """The logits of this process's image embeddings against the encoded ``locations``."""
@@ -57,7 +58,7 @@ class Candidates:
 
     def _inputs(self, logits: torch.Tensor, scale: torch.Tensor) -> LossInputs:
         return LossInputs(logits, self.targets, scale, lags_km=self.lags_km, dissimilarity=self.dissimilarity,
-                          queue_full=self.queue_full)
+                          queue_full=self.queue_full, excluded=self.excluded)
 
 
 class NegativeSource:
@@ -72,6 +73,10 @@ class NegativeSource:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {}
+
+    def complete_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint's state with what older versions did not save filled in."""
+        return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if state:

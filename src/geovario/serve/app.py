@@ -115,6 +115,10 @@ def create_app(service: GeoService) -> FastAPI:
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:  # for clients that ask for it without reading the page's <link rel="icon">
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     @app.get("/config.js", include_in_schema=False)
     def page_config() -> Response:
         config = {"tiles": settings.tiles, "topK": settings.top_k, "maxUploadBytes": settings.max_upload_bytes}

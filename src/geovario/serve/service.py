@@ -46,7 +46,7 @@ class ServeSettings:
     top_k: int = 5
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 50_000_000  # decompression-bomb guard: about 8K x 6K, more than any camera photo needs
-    tiles: str | None = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"  # None: the bundled outline only
+    tiles: str | None = None  # a tile URL template, or None: the bundled outline only, and nothing leaves the machine
 
 
 class GeoService:

@@ -75,7 +75,7 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, scale
     try:
         weights = load_file(path / "model.safetensors")
         tensors = load_file(path / "optimizer.safetensors")
-        source = load_file(path / "negatives.safetensors")
+        source = negatives.complete_state(load_file(path / "negatives.safetensors"))
     except (SafetensorError, OSError) as e:
         raise GeovarioError(f"{path}: unreadable checkpoint ({e})") from None
     state = read_json(path / "state.json", "checkpoint state")

@@ -159,6 +159,8 @@ class Trainer:
             self.scaler.scale(out.loss).backward()
         else:
             out = self._accumulated_step(batch.features, candidates, step)
+        if candidates.excluded is not None:  # the rows' own queued entries, left out (negatives.queue)
+            out.stats["own_entries_excluded"] = int(candidates.excluded.sum())
         if self.config.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)

@@ -4,8 +4,8 @@
   const config = window.GEOVARIO || { tiles: null, topK: 5 };
   const $ = (id) => document.getElementById(id);
 
-  // The map: a bundled Natural Earth outline (its own pane, under the tiles) so it is never blank
-  // offline; OpenStreetMap tiles on top when they load.
+  // The map: a bundled Natural Earth outline (its own pane, under any tiles), so it works offline and
+  // asks no server for anything; with --tiles, tiles on top when they load.
   const map = L.map("map", { worldCopyJump: true, minZoom: 1 }).setView([20, 0], 2);
   map.createPane("outline").style.zIndex = 150;
   // Natural Earth cuts shapes at the antimeridian for spherical projections; on a flat map a ring that
@@ -30,6 +30,9 @@
       }).addTo(map);
     });
   if (config.tiles) {
+    // Say what leaves the machine: the tile server sees which part of the map is viewed.
+    const host = new URL(config.tiles.replace(/\{[a-z]\}/g, "0")).host;
+    $("privacy").textContent = `Photos stay on this machine; map tiles come from ${host}, which sees the part of the map you view.`;
     L.tileLayer(config.tiles, {
       maxZoom: 18, attribution: '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors',
     }).addTo(map);
