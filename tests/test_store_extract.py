@@ -156,6 +156,65 @@ def test_resume_recomputes_only_missing_shards_and_refuses_other_settings(tmp_pa
         extract_features(dataset, backbone, tmp_path / "other", settings, progress=False)
 
 
+def test_rerunning_a_finished_extraction_changes_nothing(tmp_path, backbone):
+    """Another --batch-size on a finished store: nothing to do, and the manifest (the store's fingerprint) stays."""
+    csv = make_dataset(tmp_path, 5)
+    argv = ["extract", "--data", str(csv), "--backbone", str(backbone.name), "--out", str(tmp_path / "store"), "--no-progress"]
+    assert main([*argv, "--batch-size", "2"]) == 0
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "store").rglob("*") if p.is_file()}
+    fingerprint = FeatureStore(tmp_path / "store").fingerprint()
+    assert main([*argv, "--batch-size", "3"]) == 0
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "store").rglob("*") if p.is_file()} == files
+    assert FeatureStore(tmp_path / "store").fingerprint() == fingerprint
+
+
+def _flip_byte(path, offset=-3):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("edit, where", [
+    (lambda s: (s / "index.csv").write_text((s / "index.csv").read_text().replace("12.5", "12.6", 1)), "index.csv"),
+    (lambda s: _flip_byte(s / "shards" / "00001.npy"), "shards/00001.npy"),
+    (lambda s: _flip_byte(s / "shards" / "00000.views.npy"), "shards/00000.views.npy"),
+])
+def test_an_edited_store_is_refused_until_rehashed(tmp_path, capsys, edit, where):
+    from geovario.data.store import write_store
+
+    rng = np.random.default_rng(0)
+    latlon = np.stack([rng.uniform(-60, 60, 6), rng.uniform(-170, 170, 6)], 1)
+    latlon[0] = [12.5, 40.0]
+    features = rng.normal(size=(6, 8)).astype(np.float32)
+    store = write_store(tmp_path / "s", features, latlon, shard_size=4, views=rng.normal(size=(6, 2, 8)))
+    assert store.verified and set(store.manifest["checksums"]) == {
+        "index.csv", "shards/00000.npy", "shards/00001.npy", "shards/00000.views.npy", "shards/00001.views.npy"}
+    before = store.fingerprint()
+    edit(tmp_path / "s")
+    with pytest.raises(GeovarioError, match=f"{where}: sha256 differs from the one recorded when the store was written"):
+        FeatureStore(tmp_path / "s")
+    assert main(["data", "info", "--store", str(tmp_path / "s")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "geovario data rehash" in err[0]
+    assert main(["data", "rehash", str(tmp_path / "s")]) == 0
+    rehashed = FeatureStore(tmp_path / "s")
+    assert rehashed.verified and rehashed.fingerprint() != before  # a run trained before the edit cannot resume on it
+    if where == "index.csv":
+        assert rehashed.gps[0, 0] == 12.6
+
+
+def test_a_store_without_checksums_opens_unverified(tmp_path, capsys):
+    from geovario.data.store import write_store
+
+    write_store(tmp_path / "s", np.ones((3, 4), np.float32), [[0, 0], [1, 1], [2, 2]])
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    del manifest["checksums"]  # as written before stores had checksums
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
+    assert not FeatureStore(tmp_path / "s").verified
+    assert main(["data", "info", "--store", str(tmp_path / "s")]) == 0
+    assert "checksums none recorded" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_kill_minus_nine_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_clip_dir):
     csv = make_dataset(tmp_path, 400)
@@ -260,7 +319,8 @@ def test_data_info_reads_like_a_summary(tmp_path, backbone, capsys):
     assert lines[1].startswith(f"  backbone  {backbone.name} (sha256:")
     assert lines[2] == f"  dataset   {csv} (format mp16): 6 rows, 6 usable, 0 bad"
     assert lines[3] == f"  left out  1 unreadable images and 0 bad rows, listed in {tmp_path / 'store' / 'skipped.csv'}"
-    assert lines[4] == "  converted to RGB  CMYK 1"
+    assert lines[4] == "  checksums verified"
+    assert lines[5] == "  converted to RGB  CMYK 1"
     assert not any("{" in line for line in lines)  # no dict reprs
     assert main(["data", "info", "--store", str(tmp_path / "store"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["counts"]["skipped_images"] == 1

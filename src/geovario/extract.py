@@ -34,7 +34,8 @@ from geovario.backbones import ClipBackbone
 from geovario.data.archives import image_location
 from geovario.data.records import Dataset, Record
 from geovario.distributed import Dist
-from geovario.data.store import INDEX, INDEX_COLUMNS, MANIFEST, SHARDS, SKIPPED, STORE_FORMAT, STORE_VERSION, read_manifest
+from geovario.data.store import (INDEX, INDEX_COLUMNS, MANIFEST, SHARDS, SKIPPED, STORE_FORMAT, STORE_VERSION, read_manifest,
+                                 store_checksums)
 from geovario.errors import GeovarioError
 from geovario.image_batches import BatchEncoder, decoded_batches
 from geovario.jsonio import write_json
@@ -115,15 +116,17 @@ def extract_features(
         "dataset": {"source": str(dataset.source), "format": dataset.format, "rows": dataset.n_rows,
                     "usable": len(records), "bad_rows": len(dataset.problems), "fingerprint": dataset_fingerprint(records)},
     }
-    problem = None
+    problem = finished = None
     if world.is_main:
         try:
-            _prepare_folder(out, manifest, overwrite)
+            finished = _prepare_folder(out, manifest, overwrite)
         except GeovarioError as e:
             problem = str(e)
-    problem = world.broadcast(problem)  # also keeps the other ranks from starting before the folder is ready
+    problem, finished = world.broadcast((problem, finished))  # also keeps the other ranks from starting before the folder is ready
     if problem:
         raise GeovarioError(problem)
+    if finished is not None:  # the same extraction, already complete: nothing to do, and nothing rewritten
+        return finished
     shard_dir = out / SHARDS
     n_shards = (len(records) + settings.shard_size - 1) // settings.shard_size
     names = [f"{k:05d}" for k in range(n_shards)]
@@ -175,12 +178,16 @@ def extract_features(
     return world.broadcast(_finalize(out, manifest, names, dataset) if world.is_main else None)
 
 
-def _prepare_folder(out: Path, manifest: dict, overwrite: bool) -> None:
+def _prepare_folder(out: Path, manifest: dict, overwrite: bool) -> dict | None:
+    """Make ``out`` ready for the extraction; returns the manifest of a finished store of the same extraction
+    (which is then left untouched: runs trained on it keep resuming), else None."""
     if out.exists() and not out.is_dir():
         raise GeovarioError(f"{out}: is a file; --out must be a folder for the store")
     if out.exists() and any(out.iterdir()):
         if (out / MANIFEST).is_file():
             existing = read_manifest(out)
+            if existing.get("complete") and _settings_key(existing) == _settings_key(manifest):
+                return existing
             if _settings_key(existing) != _settings_key(manifest):
                 if not overwrite:
                     changed = [k for k, v in _settings_key(manifest).items() if _settings_key(existing).get(k) != v]
@@ -198,6 +205,7 @@ def _prepare_folder(out: Path, manifest: dict, overwrite: bool) -> None:
         leftover.unlink()
     if not (out / MANIFEST).is_file():
         write_json(out / MANIFEST, manifest)
+    return None
 
 
 def _finalize(out: Path, manifest: dict, names: list[str], dataset: Dataset) -> dict:
@@ -230,6 +238,7 @@ def _finalize(out: Path, manifest: dict, names: list[str], dataset: Dataset) -> 
     manifest = manifest | {
         "complete": True,
         "shards": shards,
+        "checksums": store_checksums(out, shards),
         "counts": {"features": sum(s["rows"] for s in shards), "skipped_images": skipped_images,
                    "bad_rows": len(dataset.problems), "converted_to_rgb": dict(modes)},
     }

@@ -46,6 +46,15 @@ def register(commands) -> None:
     imports.add_argument("--json", action="store_true", help="print the manifest as JSON")
     imports.set_defaults(run=run_import)
 
+    rehash = sub.add_parser(
+        "rehash", help="record the checksums of a feature store's files as they are now",
+        description="Opening a store checks index.csv and every shard against the sha256 its manifest recorded when it "
+                    "was written, so an edit is refused. After an edit you mean to keep (or on a store written before "
+                    "stores had checksums), record the files' checksums as they are now. Runs trained on the store "
+                    "before cannot --resume on it afterwards: its fingerprint changes.")
+    rehash.add_argument("store", type=Path, help="feature store folder")
+    rehash.set_defaults(run=run_rehash)
+
     info = sub.add_parser("info", help="summarise a feature store (or --features/--gps arrays)")
     add_feature_source_args(info)
     info.add_argument("--json", action="store_true", help="print JSON")
@@ -76,6 +85,14 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_rehash(args: argparse.Namespace) -> int:
+    from geovario.data.store import rehash_store
+
+    checksums = rehash_store(args.store)
+    print(f"{args.store}: recorded the sha256 of {len(checksums)} files in its manifest")
+    return 0
+
+
 def run_info(args: argparse.Namespace) -> int:
     from geovario.data.store import FeatureStore, open_feature_source
 
@@ -83,7 +100,8 @@ def run_info(args: argparse.Namespace) -> int:
     info = {"rows": len(source), "dim": source.dim}
     if isinstance(source, FeatureStore):
         m = source.manifest
-        info |= {"backbone": m["backbone"], "dtype": m["dtype"], "views": m["views"], "dataset": m["dataset"], "counts": m["counts"]}
+        info |= {"backbone": m["backbone"], "dtype": m["dtype"], "views": m["views"], "dataset": m["dataset"], "counts": m["counts"],
+                 "verified": source.verified}
     print(json.dumps(info, indent=1) if args.json else _store_summary(args, info))
     return 0
 
@@ -101,6 +119,8 @@ def _store_summary(args, info: dict) -> str:
     left_out = counts.get("skipped_images", 0) + counts.get("bad_rows", 0)
     lines.append(f"  left out  {counts.get('skipped_images', 0):,} unreadable images and {counts.get('bad_rows', 0):,} bad rows"
                  + (f", listed in {args.store / 'skipped.csv'}" if left_out else ""))
+    lines.append("  checksums " + ("verified" if info["verified"] else
+                                   f"none recorded (written before stores had them; `geovario data rehash {args.store}` adds them)"))
     if counts.get("converted_to_rgb"):
         lines.append("  converted to RGB  " + ", ".join(f"{mode} {n:,}" for mode, n in sorted(counts["converted_to_rgb"].items())))
     return "\n".join(lines)

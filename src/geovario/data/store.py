@@ -9,6 +9,11 @@ Layout of a store folder::
     shards/00000.views.npy (n, K, D) augmented views, when extracted with --views K
     shards/00000.csv       the shard's index rows; written last, so its presence marks the shard done
 
+The manifest records the sha256 of index.csv and of every shard file, and opening a store checks
+them (about 1 GB/s), so an edited coordinate or feature is refused rather than trained on; a store
+written before the checksums existed opens unverified. ``geovario data rehash`` records the
+checksums of a store's files as they are now.
+
 Readers: :class:`FeatureStore` for a store folder and :class:`ArrayFeatures` for ``--features
 F.npy --gps G.csv``; both give ``features(start, stop)``, ``gps``, ``ids`` and ``tensors()``.
 """
@@ -76,6 +81,44 @@ def read_index(path: Path) -> pd.DataFrame:
     return index
 
 
+def store_files(folder: Path, shards: list[dict]) -> list[str]:
+    """The files a store's checksums cover, relative to the store: the index, every shard and its views."""
+    names = [INDEX]
+    for shard in shards:
+        names.append(f"{SHARDS}/{shard['name']}.npy")
+        if (folder / SHARDS / f"{shard['name']}.views.npy").is_file():
+            names.append(f"{SHARDS}/{shard['name']}.views.npy")
+    return names
+
+
+def store_checksums(folder: Path, shards: list[dict]) -> dict[str, str]:
+    """sha256 of each of :func:`store_files`, keyed by its path in the store, for the manifest."""
+    from geovario.hashing import sha256_file
+
+    return {name: sha256_file(folder / name) for name in store_files(folder, shards)}
+
+
+def verify_store(folder: Path, manifest: dict) -> bool:
+    """Check the files against the manifest's checksums; False for a store written before there were any."""
+    from geovario.hashing import sha256_file
+
+    recorded = manifest.get("checksums")
+    if recorded is None:
+        return False
+    if not isinstance(recorded, dict):
+        raise GeovarioError(f"{folder / MANIFEST}: checksums is not a mapping of file to sha256")
+    for name in store_files(folder, manifest["shards"]):
+        path = folder / name
+        if name not in recorded:
+            raise GeovarioError(f"{path}: not in the manifest's checksums; the store was changed after it was written")
+        if not path.is_file():
+            raise GeovarioError(f"{path}: missing; the store is incomplete")
+        if sha256_file(path) != recorded[name]:
+            raise GeovarioError(f"{path}: sha256 differs from the one recorded when the store was written; the store was "
+                                f"modified. Re-extract it, or keep the change with `geovario data rehash {folder}`")
+    return True
+
+
 class FeatureSource:
     """What every feature source offers; subclasses provide ``features(start, stop)``, ``gps``, ``ids``."""
 
@@ -114,9 +157,10 @@ class FeatureSource:
 
 
 class FeatureStore(FeatureSource):
-    """A finished store folder, memory-mapped shard by shard."""
+    """A finished store folder, memory-mapped shard by shard; its files are checked against the manifest's
+    checksums first (``verify=False`` skips that, for ``data rehash``)."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, verify: bool = True):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise GeovarioError(f"{self.folder}: feature store not found")
@@ -128,6 +172,7 @@ class FeatureStore(FeatureSource):
             [(str(shard["name"]), int(shard["rows"])) for shard in self.manifest["shards"]]
         except (KeyError, TypeError, ValueError):
             raise GeovarioError(f"{self.folder / MANIFEST}: lacks backbone.feature_dim or a shard's name and rows") from None
+        self.verified = verify_store(self.folder, self.manifest) if verify else False
         self.index = read_index(self.folder / INDEX)
         self.ids = self.index["id"].to_numpy(dtype=str)
         self.gps = self.index[["lat", "lon"]].to_numpy(dtype=np.float64)
@@ -161,7 +206,8 @@ class FeatureStore(FeatureSource):
         return int(self.manifest["backbone"]["feature_dim"])
 
     def fingerprint(self) -> str:
-        """sha256 of the manifest and the index: another extraction, or other rows, give another one."""
+        """sha256 of the manifest and the index: another extraction, or other rows, give another one. The manifest
+        holds every file's checksum, which the store was verified against when opened, so changed features do too."""
         from geovario.hashing import sha256_files
 
         return sha256_files([self.folder / MANIFEST, self.folder / INDEX])
@@ -307,5 +353,17 @@ def write_store(folder: str | Path, features: np.ndarray, latlon: np.ndarray, id
         "dtype": dtype, "shard_size": shard_size, "views": 0 if views is None else int(views.shape[1]), "seed": 0,
         "dataset": {"source": source, "format": "arrays", "rows": len(features), "usable": len(features), "bad_rows": 0},
         "shards": shards, "counts": {"features": len(features), "skipped_images": 0, "bad_rows": 0, "converted_to_rgb": {}},
+        "checksums": store_checksums(folder, shards),
     })
     return FeatureStore(folder)
+
+
+def rehash_store(folder: str | Path) -> dict[str, str]:
+    """Record the sha256 of a finished store's files as they are now (after an edit you mean to keep)."""
+    from geovario.jsonio import write_json
+
+    folder = Path(folder)
+    store = FeatureStore(folder, verify=False)  # the files must still make a readable store
+    checksums = store_checksums(folder, store.manifest["shards"])
+    write_json(folder / MANIFEST, store.manifest | {"checksums": checksums})
+    return checksums
