@@ -251,6 +251,32 @@ def test_parquet_without_coordinates_is_one_line(tmp_path, photos, capsys):
     assert "column image is string, not image bytes" in one_line_error(capsys, ["data", "check", str(tmp_path / "y.parquet")])
 
 
+def test_booleans_are_not_coordinates(tmp_path, photos, capsys):
+    """float(True) is 1.0 in Python: a boolean column or label would put a photo at (1, 0) without a word."""
+    pq.write_table(pa.table({"lat": [True], "lon": [2.0], "image": [photos[0][1]]}), tmp_path / "b.parquet")
+    assert "b.parquet: column lat holds booleans, not coordinates" in one_line_error(capsys, ["data", "check", str(tmp_path / "b.parquet")])
+    folder = tmp_path / "wds"
+    folder.mkdir()
+    with tarfile.open(folder / "shard.tar", "w") as archive:
+        for (image_id, data, lat, lon), label in zip(photos[:3], [{"lat": True, "lon": 2.0}, {"lat": 1.0, "lon": False}, None]):
+            add_bytes(archive, f"{image_id}.jpg", data)
+            add_bytes(archive, f"{image_id}.json", json.dumps(label or {"lat": lat, "lon": lon}).encode())
+    problems = check_report(capsys, ["data", "check", str(folder)])
+    assert [p["kind"] for p in problems] == ["non-numeric", "non-numeric"]
+    assert "lat True" in problems[0]["message"] and "lon False" in problems[1]["message"]
+    assert len(read_dataset(folder).records) == 1
+
+
+def test_a_webdataset_label_without_its_image_is_reported(tmp_path, photos, capsys):
+    folder = webdataset_shards(tmp_path, photos[:4], per_shard=4)
+    with tarfile.open(folder / "shard-000001.tar", "w") as archive:  # a shard that lost an image
+        add_bytes(archive, "lonely.json", json.dumps({"lat": 1.0, "lon": 2.0}).encode())
+    problems = check_report(capsys, ["data", "check", str(folder)])
+    assert [(p["kind"], p["file"]) for p in problems] == [("missing image", f"{folder / 'shard-000001.tar'}:lonely.json")]
+    dataset = read_dataset(folder)
+    assert len(dataset.records) == 4 and dataset.n_rows == 5  # the lost sample counts among the rows
+
+
 def test_archive_without_coordinates_points_to_the_csv(tmp_path, photos, capsys):
     osv5m_zips(tmp_path, photos[:2])
     line = one_line_error(capsys, ["data", "check", str(tmp_path / "osv5m" / "images" / "train" / "00.zip")])

@@ -81,6 +81,9 @@ def F(tmp_path_factory, tiny_clip_dir) -> SimpleNamespace:
     torch.manual_seed(0)
     save_model_dir(f.model_no_gallery, GeoLocModel(tiny_config()), backbone="unused")
 
+    f.model_nan = _copy(f.model, root / "model-nan")  # weights with a NaN, re-signed as `weights rehash` would have done
+    _nan_weights(f.model_nan)
+
     # Feature stores (32-d, as the tiny model takes).
     f.store = _store(root / "store")
     f.store_64 = _store(root / "store-64", dim=64)
@@ -135,6 +138,18 @@ def F(tmp_path_factory, tiny_clip_dir) -> SimpleNamespace:
     f.gps_bad = _write(root / "g-bad.csv", "LAT,LON\n1,2\n95,4\n5,6\n7,8\n")
     f.gps_nan = _write(root / "g-nan.csv", "LAT,LON\n1,2\nnan,4\n5,6\n7,8\n")
     f.gps_nolat = _write(root / "g-nolat.csv", "X,LON\n1,2\n")
+    f.features_huge = root / "f-huge.npy"  # finite float32, but the image head overflows on it
+    array = np.random.default_rng(3).normal(size=(4, 32)).astype(np.float32)
+    array[1] = 3e38
+    np.save(f.features_huge, array)
+    f.store_huge = _store(root / "store-huge")
+    huge = np.load(f.store_huge / "shards" / "00000.npy")
+    huge[7] = 3e38
+    np.save(f.store_huge / "shards" / "00000.npy", huge)
+    _resign(f.store_huge)
+    f.store_identical = write_store(root / "store-identical", np.tile(np.random.default_rng(4).normal(size=(1, 32)), (200, 1)),
+                                    np.stack([np.linspace(-60, 60, 200), np.linspace(-170, 170, 200)], 1), dtype="float32").folder
+    f.gps_two_lat = _write(root / "g-two-lat.csv", "LAT,LON,LAT\n1,2,3\n3,4,5\n")
     f.features25 = root / "f25.npy"
     np.save(f.features25, np.random.default_rng(2).normal(size=(25, 32)).astype(np.float32))
     f.gps_swapped = _write(root / "g-swapped.csv", "LAT,LON\n" + "\n".join(f"{-74.0 + 0.01 * i:.4f},{40.7 + 0.01 * i:.4f}" for i in range(25)) + "\n")
@@ -213,6 +228,8 @@ def F(tmp_path_factory, tiny_clip_dir) -> SimpleNamespace:
     data = bytearray((checkpoint / "model.safetensors").read_bytes())
     data[-5] ^= 1
     (checkpoint / "model.safetensors").write_bytes(bytes(data))
+    f.run_other_shape = _copy(f.run, root / "run-other-shape")  # its config.json edited by hand
+    _edit_json(f.run_other_shape / "config.json", lambda c: c["model"].update(embed_dim=8))
     f.run_no_data = _copy(f.run, root / "run-no-data")
     (f.run_no_data / "data.json").unlink()
     f.run_no_checkpoint = root / "run-no-checkpoint"
@@ -226,6 +243,13 @@ def F(tmp_path_factory, tiny_clip_dir) -> SimpleNamespace:
     return f
 
 
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under the fixtures' root, with its size and modification time; gallery caches (derived, and
+    written by any successful prediction) aside."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file() and "cache" not in p.relative_to(root).parts}
+
+
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -237,6 +261,17 @@ def _replace_cell(path: Path, line: int, column: int, value: str) -> None:
     cells[column] = value
     lines[line - 1] = ",".join(cells)
     path.write_text("\n".join(lines) + "\n")
+
+
+def _nan_weights(model_dir: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from geovario.hashing import sha256_file
+
+    weights = load_file(model_dir / "model.safetensors")
+    weights["image_head.mlp.0.weight"][0, 0] = float("nan")
+    save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "geovario-model"})
+    _edit_json(model_dir / "config.json", lambda c: c.update(weights_sha256=sha256_file(model_dir / "model.safetensors")))
 
 
 def _resign(folder: Path) -> None:
@@ -270,6 +305,8 @@ class Case:
     patch: str | None = None  # a failure of the machine to simulate: "readonly", "full"
     skip_if: object = None  # F -> reason to skip (only for facts of the machine, e.g. a GPU present)
     extra: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)  # environment variables set for the run
+    may_write: tuple[str, ...] = ()  # paths under F.root (relative) that the refused command may leave; nothing else changes
 
 
 def C(id, argv, code, *words, **kwargs) -> Case:
@@ -471,7 +508,7 @@ CASES = [
     C("variogram-missing-store", lambda f: s("variogram", "--store", f.root / "none", "--out", f.root / "v.json"), 1, "feature store not found"),
     C("variogram-zero-norm", lambda f: s("variogram", "--features", f.zero_features, "--gps", f.gps5, "--out", f.root / "v.json"), 1, "zero norm"),
     C("variogram-too-few", lambda f: s("variogram", "--features", f.features, "--gps", f.gps4, "--out", f.root / "v.json", "--bins", "30", "--linear-bins",
-                                        "--no-progress"), 1, "non-empty bins"),
+                                        "--no-progress"), 1, "non-empty bins", may_write=("v.json",)),  # the bins, as documented
     C("variogram-out-under-file", lambda f: s("variogram", "--store", f.store, "--out", f.a_file / "v.json", "--no-progress"), 1, "cannot create the output folder"),
     C("variogram-plot-under-file", lambda f: s("variogram", "--store", f.store, "--out", f.root / "v2.json", "--plot", f.a_file / "v.png",
                                                 "--no-progress"), 1, "cannot create the output folder"),
@@ -532,7 +569,8 @@ CASES = [
     C("train-store-missing", lambda f: s("train", "--config", f.config, "--set", f"data.train={f.root / 'none'}"), 1, "data.train", "not found"),
     C("train-store-nan-lat", lambda f: s("train", "--config", f.config, "--set", f"data.train={f.store_nan_lat}"), 1, "index.csv:3"),
     C("train-store-nan-feature", lambda f: s("train", "--config", f.config, *SMALL, "--set", f"data.train={f.store_nan_feature}", "--set",
-                                              "train.max_steps=20", "--out", f.root / "run-nan", "--no-progress"), 1, "feature row 5", "NaN"),
+                                              "train.max_steps=20", "--out", f.root / "run-nan", "--no-progress"), 1, "feature row 5", "NaN",
+      may_write=("run-nan/config.json", "run-nan/data.json", "run-nan/metrics.csv")),  # the steps before the bad row
     C("train-val-wide", lambda f: s("train", "--config", f.config, *SMALL, "--set", f"data.val={f.store_64}", "--out", f.root / "run-val"),
       1, "data.val", "64-d"),
     C("train-val-missing", lambda f: s("train", "--config", f.config, *SMALL, "--set", f"data.val={f.root / 'none'}", "--out", f.root / "run-val2"),
@@ -564,8 +602,14 @@ CASES = [
     C("resume-checkpoint-tampered", lambda f: s("train", "--resume", f.run_tampered, "--set", "train.max_steps=3"), 1,
       "model.safetensors", "sha256 differs"),
     C("resume-no-data-record", lambda f: s("train", "--resume", f.run_no_data, "--set", "train.max_steps=3"), 1, "no data.json"),
-    C("resume-other-shape", lambda f: s("train", "--resume", f.run, "--set", "model.embed_dim=8", "--set", "train.max_steps=3"), 1,
+    C("resume-other-shape", lambda f: s("train", "--resume", f.run_other_shape, "--set", "train.max_steps=3"), 1,
       "incompatible model"),
+    C("resume-set-embed-dim", lambda f: s("train", "--resume", f.run, "--set", "model.embed_dim=8", "--set", "train.max_steps=3"), 1,
+      "--set model.embed_dim", "started with model.embed_dim = 16", "only train.max_steps"),
+    C("resume-set-lr", lambda f: s("train", "--resume", f.run, "--set", "optim.lr=0.5", "--set", "train.max_steps=3"), 1,
+      "--set optim.lr", "started with optim.lr = 3e-05", "Start a new run"),
+    C("train-over-a-run", lambda f: s("train", "--config", f.config, *SMALL, "--out", f.run), 1,
+      "holds a training run already", "--resume"),
 
     # --- simulate, demo, bench, study ---
     C("simulate-over-world", lambda f: s("simulate", "--out", f.world, "--n-train", "50", "--n-test", "5"), 1, "holds a world already", "--overwrite"),
@@ -588,6 +632,59 @@ CASES = [
     C("serve-model-missing", lambda f: s("serve", "--model", f.root / "nowhere", "--port", "8789"), 1, "model directory not found"),
     C("serve-top-k-200", lambda f: s("serve", "--model", f.model, "--port", "8790", "--top-k", "200"), 1, "--top-k", "between 1 and 100"),
     C("serve-device", lambda f: s("serve", "--model", f.model, "--port", "8791", "--device", "banana"), 1, "banana"),
+
+    # --- weights that are not what they claim ---
+    C("predict-nan-weights", lambda f: s("predict", "--model", f.model_nan, "--features", f.features), 1,
+      "model-nan/model.safetensors", "image_head.mlp.0.weight holds NaN or infinity"),
+    C("evaluate-nan-weights", lambda f: s("evaluate", "--model", f.model_nan, "--store", f.store, "--out", f.root / "e-nan.json", "--no-admin"),
+      1, "holds NaN or infinity"),
+    C("embed-gps-nan-weights", lambda f: s("embed-gps", "--model", f.model_nan, "--csv", f.gps4, "--out", f.root / "emb.npy"), 1,
+      "holds NaN or infinity"),
+    C("rehash-nan-weights", lambda f: s("weights", "rehash", f.model_nan), 1, "holds NaN or infinity"),
+    C("predict-features-huge", lambda f: s("predict", "--model", f.model, "--features", f.features_huge), 1,
+      "features row 1: the image head's output is not finite", "overflow float32"),
+    C("evaluate-store-huge", lambda f: s("evaluate", "--model", f.model, "--store", f.store_huge, "--out", f.root / "e-huge.json",
+                                          "--no-admin", "--no-progress"), 1, "features row 7", "not finite"),
+
+    # --- readers ---
+    C("embed-gps-two-lat-columns", lambda f: s("embed-gps", "--model", f.model, "--csv", f.gps_two_lat, "--out", f.root / "emb2.npy"), 1,
+      "g-two-lat.csv: 2 latitude columns (LAT, LAT)"),
+    C("predict-text-not-unicode", lambda f: ["predict", "--model", str(f.model), "--backbone", str(f.clip), "--text",
+                                             b"caf\xe9".decode("utf-8", "surrogateescape")], 1, "text query 1: not valid Unicode"),
+
+    # --- variogram ---
+    C("variogram-plot-suffix", lambda f: s("variogram", "--store", f.store, "--out", f.root / "v9.json", "--plot", f.root / "v.xyz"), 2,
+      "--plot", "cannot draw a .xyz file", ".png"),
+    C("variogram-identical-rows", lambda f: s("variogram", "--store", f.store_identical, "--out", f.root / "v-same.json", "--no-progress"),
+      1, "store-identical", "alike up to rounding", "no range to fit", may_write=("v-same.json",)),
+
+    # --- model and schedule keys ---
+    C("train-hidden-dim-0", lambda f: s("train", "--config", f.config, "--set", "model.hidden_dim=0"), 1, "model.hidden_dim", "at least 1"),
+    C("train-embed-dim-negative", lambda f: s("train", "--config", f.config, "--set", "model.embed_dim=-4"), 1, "model.embed_dim"),
+    C("train-rff-dim-0", lambda f: s("train", "--config", f.config, "--set", "model.rff_dim=0"), 1, "model.rff_dim"),
+    C("train-sigmas-empty", lambda f: s("train", "--config", f.config, "--set", "model.sigmas=[]"), 1, "model.sigmas", "non-empty"),
+    C("train-sigmas-negative", lambda f: s("train", "--config", f.config, "--set", "model.sigmas=[1, -16]"), 1, "model.sigmas", "positive"),
+    C("train-warmup-too-long", lambda f: s("train", "--config", f.config, *SMALL, "--set", "optim.schedule=cosine", "--set",
+                                            "optim.warmup_steps=5", "--out", f.root / "r-warm"), 1, "optim.warmup_steps", "run of 2 steps"),
+    C("train-gallery-k-huge", lambda f: s("train", "--config", f.config, *SMALL, "--set", "negatives.source=gallery", "--set",
+                                           "negatives.k=1000000000", "--out", f.root / "r-k"), 1, "negatives.k", "GB per training step",
+      may_write=("r-k/config.json", "r-k/data.json")),
+    C("train-queue-huge", lambda f: s("train", "--config", f.config, *SMALL, "--set", "model.queue_size=100000000000",
+                                       "--out", f.root / "r-q"), 1, "model.queue_size", "GB per training step",
+      may_write=("r-q/config.json", "r-q/data.json")),
+
+    # --- the launcher's environment ---
+    C("train-world-size-text", lambda f: s("train", "--config", f.config, *SMALL, "--out", f.root / "r-ws"), 1,
+      "WORLD_SIZE: expected a whole number", env={"RANK": "0", "WORLD_SIZE": "abc"}),
+    C("train-rank-beyond-world", lambda f: s("train", "--config", f.config, *SMALL, "--out", f.root / "r-ws2"), 1,
+      "RANK=2 is not below WORLD_SIZE=2", env={"RANK": "2", "WORLD_SIZE": "2"}),
+    C("extract-local-world-size-text", lambda f: s("extract", "--data", f.dataset, "--images", f.images, "--backbone", f.clip,
+                                                   "--out", f.root / "x-lws"), 1, "LOCAL_WORLD_SIZE: expected", env={"LOCAL_WORLD_SIZE": "abc"},
+      extra={"stderr_lines": None}),
+
+    # --- a disk that fills while a run saves ---
+    C("train-disk-full", lambda f: s("train", "--config", f.config, *SMALL, "--out", f.root / "r-full", "--no-progress"), 1,
+      "No space left on device", patch="full"),
 ]
 
 
@@ -614,10 +711,16 @@ def test_bad_input(case: Case, F, capsys, monkeypatch):
         def full(fd):
             raise OSError(errno.ENOSPC, "No space left on device")
         monkeypatch.setattr(os, "fsync", full)
+    for name, value in case.env.items():
+        monkeypatch.setenv(name, value)
+    before = _snapshot(F.root)
     capsys.readouterr()
     code = main(case.argv(F))
     out, err = capsys.readouterr()
     assert code == case.code, (out, err)
+    after = _snapshot(F.root)
+    changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
+    assert [p for p in changed if p not in case.may_write] == [], "a refused command wrote or changed files"
     assert "Traceback" not in out + err
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("geovario: warning", "geovario: note"))]
     expected_lines = case.extra.get("stderr_lines", 1)

@@ -185,3 +185,71 @@ def test_the_library_takes_one_image_path_and_raises_for_a_bad_one(tmp_path, tin
     assert "not an image" in predictor.predict_images([text, photo])[0]  # in a list, reported in its place
     with pytest.raises(ParameterError, match=r"^top_k must be between 1 and the gallery size 300, got 0$"):
         predictor.predict_images(str(photo), top_k=0)  # the library names its parameter, not a command-line flag
+
+
+def test_a_wrong_backbone_is_refused_before_a_cold_gallery_is_encoded(tmp_path, tiny_clip_dir, fixtures_dir, capsys):
+    """Encoding GeoCLIP's 100K gallery takes minutes on a CPU; a backbone that cannot fit is refused first."""
+    from conftest import random_gallery, tiny_config
+    from geovario.errors import GeovarioError
+    from geovario.model import GeoLocModel
+    from geovario.modeldir import save_model_dir
+    from geovario.serve import GeoService
+
+    model_dir = save_model_dir(tmp_path / "m", GeoLocModel(tiny_config(feature_dim=768)), gallery=random_gallery(50))
+    photo = fixtures_dir / "exif-gps" / "DSCN0010.jpg"
+    code, _, err = run(capsys, "predict", "--model", model_dir, "--backbone", tiny_clip_dir, "--image", photo)
+    assert_one_line_error(code, err, "gives 32-d features but the model expects 768-d")
+    with pytest.raises(GeovarioError, match="gives 32-d features but the model expects 768-d"):
+        GeoService(str(model_dir), str(tiny_clip_dir), "cpu")
+    caches = list(tmp_path.rglob("gallery-*.npy")) + list((tmp_path.parent / "home").rglob("gallery-*.npy"))
+    assert caches == []  # nothing was encoded
+
+
+def test_a_spoiled_gallery_cache_warns_in_one_line_and_changes_no_answer(tmp_path, tiny_model_dir, features_file, capsys):
+    code, clean, _ = run(capsys, "predict", "--model", tiny_model_dir, "--features", features_file, "--json")
+    assert code == 0
+    cache = next((tiny_model_dir / "cache").glob("gallery-*.npy"))
+    array = np.load(cache)
+    array[:] = 0.0  # a cache of zeros: every row would tie, and every photo would answer gallery row 0
+    np.save(cache, array)
+    code, spoiled, err = run(capsys, "predict", "--model", tiny_model_dir, "--features", features_file, "--json")
+    assert code == 0 and json.loads(spoiled) == json.loads(clean)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("geovario: warning: ") and "row 0 is not a unit vector (norm 0)" in lines[0]
+
+
+def test_sigterm_while_encoding_a_gallery_leaves_no_half_written_cache(tmp_path, capsys):
+    """A stopped job (kill, a scheduler's SIGTERM) unwinds like Ctrl+C: the cache being written is removed."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import torch
+
+    from conftest import tiny_config
+    from geovario.model import GeoLocModel
+    from geovario.modeldir import save_model_dir
+
+    rng = np.random.default_rng(0)
+    gallery = np.stack([rng.uniform(-80, 80, 400_000), rng.uniform(-180, 180, 400_000)], 1)
+    torch.manual_seed(0)
+    model_dir = save_model_dir(tmp_path / "m", GeoLocModel(tiny_config()), gallery=gallery)
+    np.save(tmp_path / "f.npy", rng.normal(size=(2, 32)).astype(np.float32))
+    sent = []
+
+    def stop_once_encoding():
+        for _ in range(600):
+            if list((model_dir / "cache").glob(".gallery-*.tmp")):
+                os.kill(os.getpid(), signal.SIGTERM)
+                sent.append(True)
+                return
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=stop_once_encoding)
+    watcher.start()
+    code, _, err = run(capsys, "predict", "--model", model_dir, "--features", tmp_path / "f.npy")
+    watcher.join()
+    assert sent and code == 130 and "geovario: interrupted" in err
+    assert list((model_dir / "cache").iterdir()) == []  # neither the half-written .tmp nor a cache
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the CLI gave the handler back

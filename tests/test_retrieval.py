@@ -1,3 +1,6 @@
+import os
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +8,7 @@ import torch
 from conftest import random_gallery, tiny_config
 from geovario.errors import GeovarioError
 from geovario.model import GeoLocModel
-from geovario.retrieval import cached_gallery_embeddings, topk_softmax
+from geovario.retrieval import cache_problem, cached_gallery_embeddings, topk_softmax
 
 
 def _unit(x):
@@ -58,8 +61,9 @@ def test_gallery_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
 
     calls.clear()
     again = cached_gallery_embeddings(model, gallery, "weights-a", tmp_path, progress=False)
-    assert calls == [] and isinstance(again, np.memmap)
+    assert calls == [64] and isinstance(again, np.memmap)  # reused: only a sample of 64 rows encoded, to check it
 
+    calls.clear()
     cached_gallery_embeddings(model, gallery, "weights-b", tmp_path, progress=False)  # new weights
     assert sum(calls) == 500
     moved = gallery.copy()
@@ -81,6 +85,60 @@ def test_gallery_cache_falls_back_when_model_dir_is_read_only(tmp_path, monkeypa
     finally:
         read_only.chmod(0o755)
     assert emb.shape == (20, 16)
-    import os
     if os.geteuid() != 0:  # root can write anywhere, so only check the fallback path as a normal user
         assert str(emb.filename).startswith(str(tmp_path / "home"))
+
+
+def _spoil_zeros(path):
+    array = np.load(path)
+    array[7] = 0
+    np.save(path, array)
+
+
+def _spoil_nan(path):
+    array = np.load(path)
+    array[-1, 3] = np.nan
+    np.save(path, array)
+
+
+def _spoil_other_model(path):
+    torch.manual_seed(5)  # unit vectors, but another model's: only the spot check against the key can tell
+    other = GeoLocModel(tiny_config()).eval()
+    with torch.no_grad():
+        np.save(path, other.encode_locations(torch.from_numpy(random_gallery(500))).numpy())
+
+
+def _spoil_truncated(path):
+    path.write_bytes(path.read_bytes()[:300])
+
+
+@pytest.mark.parametrize("spoil, problem", [(_spoil_zeros, "row 7 is not a unit vector (norm 0)"),
+                                            (_spoil_nan, "row 499 is not a unit vector (norm nan)"),
+                                            (_spoil_other_model, "rows differ from the model's embeddings"),
+                                            (_spoil_truncated, "unreadable")])
+def test_a_spoiled_gallery_cache_is_noticed_and_rebuilt(tmp_path, spoil, problem):
+    torch.manual_seed(0)
+    model = GeoLocModel(tiny_config()).eval()
+    gallery = random_gallery(500)
+    expected = np.array(cached_gallery_embeddings(model, gallery, "w", tmp_path, progress=False))
+    cache = next((tmp_path / "cache").glob("gallery-*.npy"))
+    spoil(cache)
+    with pytest.warns(UserWarning, match=re.escape(f"gallery cache is not what its name claims ({problem}")):
+        rebuilt = cached_gallery_embeddings(model, gallery, "w", tmp_path, progress=False)
+    np.testing.assert_array_equal(np.asarray(rebuilt), expected)
+    assert cache.is_file() and cache_problem(np.load(cache), model, gallery) is None  # the file itself was replaced
+
+
+def test_a_killed_encoders_leftover_is_removed(tmp_path):
+    import subprocess
+    import sys
+
+    model = GeoLocModel(tiny_config()).eval()
+    (tmp_path / "cache").mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / "cache" / f".gallery-0123.npy.{gone}.tmp"  # what a kill -9 during encoding leaves
+    stale.write_bytes(b"x" * 1000)
+    mine = tmp_path / "cache" / f".gallery-4567.npy.{os.getpid()}.tmp"  # a live process's: left alone
+    mine.write_bytes(b"x")
+    cached_gallery_embeddings(model, random_gallery(20), "w", tmp_path, progress=False)
+    assert not stale.exists() and mine.exists()

@@ -144,3 +144,21 @@ def test_compare_warns_when_reports_are_not_comparable(tmp_path, capsys):
     assert "accuracy at 25 km is 'high'" in capsys.readouterr().err
     assert main(["compare", str(tmp_path), str(tmp_path / "a.json")]) == 1
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_coordinates_in_radians_are_scored_with_a_warning(tmp_path, capsys):
+    """Paris, Tokyo, New York, ... written in radians: read as degrees they would all sit off the coast of Gabon."""
+    import math
+
+    cities = [(48.86, 2.35), (35.68, 139.69), (40.71, -74.01), (-33.87, 151.21), (55.76, 37.62), (-22.91, -43.17),
+              (30.04, 31.24), (19.43, -99.13), (1.35, 103.82), (64.15, -21.94), (-1.29, 36.82), (59.91, 10.75)]
+    rows = [f"{math.radians(a):.6f},{math.radians(b):.6f},{math.radians(a) + 0.01:.6f},{math.radians(b):.6f}" for a, b in cities]
+    (tmp_path / "p.csv").write_text("gt_lat,gt_lon,pred_lat,pred_lon\n" + "\n".join(rows) + "\n")
+    assert main(["score", str(tmp_path / "p.csv"), "--no-admin", "--json"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("geovario: warning:")]
+    assert len(err) == 2 and "are they radians? geovario reads degrees" in err[0] and "true coordinates" in err[0]
+    assert "predicted coordinates" in err[1]
+    degrees = [f"{a},{b},{a + 0.01},{b}" for a, b in cities]  # the same places in degrees: no warning
+    (tmp_path / "d.csv").write_text("gt_lat,gt_lon,pred_lat,pred_lon\n" + "\n".join(degrees) + "\n")
+    assert main(["score", str(tmp_path / "d.csv"), "--no-admin", "--json"]) == 0
+    assert "warning" not in capsys.readouterr().err

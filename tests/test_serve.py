@@ -190,6 +190,9 @@ def test_text_query_through_the_api(served_model, tiny_clip_text_dir, client):
         empty = text_client.post("/api/predict-text", json={"text": "   "})
         assert empty.status_code == 422 and "empty text" in empty.json()["detail"]
         assert text_client.post("/api/predict-text", json={"text": "x", "top_k": 0}).status_code == 422
+        lone = text_client.post("/api/predict-text", content=b'{"text": "a street \\ud800 in rain"}',
+                                headers={"content-type": "application/json"})  # a lone surrogate: valid JSON, not Unicode
+        assert lone.status_code == 422 and "not valid Unicode at character 10" in lone.json()["detail"]
         assert "/api/predict-text" in text_client.get("/openapi.json").json()["paths"]
     # A backbone whose checkpoint has no tokenizer answers one line, and the image side keeps working.
     refused = client.post("/api/predict-text", json={"text": "a street"})

@@ -282,6 +282,9 @@ def test_data_import_writes_a_store_equal_to_the_arrays(tmp_path, capsys):
     ("1d", r"f.npy: expected an \(N, D\) array of features, got shape \(5,\)"),
     ("ids", "g.csv: line 4: duplicate name 'a' \\(first on line 2\\)"),
     ("bad gps", r"g.csv: line 3: latitude 95.0 is outside \[-90, 90\]"),
+    ("tiny", r"f.npy: row 2 would change by 100% in float16 \(its values go down to 1e-09, where float16 underflows\); use --dtype float32"),
+    ("huge", r"f.npy: values beyond float16's range \(65504\); use --dtype float32"),
+    ("two lat columns", r"g.csv: 2 latitude columns \(lat, LAT\); keep one"),
 ])
 def test_data_import_bad_inputs_are_one_line(tmp_path, capsys, case, message):
     import re
@@ -300,8 +303,13 @@ def test_data_import_bad_inputs_are_one_line(tmp_path, capsys, case, message):
         gps[2] = ("a", 3, 3)
     elif case == "bad gps":
         gps[1] = ("b", 95, 2)
+    elif case == "tiny":
+        features[2] = 1e-9 * np.arange(1, 4)  # a valid direction, but every value below float16's smallest
+    elif case == "huge":
+        features[4, 0] = 1e5
+    header, extra = ("name,lat,lon", "") if case != "two lat columns" else ("name,lat,lon,LAT", ",0")
     np.save(tmp_path / "f.npy", features)
-    (tmp_path / "g.csv").write_text("name,lat,lon\n" + "\n".join(f"{n},{y},{x}" for n, y, x in gps) + "\n")
+    (tmp_path / "g.csv").write_text(header + "\n" + "\n".join(f"{n},{y},{x}{extra}" for n, y, x in gps) + "\n")
     code = main(["data", "import", "--features", str(tmp_path / "f.npy"), "--gps", str(tmp_path / "g.csv"), "--ids", "name",
                  "--out", str(tmp_path / "store")])
     err = capsys.readouterr().err.strip().splitlines()

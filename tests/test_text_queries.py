@@ -64,6 +64,8 @@ def test_empty_text_and_a_backbone_without_text_tower(tmp_path, text_model_dir, 
 
     base = ["predict", "--model", str(text_model_dir), "--no-progress"]
     assert "text query 2: empty text" in one_line(capsys, base + ["--text", "a street", "  "])
+    undecodable = b"caf\xe9 in Paris".decode("utf-8", "surrogateescape")  # Latin-1 bytes in argv, as Python passes them on
+    assert "text query 1: not valid Unicode at character 4 (\\udce9)" in one_line(capsys, base + ["--text", undecodable])
     vision_only = tmp_path / "vision-only"
     CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                                                    image_size=224, patch_size=32, projection_dim=32)).save_pretrained(vision_only)

@@ -245,6 +245,51 @@ def test_resume_removes_half_written_checkpoints_and_refuses_a_changed_store(tmp
     assert "training data changed since the run started" in err and f"fingerprint {started[:12]} then" in err
 
 
+def test_resume_refuses_a_store_whose_features_changed_under_the_same_index(tmp_path, capsys):
+    """Rehashed after an edit of its features only (the index as it was): still other training data."""
+    from geovario.data.store import rehash_store
+
+    store = make_store(tmp_path / "store", 320).folder
+    run = tmp_path / "run"
+    train(load_config(None, SMALL + [f"data.train={store}", "train.max_steps=3"]), run, progress=False)
+    shard = store / "shards" / "00000.npy"
+    features = np.load(shard)
+    features[10] *= 2.0
+    np.save(shard, features)
+    argv = ["train", "--resume", str(run), "--set", "train.max_steps=5", "--no-progress"]
+    assert main(argv) == 1  # edited: the store itself refuses to open
+    assert "00000.npy: sha256 differs" in capsys.readouterr().err
+    rehash_store(store)
+    assert main(argv) == 1  # the edit accepted for the store, but not for a run that began on the old features
+    assert "training data changed since the run started" in capsys.readouterr().err
+    assert (run / "checkpoints" / "latest").read_text() == "step-00000003"
+
+
+def test_a_failed_checkpoint_write_keeps_the_last_one(tmp_path, stores, monkeypatch):
+    import errno
+
+    from geovario.train import Trainer, checkpoints
+
+    run = tmp_path / "run"
+    trainer = Trainer(load_config(None, SMALL + [f"data.train={stores[0]}", "train.max_steps=6", "train.checkpoint_every=2"]), run,
+                      progress=False)
+    original = checkpoints.save_file
+
+    def full_disk_on_step_4(tensors, path, **kwargs):
+        if "step-00000004" in path:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(tensors, path, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "save_file", full_disk_on_step_4)
+    with pytest.raises(GeovarioError, match=r"step-00000004: cannot write the checkpoint of step 4 \(No space left on device\); "
+                                            r"the last one \(checkpoints/step-00000002\) is intact"):
+        trainer.run()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-00000002"]  # no half-written folder
+    monkeypatch.setattr(checkpoints, "save_file", original)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # and the run goes on from step 2
+    assert pd.read_csv(run / "metrics.csv")["step"].tolist() == list(range(1, 7))
+
+
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, stores, capsys):
     run = tmp_path / "run"
     base = ["--set", f"data.train={stores[0]}", "--set", "data.val=null", "--set", "train.checkpoint_every=2", "--out", str(run), "--no-progress"]
@@ -290,7 +335,10 @@ def test_bad_configs_through_the_cli(tmp_path, stores, capsys):
     base = [*sum([["--set", s] for s in SMALL], []), "--set", f"data.train={stores[0]}", "--set", "data.val=null", "--set", "train.max_steps=3"]
     assert main(["train", "--config", str(CONFIGS[0]), *base, "--out", str(tmp_path / "r2"), "--no-progress"]) == 0
     capsys.readouterr()
-    one_line_error(["train", "--resume", str(tmp_path / "r2"), "--set", "model.embed_dim=8", "--set", "train.max_steps=6", "--no-progress"],
+    saved = json.loads((tmp_path / "r2" / "config.json").read_text())
+    saved["model"]["embed_dim"] = 8  # the run's config edited by hand: the checkpoint no longer fits it
+    (tmp_path / "r2" / "config.json").write_text(json.dumps(saved))
+    one_line_error(["train", "--resume", str(tmp_path / "r2"), "--set", "train.max_steps=6", "--no-progress"],
                    "checkpoint from an incompatible model")
 
 

@@ -150,6 +150,19 @@ def test_best_model_is_the_validation_with_the_best_metric(tmp_path, stores, met
     assert value == pytest.approx(float(column[int(pick(column))]), rel=1e-5)
 
 
+def test_a_run_cut_short_before_its_first_epoch_end_is_validated_at_its_last_step(tmp_path, stores):
+    """keep_best with no epoch end and no val_every inside the run: the last step is validated, so best/ exists."""
+    train_store, val_store = stores
+    config = load_config(None, SMALL + [f"data.train={train_store}", f"data.val={val_store}", "train.max_steps=5",
+                                        "train.keep_best=acc_2500km"])
+    train(config, tmp_path / "run", progress=False)
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert metrics.dropna(subset=["val_acc_2500km"])["step"].tolist() == [5]
+    from geovario.modeldir import load_model_dir
+
+    assert load_model_dir(tmp_path / "run" / "best").meta["trained"]["best"]["step"] == 5
+
+
 def test_options_are_checked_and_name_their_key(stores):
     base = SMALL + [f"data.train={stores[0]}"]
     for overrides, message in [

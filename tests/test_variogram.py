@@ -262,3 +262,11 @@ def test_cli_plot_without_suffix_gets_png_and_says_so(tmp_path, capsys):
     out = capsys.readouterr().out
     assert (tmp_path / "out" / "x.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "out" / "x").exists()
     assert f"and {tmp_path / 'out' / 'x.png'}" in out
+
+
+def test_the_plot_formats_the_cli_accepts_are_the_ones_matplotlib_writes():
+    import matplotlib.figure
+
+    from geovario.cli.options import FIGURE_FORMATS
+
+    assert set(FIGURE_FORMATS) <= set(matplotlib.figure.Figure().canvas.get_supported_filetypes())  # each one can be drawn

@@ -6,6 +6,7 @@ one line naming the path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -33,6 +34,16 @@ def output_dir(path: str | Path) -> Path:
     return path
 
 
+def output_file(path: str | Path) -> Path:
+    """Check, before a long computation, that ``path`` can be written as a file: its folder can be made and it is
+    not a folder itself. (The write itself still goes through :func:`atomic_path`.)"""
+    path = Path(path)
+    output_dir(path.parent)
+    if path.is_dir():
+        raise GeovarioError(f"{path}: is a folder; give a file name")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is synced and renamed onto ``path``.
@@ -41,10 +52,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     An OSError while writing or renaming becomes a one-line error naming ``path``; the temporary file
     is removed, and an existing ``path`` is left as it was.
     """
-    path = Path(path)
-    output_dir(path.parent)
-    if path.is_dir():
-        raise GeovarioError(f"{path}: is a folder; give a file name")
+    path = output_file(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     except OSError as e:
@@ -85,6 +93,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def save_figure(fig, path: str | Path, **kwargs) -> Path:
     """``fig.savefig`` through :func:`atomic_path`; the format follows the suffix (PNG without one)."""
     path = Path(path)
+    kind = path.suffix.lstrip(".").lower() or "png"
+    supported = fig.canvas.get_supported_filetypes()
+    if kind not in supported:
+        raise GeovarioError(f"{path}: cannot draw a .{kind} file; use one of {', '.join('.' + k for k in sorted(supported))}")
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs)
+        fig.savefig(tmp, format=kind, **kwargs)
     return path
+
+
+def reserve(path: str | Path) -> None:
+    """Allocate a freshly created (sparse) file's blocks now. Writing into a memory map of a sparse file on a full
+    disk kills the process with SIGBUS; reserved first, a full disk is an OSError (one line) before anything is written."""
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without fallocate: nothing to reserve with
+                return
+            raise

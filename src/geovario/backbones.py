@@ -182,6 +182,11 @@ def check_texts(texts: list[str]) -> None:
     for i, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise GeovarioError(f"text query {i + 1}: empty text; describe the place, e.g. \"a snowy street with red trams\"")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # bytes that were not UTF-8 (a shell in another encoding), or a lone surrogate
+            raise GeovarioError(f"text query {i + 1}: not valid Unicode at character {e.start + 1} "
+                                f"({text[e.start:e.end].encode('utf-8', 'backslashreplace').decode()}); give the text as UTF-8") from None
 
 
 class ClipTextTower:

@@ -254,7 +254,8 @@ def validate(config: Config) -> None:
                        ("train.log_every", t.log_every), ("negatives.k", neg.k), ("loss.variogram_bins", loss.variogram_bins),
                        ("train.max_steps", t.max_steps), ("loss.refit_every", loss.refit_every), ("model.queue_size", config.model.queue_size),
                        ("data.gallery_max", config.data.gallery_max), ("train.accumulate", t.accumulate),
-                       ("train.val_every", t.val_every)):
+                       ("train.val_every", t.val_every), ("model.embed_dim", config.model.embed_dim),
+                       ("model.hidden_dim", config.model.hidden_dim), ("model.rff_dim", config.model.rff_dim)):
         if value is not None and value < 1:
             raise GeovarioError(f"config key {key}: must be at least 1, got {value}")
     for key, value in (("optim.weight_decay", config.optim.weight_decay), ("negatives.batch_noise_m", neg.batch_noise_m),
@@ -266,6 +267,9 @@ def validate(config: Config) -> None:
     for key, value in (("loss.theta1_km", loss.theta1_km), ("loss.mask_km", loss.mask_km), ("optim.grad_clip", config.optim.grad_clip)):
         if value is not None and value <= 0:
             raise GeovarioError(f"config key {key}: must be positive (or null), got {value}")
+    sigmas = config.model.sigmas
+    if sigmas is not None and (not sigmas or any(not (math.isfinite(v) and v > 0) for v in sigmas)):
+        raise GeovarioError(f"config key model.sigmas: a non-empty list of positive scales (GeoCLIP's [1, 16, 256]), got {sigmas}")
     optim = config.optim
     if optim.warmup_steps < 0 or optim.min_lr < 0:
         raise GeovarioError("config keys optim.warmup_steps and optim.min_lr: must not be negative")
@@ -304,13 +308,31 @@ def validate(config: Config) -> None:
             part.setdefault("weight", 1.0)
 
 
+# What --resume may change: how long the run goes on, how often it logs and checkpoints, where it runs.
+# Anything else (the data, the model, the loss, the optimiser's settings) would silently not apply, or
+# apply to half a run, so it is refused.
+RESUMABLE_KEYS = ("train.max_steps", "train.epochs", "train.log_every", "train.checkpoint_every", "train.device", "data.workers")
+
+
 def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:
-    """The config a run directory was started with (its ``config.json``), with ``--set`` overrides, for ``--resume``."""
+    """The config a run directory was started with (its ``config.json``), with ``--set`` overrides, for ``--resume``.
+
+    Only :data:`RESUMABLE_KEYS` may take another value than the run started with."""
     from geovario.jsonio import read_json
 
     saved = Path(run_dir) / "config.json"
     if not saved.is_file():
         raise GeovarioError(f"{run_dir}: no config.json; not a geovario run directory")
-    config = _build(Config, apply_overrides(read_json(saved, "run config"), overrides or []), "")
+    values = read_json(saved, "run config")
+    started = _build(Config, values, "").to_dict()
+    config = _build(Config, apply_overrides(values, overrides or []), "")
+    for item in overrides or []:
+        key = item.split("=", 1)[0].strip()
+        section, _, name = key.partition(".")
+        before, after = started.get(section, {}).get(name), config.to_dict().get(section, {}).get(name)
+        if key not in RESUMABLE_KEYS and before != after:
+            raise GeovarioError(f"--set {key}: the run in {run_dir} started with {key} = {before!r}, and a resumed run keeps "
+                                f"its config; on --resume only {', '.join(RESUMABLE_KEYS)} may change. "
+                                f"Start a new run to change {key}")
     validate(config)
     return config

@@ -27,19 +27,32 @@ import torch.distributed.nn.functional  # noqa: F401
 
 from geovario.backbones import resolve_device
 from geovario.errors import GeovarioError
+from geovario.machine import environment_number
 
 # Long enough for rank 0 to fit the initial variogram on millions of features while the others wait.
-TIMEOUT_MINUTES = float(os.environ.get("GEOVARIO_DIST_TIMEOUT_MIN", "60"))
+TIMEOUT_MINUTES = 60.0  # $GEOVARIO_DIST_TIMEOUT_MIN overrides it
 
 
 def launch_env() -> tuple[int, int, int]:
-    """(rank, local_rank, world_size) from torchrun's variables, else SLURM's, else a single process."""
+    """(rank, local_rank, world_size) from torchrun's variables, else SLURM's, else a single process; a variable
+    that is not a count is one line naming it."""
     env = os.environ
+
+    def count(name: str, default: int, minimum: int = 0) -> int:
+        return environment_number(name, default, f"a whole number of at least {minimum} (it is set by torchrun or srun)",
+                                  minimum=minimum)
+
     if "RANK" in env and "WORLD_SIZE" in env:
-        return int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"])
-    if "SLURM_PROCID" in env and "MASTER_ADDR" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
-        return int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"])
-    return 0, 0, 1
+        rank, local, world = count("RANK", 0), count("LOCAL_RANK", 0), count("WORLD_SIZE", 1, minimum=1)
+        names = ("RANK", "WORLD_SIZE")
+    elif "SLURM_PROCID" in env and "MASTER_ADDR" in env and count("SLURM_NTASKS", 1, minimum=1) > 1:
+        rank, local, world = count("SLURM_PROCID", 0), count("SLURM_LOCALID", 0), count("SLURM_NTASKS", 1, minimum=1)
+        names = ("SLURM_PROCID", "SLURM_NTASKS")
+    else:
+        return 0, 0, 1
+    if rank >= world:
+        raise GeovarioError(f"{names[0]}={rank} is not below {names[1]}={world}: a process's rank counts from 0")
+    return rank, local, world
 
 
 def is_main_process() -> bool:
@@ -142,7 +155,9 @@ def setup(device_name: str = "auto") -> tuple[Dist, torch.device]:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(minutes=TIMEOUT_MINUTES))
+    minutes = environment_number("GEOVARIO_DIST_TIMEOUT_MIN", TIMEOUT_MINUTES, "minutes a collective may wait (more than 0)", kind=float,
+                                 minimum=1e-3)
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(minutes=minutes))
     return Dist(rank, local, world), device
 
 

@@ -19,3 +19,8 @@ class ParameterError(GeovarioError):
 
     def as_option(self) -> str:
         return f"--{self.parameter.replace('_', '-')} {self.problem}"
+
+
+class GeovarioWarning(UserWarning):
+    """Something the user should know that does not stop the command; the CLI prints it as one
+    ``geovario: warning: ...`` line."""

@@ -47,8 +47,8 @@ def predict_source(predictor: Predictor, source: FeatureSource, top_k: int = 5, 
     index_faiss = faiss_index(np.asarray(predictor.gallery_embeddings), faiss_factory) if faiss_factory else None
     indices, probs = [], []
     with progress_bar(len(source), "retrieving", "img", enabled=progress) as bar:
-        for features, _, _ in source.iter_batches(batch_size):
-            queries = predictor.model.encode_images(torch.tensor(features, device=predictor.device)).float()  # a copy: stores are read-only
+        for start, (features, _, _) in zip(range(0, len(source), batch_size), source.iter_batches(batch_size)):
+            queries = predictor.encode_queries(features, start)
             if index_faiss is not None:
                 index, prob, _ = faiss_topk(index_faiss, queries, predictor.logit_scale, top_k)
             else:

@@ -34,6 +34,7 @@ def train_and_evaluate(world: Path, run_dir: Path, overrides: list[str], epochs:
 
     The run's checkpoints are deleted once its model is written, unless ``keep_checkpoints``.
     """
+    shutil.rmtree(run_dir, ignore_errors=True)  # the lab's own scratch run: each call starts it afresh
     settings = LAB + [f"data.train={world / 'train'}", f"train.epochs={epochs}", f"train.seed={seed}"]
     if variogram is not None:
         settings.append(f"loss.variogram={variogram}")

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from geovario.errors import GeovarioError
+from geovario.errors import GeovarioError, GeovarioWarning
 
 # IUGG mean Earth radius R1 = (2a + b) / 3 for WGS84 (Moritz 1980, "Geodetic Reference System").
 EARTH_RADIUS_KM = 6371.0088
@@ -96,7 +96,7 @@ def detect_latlon_swap(lat, lon, source: str = "coordinates", min_points: int = 
     """Warn (and return the message) when the columns look like (lon, lat) rather than (lat, lon)."""
     message = latlon_swap_message(lat, lon, source, min_points)
     if message:
-        warnings.warn(message, stacklevel=2)
+        warnings.warn(message, GeovarioWarning, stacklevel=2)
     return message
 
 
@@ -123,4 +123,26 @@ def latlon_swap_message(lat, lon, source: str = "coordinates", min_points: int =
             )
     if message:
         message += "; are the lat/lon columns swapped?"
+    return message
+
+
+def radians_message(lat, lon, source: str = "coordinates", min_points: int = 10) -> str | None:
+    """Why the coordinates look like radians, or None: at least ``min_points`` of them, every |lat| <= pi/2 and
+    every |lon| <= pi, which in degrees would put the whole set within about 200 km of (0, 0), in the Gulf of Guinea."""
+    lat = np.asarray(lat, dtype=np.float64)
+    lon = np.asarray(lon, dtype=np.float64)
+    finite = np.isfinite(lat) & np.isfinite(lon)
+    if finite.sum() < min_points:
+        return None
+    lat, lon = lat[finite], lon[finite]
+    if np.abs(lat).max() <= np.pi / 2 and np.abs(lon).max() <= np.pi and np.ptp(lat) + np.ptp(lon) > 0:
+        return (f"{source}: every one of the {len(lat)} points lies within pi of (0, 0) (|lat| <= {np.abs(lat).max():.3g}, "
+                f"|lon| <= {np.abs(lon).max():.3g}); are they radians? geovario reads degrees")
+    return None
+
+
+def warn_if_radians(lat, lon, source: str = "coordinates") -> str | None:
+    message = radians_message(lat, lon, source)
+    if message:
+        warnings.warn(message, GeovarioWarning, stacklevel=2)
     return message

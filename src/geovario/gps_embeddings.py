@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from geovario.atomic import atomic_path, output_dir
+from geovario.atomic import atomic_path, output_dir, reserve
 from geovario.data.latlon_csv import LAT_NAMES, LON_NAMES, read_latlon_table
 from geovario.errors import GeovarioError
 from geovario.geo import validate_coordinates
@@ -73,6 +73,7 @@ def write_embeddings(model: GeoLocModel, frame, latlon: np.ndarray, out: str | P
     if out.suffix.lower() == ".npy":
         with atomic_path(out) as tmp:
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(latlon), dim))
+            reserve(tmp)
             for start, embedded in batches:
                 array[start : start + len(embedded)] = embedded
             array.flush()

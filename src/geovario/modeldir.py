@@ -102,10 +102,26 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Mode
             f"{weights_path}: sha256 {digest[:12]}… does not match config.json ({expected[:12]}…); "
             "the file is truncated or was modified"
         )
+    model = _model_with_weights(config, config_path, weights_path)
+    gallery = config.get("gallery")
+    return ModelDir(
+        path=path,
+        model=model.to(device).eval(),
+        backbone=config.get("backbone", DEFAULT_BACKBONE),
+        gallery_path=(path / gallery) if gallery else None,
+        weights_sha256=digest,
+        meta=config,
+    )
+
+
+def _model_with_weights(config: dict, config_path: Path, weights_path: Path) -> GeoLocModel:
+    """The architecture ``config`` describes, with the weights file loaded into it: readable, finite, every tensor
+    present and of its shape, or one line saying which is not."""
     try:
         weights = load_file(weights_path)
     except (SafetensorError, OSError, ValueError) as e:
         raise GeovarioError(f"{weights_path}: cannot read safetensors file, truncated or corrupt ({e})") from None
+    require_finite(weights, weights_path)
     try:
         model = GeoLocModel(ModelConfig.from_dict(config.get("model", {}), f"{config_path}: \"model\""))
     except ValueError as e:
@@ -125,15 +141,16 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Mode
         )
         raise GeovarioError(f"{weights_path}: weights do not fit the architecture in config.json ({found})")
     model.load_state_dict(weights)
-    gallery = config.get("gallery")
-    return ModelDir(
-        path=path,
-        model=model.to(device).eval(),
-        backbone=config.get("backbone", DEFAULT_BACKBONE),
-        gallery_path=(path / gallery) if gallery else None,
-        weights_sha256=digest,
-        meta=config,
-    )
+    return model
+
+
+def require_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinity: every prediction and report made with them would be NaN."""
+    bad = [name for name, tensor in tensors.items() if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise GeovarioError(f"{path}: {bad[0]} holds NaN or infinity{more}; these weights cannot be used "
+                            "(from a run that diverged, or a damaged file)")
 
 
 def read_gallery(path: str | Path) -> np.ndarray:
@@ -150,12 +167,7 @@ def rehash_model_dir(path: str | Path) -> str:
         raise GeovarioError(f"{config_path}: not a geovario model config (expected \"format\": \"{FORMAT}\")")
     if not (path / WEIGHTS_FILE).is_file():
         raise GeovarioError(f"{path / WEIGHTS_FILE}: missing")
+    _model_with_weights(config, config_path, path / WEIGHTS_FILE)  # the weights must load and fit the architecture
     config["weights_sha256"] = sha256_file(path / WEIGHTS_FILE)
-    original = config_path.read_bytes()
     write_json(config_path, config)
-    try:
-        load_model_dir(path)  # the weights must still fit the architecture
-    except GeovarioError:
-        atomic_write_bytes(config_path, original)
-        raise
     return config["weights_sha256"]

@@ -50,9 +50,7 @@ class Predictor:
             if gallery_path is None:
                 raise GeovarioError(f"{model_dir}: the model has no gallery; give one (a LAT/LON CSV or an (N, 2) array)")
             self.gallery = read_gallery(gallery_path)
-        self.gallery_embeddings = cached_gallery_embeddings(
-            self.model, self.gallery, loaded.weights_sha256, self.model_dir, progress=progress
-        )
+        self._weights_sha256, self._progress, self._gallery_embeddings = loaded.weights_sha256, progress, None
         self.logit_scale = float(self.model.logit_scale.detach().exp())
         self._backbone: ClipBackbone | None = None
         self._text_tower: ClipTextTower | None = None
@@ -63,14 +61,39 @@ class Predictor:
         self = cls.__new__(cls)
         self.device, self.model, self.model_dir, self.backbone_name = torch.device(device), model, None, None
         self.gallery = np.ascontiguousarray(gallery, dtype=np.float32)
-        self.gallery_embeddings = embed_locations(model, self.gallery, batch_size=8192, normalize=True, device=self.device)
+        self._gallery_embeddings = embed_locations(model, self.gallery, batch_size=8192, normalize=True, device=self.device)
         self.logit_scale = float(model.logit_scale.detach().exp())
         self._backbone, self._text_tower = None, None
         return self
 
     @property
+    def gallery_embeddings(self) -> np.ndarray:
+        """(N, embed_dim) unit embeddings of the gallery, from the cache (computed there on first use).
+
+        Loaded on first use, so that whatever can be refused cheaply (a backbone of the wrong width, a
+        bad --top-k) is refused before a cold gallery takes minutes to encode.
+        """
+        if self._gallery_embeddings is None:
+            self._gallery_embeddings = cached_gallery_embeddings(self.model, self.gallery, self._weights_sha256, self.model_dir,
+                                                                 progress=self._progress)
+        return self._gallery_embeddings
+
+    @property
     def feature_dim(self) -> int:
         return self.model.config.feature_dim
+
+    @torch.inference_mode()
+    def encode_queries(self, features: np.ndarray, first_row: int = 0) -> torch.Tensor:
+        """Unit image embeddings of a block of feature rows; a row the image head cannot encode (features so large
+        that float32 overflows to infinity or NaN) is a one-line error naming it, never a silent answer."""
+        queries = self.model.encode_images(torch.tensor(features, device=self.device)).float()  # a copy: stores are read-only
+        finite = torch.isfinite(queries).all(dim=1)
+        if not bool(finite.all()):
+            row = int(torch.argmin(finite.int()))
+            largest = float(np.max(np.abs(np.asarray(features[row], dtype=np.float64))))
+            raise GeovarioError(f"features row {first_row + row}: the image head's output is not finite (the row's largest "
+                                f"value is {largest:.3g}; values this large overflow float32)")
+        return queries
 
     def backbone(self, name_or_dir: str | None = None) -> ClipBackbone:
         """The image backbone, loaded on first use (``name_or_dir`` defaults to the model's)."""
@@ -96,6 +119,9 @@ class Predictor:
 
     def predict_texts(self, texts: list[str], top_k: int = 5, backbone: str | None = None) -> list[list[Prediction]]:
         """Geolocate text queries: CLIP's text embedding through the image head, as GeoCLIP's paper does."""
+        from geovario.backbones import check_texts
+
+        check_texts(texts)
         return self.predict_features(self.text_tower(backbone).encode_texts(texts), top_k)
 
     def predict_images(self, images, top_k: int = 5, backbone: str | None = None, batch_size: int = 32,
@@ -145,8 +171,7 @@ class Predictor:
         self._check_top_k(top_k)
         results: list[list[Prediction]] = []
         for start in range(0, len(features), batch_size):
-            batch = torch.from_numpy(features[start : start + batch_size]).to(self.device)
-            queries = self.model.encode_images(batch).float()
+            queries = self.encode_queries(features[start : start + batch_size], start)
             index, prob, _ = topk_softmax(queries, self.gallery_embeddings, self.logit_scale, top_k)
             for row_index, row_prob in zip(index.cpu().numpy(), prob.cpu().numpy()):
                 results.append([

@@ -20,7 +20,7 @@ import pandas as pd
 
 from geovario.data.records import Problem
 from geovario.errors import GeovarioError
-from geovario.geo import latlon_swap_message
+from geovario.geo import latlon_swap_message, warn_if_radians
 
 # Candidate names, in order of preference, matched case-insensitively.
 TRUE_LAT = ("gt_lat", "true_lat", "lat_true", "target_lat", "lat", "latitude", "gps_lat")
@@ -101,6 +101,8 @@ def read_predictions(path: str | Path, true_lat: str | None = None, true_lon: st
     _refuse_swapped(frame["true_lat"], frame["true_lon"], f"{path}: true coordinates", "--true-lat and --true-lon")
     valid = ~frame["failed"]
     _refuse_swapped(frame["pred_lat"][valid], frame["pred_lon"][valid], f"{path}: predicted coordinates", "--pred-lat and --pred-lon")
+    warn_if_radians(frame["true_lat"], frame["true_lon"], f"{path}: true coordinates")
+    warn_if_radians(frame["pred_lat"][valid], frame["pred_lon"][valid], f"{path}: predicted coordinates")
     return PredictionsTable(frame, roles, dropped, failed)
 
 

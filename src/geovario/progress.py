@@ -7,14 +7,13 @@ run silent between its first and last line. There, :class:`LineProgress` prints 
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
 
 from tqdm.auto import tqdm
 
-from geovario.errors import GeovarioError
+from geovario.machine import environment_number
 
 EVERY_S = 30.0  # seconds between progress lines in a log; $GEOVARIO_PROGRESS_EVERY_S overrides it
 
@@ -26,16 +25,7 @@ def _duration(seconds: float) -> str:
 
 def _every_s_from_environment() -> float:
     """``$GEOVARIO_PROGRESS_EVERY_S`` (seconds, 0 or more), else :data:`EVERY_S`; anything else is one line."""
-    text = os.environ.get("GEOVARIO_PROGRESS_EVERY_S") or ""
-    if not text.strip():
-        return EVERY_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise GeovarioError(f"GEOVARIO_PROGRESS_EVERY_S: expected seconds between progress lines (0 or more), got {text!r}")
-    return value
+    return environment_number("GEOVARIO_PROGRESS_EVERY_S", EVERY_S, "seconds between progress lines (0 or more)", kind=float)
 
 
 class LineProgress:

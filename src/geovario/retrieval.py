@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from geovario.errors import GeovarioError, ParameterError
-from geovario.gps_embeddings import embed_batches
+from geovario.atomic import reserve
+from geovario.errors import GeovarioError, GeovarioWarning, ParameterError
+from geovario.gps_embeddings import embed_batches, embed_locations
 from geovario.model import GeoLocModel
 
 CACHE_ENV = "GEOVARIO_CACHE_DIR"
@@ -41,6 +43,24 @@ def _cache_dirs(model_dir: Path | None) -> list[Path]:
     return dirs
 
 
+def remove_stale_temporaries(folder: Path) -> None:
+    """Half-written caches (``.gallery-*.npy.PID.tmp``) of processes that are gone: a kill during encoding leaves one."""
+    for tmp in folder.glob(".gallery-*.npy.*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @torch.inference_mode()
 def encode_gallery_to(
     path: Path, model: GeoLocModel, gallery: np.ndarray, batch_size: int = 8192, progress: bool = True
@@ -49,6 +69,7 @@ def encode_gallery_to(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(gallery), model.config.embed_dim))
     try:
+        reserve(tmp)
         for start, embeddings in embed_batches(model, gallery, batch_size, normalize=True, device=model.logit_scale.device,
                                                progress=progress, desc="encoding gallery", leave=False):
             out[start : start + len(embeddings)] = embeddings
@@ -80,18 +101,51 @@ def cached_gallery_embeddings(
             try:
                 emb = np.load(cached, mmap_mode="c")  # copy-on-write: torch may wrap it without a copy
             except (ValueError, OSError):
-                continue  # unreadable cache file: fall through and rebuild it
-            if emb.shape == (len(gallery), model.config.embed_dim):
+                emb = None
+            problem = "unreadable" if emb is None else cache_problem(emb, model, gallery)
+            if problem is None:
                 return emb
+            warnings.warn(f"{cached}: the gallery cache is not what its name claims ({problem}); encoding the gallery again",
+                          GeovarioWarning, stacklevel=2)
+            try:
+                cached.unlink()
+            except OSError:
+                pass  # a read-only folder: the fresh cache goes to the next writable one
     errors = []
     for folder in candidates:
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(folder)
+            if (folder / name).is_file():
+                continue  # the bad cache that could not be removed
             encode_gallery_to(folder / name, model, gallery, progress=progress)
             return np.load(folder / name, mmap_mode="c")
         except OSError as e:
             errors.append(f"{folder}: {e.strerror or e}")
     raise GeovarioError(f"cannot write the gallery cache anywhere ({'; '.join(errors)}); set ${CACHE_ENV}")
+
+
+def cache_problem(embeddings: np.ndarray, model: GeoLocModel, gallery: np.ndarray, sample: int = 64) -> str | None:
+    """Why a gallery cache does not hold the model's unit embeddings of the gallery, or None.
+
+    Every row must be a finite unit vector (a zeroed or NaN-filled file fails here), and a sample of rows
+    spread over the gallery must equal the model's embeddings of those locations: the cache checked against
+    its key (the weights and the gallery) at the cost of encoding ``sample`` locations.
+    """
+    if embeddings.shape != (len(gallery), model.config.embed_dim):
+        return f"shape {embeddings.shape}, expected {(len(gallery), model.config.embed_dim)}"
+    for start in range(0, len(embeddings), 65536):
+        norms = np.linalg.norm(np.asarray(embeddings[start : start + 65536], dtype=np.float32), axis=1)
+        bad = ~(np.abs(norms - 1) <= 1e-3)  # NaN compares false, so it is bad too
+        if bad.any():
+            row = int(np.argmax(bad))
+            return f"row {start + row} is not a unit vector (norm {norms[row]:.3g})"
+    rows = np.unique(np.linspace(0, len(gallery) - 1, min(sample, len(gallery))).astype(np.int64))
+    expected = embed_locations(model, gallery[rows], batch_size=len(rows), normalize=True, device=model.logit_scale.device)
+    error = float(np.max(np.abs(np.asarray(embeddings[rows], dtype=np.float32) - expected)))
+    if not error <= 1e-4:
+        return f"rows differ from the model's embeddings of their locations by up to {error:.3g}"
+    return None
 
 
 def _chunk_rows(n_queries: int, budget_elements: int = 1 << 24) -> int:

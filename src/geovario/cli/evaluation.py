@@ -66,10 +66,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     source = open_feature_source(args.store, args.features, args.gps)
     predictions = args.predictions or args.out.with_name(args.out.stem + ".predictions.csv")
+    _check_outputs(args.out, predictions, args.plots)
     report, frame = evaluate_model(args.model, source, predictions, args.gallery, args.top_k, args.thresholds, args.strict_less,
                                    admin=not args.no_admin, faiss_factory=args.faiss, device=args.device, progress=not args.no_progress)
     report["data"] = str(args.store or args.features)
     return _finish(args, report, *prediction_coordinates(frame), str(args.model))
+
+
+def _check_outputs(out, predictions, plots) -> None:
+    """Every output can be written, checked before the work: a refused run writes nothing."""
+    from geovario.atomic import output_dir, output_file
+
+    for path in (out, predictions):
+        if path is not None:
+            output_file(path)
+    if plots is not None:
+        output_dir(plots)
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -77,6 +89,7 @@ def run_score(args: argparse.Namespace) -> int:
     from geovario.predictions_file import read_predictions, true_and_predicted
 
     table = read_predictions(args.predictions, args.true_lat, args.true_lon, args.pred_lat, args.pred_lon)
+    _check_outputs(args.out, None, args.plots)
     print(f"geovario: note: {args.predictions}: using columns {', '.join(f'{role}={col}' for role, col in table.columns.items())}",
           file=sys.stderr)
     true_latlon, pred_latlon, failed = true_and_predicted(table)

@@ -44,6 +44,22 @@ def positive_float(text: str) -> float:
     return value
 
 
+# Formats matplotlib's default canvas writes (Figure.canvas.get_supported_filetypes(); a test checks each), listed
+# here so that --plot is checked when parsing, before a long computation, without importing matplotlib. Newer
+# matplotlib also writes .avif and .gif; left out, as 3.7 (the oldest this package admits) does not.
+FIGURE_FORMATS = ("eps", "jpeg", "jpg", "pdf", "pgf", "png", "ps", "raw", "rgba", "svg", "svgz", "tif", "tiff", "webp")
+
+
+def figure_path(text: str) -> Path:
+    """A figure's file name; .png is added to a name without a suffix, and the suffix must be a format matplotlib writes."""
+    path = Path(text)
+    if not path.suffix:
+        return path.with_name(path.name + ".png")
+    if path.suffix.lower().lstrip(".") not in FIGURE_FORMATS:
+        raise argparse.ArgumentTypeError(f"cannot draw a {path.suffix} file; use one of {', '.join('.' + f for f in FIGURE_FORMATS)}")
+    return path
+
+
 def port(text: str) -> int:
     value = positive_int(text)
     if value > 65535:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from geovario.cli.options import add_feature_source_args, non_negative_int, positive_float, positive_int
+from geovario.cli.options import add_feature_source_args, figure_path, non_negative_int, positive_float, positive_int
 from geovario.variogram.choices import ESTIMATORS, MAX_LAG_KM, MODELS, WEIGHTS
 
 
@@ -25,7 +25,8 @@ def register(commands) -> None:
     )
     add_feature_source_args(vario)
     vario.add_argument("--out", required=True, type=Path, help="JSON file for the fitted model and bins")
-    vario.add_argument("--plot", type=Path, metavar="PNG", help="also draw the bins and the fit (.png added to a name without a suffix)")
+    vario.add_argument("--plot", type=figure_path, metavar="PNG",
+                       help="also draw the bins and the fit (.png, .pdf, .svg, ...; .png added to a name without a suffix)")
     vario.add_argument("--bins", type=positive_int, default=40, help="number of lag bins (default 40, as the loss's fit)")
     spacing = vario.add_mutually_exclusive_group()
     spacing.add_argument("--log-bins", action="store_true", default=True,
@@ -60,13 +61,17 @@ def run_variogram(args: argparse.Namespace) -> int:
     settings = EstimateSettings(bins=args.bins, max_lag_km=args.max_lag_km, log_bins=args.log_bins, min_lag_km=args.min_lag_km,
                                 model=args.model, estimator=args.estimator, weights=args.weights, exact_max=args.exact_max,
                                 max_pairs=args.max_pairs, short_lag_km=args.short_lag_km, seed=args.seed)
+    from geovario.atomic import output_file
+
+    for path in (args.out, args.plot):  # writable, checked before the estimate: a refused run writes nothing
+        if path is not None:
+            output_file(path)
     sources = [(str(args.store or args.features), open_feature_source(args.store, args.features, args.gps))]
     sources += [(str(path), open_feature_source(store=path)) for path in args.compare or []]
     results = [estimate(source, label, settings, progress=not args.no_progress) for label, source in sources]
     report = estimates_report(results, args.model)
     write_json(args.out, report)
     if args.plot:
-        args.plot = args.plot if args.plot.suffix else args.plot.with_name(args.plot.name + ".png")  # out/x -> out/x.png
         plot_variograms([(r.label, r.empirical, r.model) for r in results], args.plot, log_x=args.log_bins)
     if args.json:
         print(json.dumps(report, indent=1))

@@ -18,6 +18,27 @@ from geovario.data.store import FeatureStore, write_store
 from geovario.errors import GeovarioError
 from geovario.geo import latlon_swap_message
 
+# float16 keeps about 3 significant digits (relative step 2^-11); a row it changes by more than this has
+# lost values to underflow (below 6e-5 float16 loses precision, below 6e-8 it rounds to 0) or overflow.
+FLOAT16_TOLERANCE = 1e-2
+
+
+def require_float16_fits(array: np.ndarray, source: Path) -> None:
+    """Every row survives float16 storage (relative change of the row at most 1 %), else one line naming it."""
+    top = np.finfo(np.float16).max
+    for start in range(0, len(array), 65536):
+        block = np.asarray(array[start : start + 65536], dtype=np.float64)
+        if np.abs(block).max() > top:
+            raise GeovarioError(f"{source}: values beyond float16's range ({top:g}); use --dtype float32")
+        norms = np.linalg.norm(block, axis=1)
+        change = np.linalg.norm(block.astype(np.float16).astype(np.float64) - block, axis=1) / np.where(norms > 0, norms, 1)
+        if (change > FLOAT16_TOLERANCE).any():
+            row = start + int(np.argmax(change > FLOAT16_TOLERANCE))
+            smallest = float(np.abs(block[row - start][block[row - start] != 0]).min())
+            raise GeovarioError(f"{source}: row {row} would change by {100 * change[row - start]:.0f}% in float16 (its values go "
+                                f"down to {smallest:.2g}, where float16 underflows); use --dtype float32, or rescale the features")
+
+
 def read_ids(path: Path, frame: pd.DataFrame, column: str) -> list[str]:
     """The ``column`` of the GPS CSV (``frame``, as read with its coordinates), one unique non-empty id per row."""
     if column not in frame.columns:
@@ -49,6 +70,6 @@ def import_features(features: str | Path, gps: str | Path, out: str | Path, ids:
     if swapped:
         raise GeovarioError(f"{swapped} Swap them if they are.")
     names = read_ids(gps, frame, ids) if ids else None
-    if dtype == "float16" and np.abs(array).max() > np.finfo(np.float16).max:
-        raise GeovarioError(f"{features}: values beyond float16's range ({np.finfo(np.float16).max:g}); use --dtype float32")
+    if dtype == "float16":
+        require_float16_fits(array, features)
     return write_store(out, array, latlon, ids=names, source=backbone_name, dtype=dtype)

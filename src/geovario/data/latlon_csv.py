@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from geovario.errors import GeovarioError
-from geovario.geo import coordinate_problems
+from geovario.geo import coordinate_problems, warn_if_radians
 
 
 # The names a coordinate column goes by (case-insensitive), in order of preference.
@@ -34,6 +34,12 @@ def read_latlon_table(path: str | Path, what: str = "gallery", dtype=np.float32)
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise GeovarioError(f"{path}: cannot parse {what} CSV ({str(e).strip().splitlines()[0]})") from None
+    header = _header(path)
+    for names, role in ((LAT_NAMES, "latitude"), (LON_NAMES, "longitude")):
+        found = [h for h in header if h.strip().lower() in names]
+        if len(found) > 1:
+            raise GeovarioError(f"{path}: {len(found)} {role} columns ({', '.join(found)}); keep one, so that it is clear "
+                                f"which holds the {role}")
     columns = {c.strip().lower(): c for c in frame.columns}
     lat_col = next((columns[n] for n in LAT_NAMES if n in columns), None)
     lon_col = next((columns[n] for n in LON_NAMES if n in columns), None)
@@ -52,4 +58,21 @@ def read_latlon_table(path: str | Path, what: str = "gallery", dtype=np.float32)
         more = f" ({len(problems) - 1} more bad rows)" if len(problems) > 1 else ""
         line = int(frame.index[row]) + 2  # the header is line 1
         raise GeovarioError(f"{path}: line {line}: {what} [{raw}]{more}")
+    warn_if_radians(lat, lon, str(path))
     return frame, np.stack([lat, lon], axis=1).astype(dtype)
+
+
+def _header(path: Path) -> list[str]:
+    """The CSV's column names as written (pandas renames a repeated name to NAME.1)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        return next(csv.reader(f), [])
+
+
+def as_coordinate(value) -> float:
+    """A coordinate read from JSON, parquet or msgpack as a float; a boolean is not a number here (Python's
+    float(True) would give 1.0). ValueError or TypeError for anything that is not a number."""
+    if isinstance(value, bool) or value is None:
+        raise TypeError(f"{value!r} is not a number")
+    return float(value)

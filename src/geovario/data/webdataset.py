@@ -12,7 +12,7 @@ from pathlib import Path
 
 from geovario.data.archives import Listing, archives_in
 from geovario.data.archives.tar_shards import list_members, read_json, webdataset_key
-from geovario.data.latlon_csv import LAT_NAMES, LON_NAMES
+from geovario.data.latlon_csv import LAT_NAMES, LON_NAMES, as_coordinate
 from geovario.data.records import Dataset, Problem, Record
 from geovario.errors import GeovarioError
 
@@ -35,6 +35,12 @@ def read_webdataset(path: Path) -> Dataset:
     for shard in shards(path):
         listing.extend(list_members(shard))
     records, problems, seen, n_rows = [], list(listing.problems), {}, 0
+    # A label whose image is missing is a sample lost too: counted and reported, not passed over.
+    imaged = {webdataset_key(m.name) for m in listing.members} | {webdataset_key(p.file.rsplit(":", 1)[-1]) for p in listing.problems}
+    for key, sidecar in listing.sidecars.items():
+        if key not in imaged:
+            n_rows += 1
+            problems.append(Problem(str(sidecar), 0, f"a label without its image (no {key}.jpg or other image beside it)", "missing image"))
     for member in listing.members:
         n_rows += 1
         key = webdataset_key(member.name)
@@ -53,7 +59,7 @@ def read_webdataset(path: Path) -> Dataset:
             continue
         lat, lon = _coordinate(label, LAT_NAMES), _coordinate(label, LON_NAMES)
         try:
-            lat, lon = float(lat), float(lon)
+            lat, lon = as_coordinate(lat), as_coordinate(lon)
         except (TypeError, ValueError):
             problems.append(Problem(str(sidecar), 0, f"lat {lat!r} / lon {lon!r} missing or not numbers", "non-numeric"))
             continue

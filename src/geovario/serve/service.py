@@ -56,7 +56,8 @@ class GeoService:
         limit = min(MAX_TOP_K, len(self.predictor.gallery))
         if not 1 <= self.settings.top_k <= limit:  # before the slow backbone load
             raise ValueError(f"top_k must be between 1 and {limit} (a request's cap, or the gallery size), got {self.settings.top_k}")
-        self.backbone = self.predictor.backbone(backbone)
+        self.backbone = self.predictor.backbone(backbone)  # a backbone of the wrong width is refused here...
+        self.predictor.gallery_embeddings  # ...before a cold gallery is encoded (minutes for GeoCLIP's 100K)
         place_names([[0.0, 0.0]])  # load the GeoNames table now, not on the first request
         self._lock = threading.Lock()  # one forward pass at a time; torch uses every core for each
 

@@ -55,6 +55,40 @@ def build_model(config: Config, feature_dim: int) -> GeoLocModel:
     return model
 
 
+def step_memory_bytes(config: Config, model: ModelConfig, world_size: int = 1) -> tuple[int, str]:
+    """A rough upper estimate of one training step's memory on one process, and what dominates it.
+
+    Each candidate location runs through every scale's MLP: about (2 rff_dim + hidden_layers x hidden_dim +
+    embed_dim) float32 activations per scale, counted three times (activations, their gradients, workspace)
+    and divided by train.accumulate; every column's embedding and its geometry (lag, dissimilarity) stay whole.
+    """
+    t, neg = config.train, config.negatives
+    batch = t.batch_size // world_size
+    if neg.source == "queue":
+        columns, what = t.batch_size + config.model.queue_size, f"model.queue_size {config.model.queue_size:,}"
+        fixed = config.model.queue_size * (model.feature_dim + 3) * 4  # the GPS, feature and id queues
+        geometry = t.batch_size * columns * 12
+    else:
+        columns, what = batch * (neg.k + 1), f"negatives.k {neg.k:,} for each of {batch:,} samples"
+        fixed = batch * neg.k * 24  # the chosen indices and their GPS
+        geometry = columns * 12
+    per_location = len(model.sigmas) * (2 * model.rff_dim + model.hidden_layers * model.hidden_dim + model.embed_dim) * 4 * 3
+    return int(columns * per_location / t.accumulate + columns * model.embed_dim * 8 + geometry + fixed), what
+
+
+def check_step_memory(config: Config, model: ModelConfig, device, world_size: int = 1) -> None:
+    """Refuse, before allocating anything, a step that could not fit in the device's memory at all."""
+    from geovario.machine import memory_bytes
+
+    needed, what = step_memory_bytes(config, model, world_size)
+    available = memory_bytes(device)
+    if available is not None and needed > available:
+        key = "model.queue_size" if config.negatives.source == "queue" else "negatives.k"
+        raise GeovarioError(f"config key {key}: {what} would take about {needed / 2**30:,.0f} GB per training step, more than the "
+                            f"{available / 2**30:,.0f} GB of {device}; lower it (GeoCLIP's queue holds 4,096, the thesis drew 64 "
+                            "gallery negatives per sample)")
+
+
 def build_negatives(config: Config, data, world: Dist, geometry: bool) -> NegativeSource:
     """The configured source; ``geometry`` when the loss needs lags and image dissimilarities."""
     neg = config.negatives
@@ -82,23 +116,22 @@ def _store_gallery_features(spec: str, dim: int):
     return store.rows
 
 
-def initial_variogram(config: Config, data, run_dir: Path) -> VariogramModel:
-    """``loss.variogram``, the run's own earlier fit, or a fit on the training store's frozen features."""
+def initial_variogram(config: Config, data, run_dir: Path, resume: bool = False) -> VariogramModel:
+    """``loss.variogram``, the run's own fit when it resumes, or a fit on the training store's frozen features
+    (which the trainer saves as the run's variogram.json once the run starts)."""
     saved = run_dir / "variogram.json"
     if config.loss.variogram:
         try:
             return VariogramModel.load(config.loss.variogram)
         except GeovarioError as e:
             raise GeovarioError(f"config key loss.variogram: {e}") from None
-    if saved.is_file():
+    if resume and saved.is_file():
         return VariogramModel.load(saved)
     if not isinstance(data, StoreData):
         raise GeovarioError("config key loss.variogram: image-level training needs a fitted variogram JSON")
     store = data.store
     features = store.features(dtype=np.float16) if len(store) > 20_000 else store.features()
-    model = fit_for_loss(empirical_for_loss(features, store.gps, config.loss.variogram_bins), config.loss.variogram_model)
-    model.save(saved)
-    return model
+    return fit_for_loss(empirical_for_loss(features, store.gps, config.loss.variogram_bins), config.loss.variogram_model)
 
 
 def set_variogram(loss_fn, variogram: VariogramModel) -> None:

@@ -21,6 +21,7 @@ from geovario.atomic import atomic_write_bytes, output_dir, replace_folder
 from geovario.errors import GeovarioError
 from geovario.hashing import sha256_file
 from geovario.jsonio import read_json, write_json
+from geovario.modeldir import require_finite
 
 
 CHECKSUMS = "checksums.json"
@@ -44,20 +45,28 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, state
     final = folder / f"step-{state.step:08d}"
     tmp = folder / f".tmp-step-{state.step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(_cpu(model.state_dict()), str(tmp / "model.safetensors"))
-    save_file(_cpu(negatives.state_dict()), str(tmp / "negatives.safetensors"))
-    opt = optimizer.state_dict()
-    tensors = {f"{pid}.{name}": value for pid, slots in opt["state"].items() for name, value in slots.items()}
-    tensors["torch_rng"] = torch.get_rng_state()
-    save_file(_cpu(tensors), str(tmp / "optimizer.safetensors"))
-    write_json(tmp / "state.json", {"step": state.step, "variogram": state.variogram, "best": state.best,
-                                    "scheduler": scheduler.state_dict(), "param_groups": opt["param_groups"],
-                                    "grad_scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None})
-    write_json(tmp / CHECKSUMS, {path.name: sha256_file(path) for path in sorted(tmp.iterdir())})
-    for path in tmp.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+    try:
+        tmp.mkdir()
+        save_file(_cpu(model.state_dict()), str(tmp / "model.safetensors"))
+        save_file(_cpu(negatives.state_dict()), str(tmp / "negatives.safetensors"))
+        opt = optimizer.state_dict()
+        tensors = {f"{pid}.{name}": value for pid, slots in opt["state"].items() for name, value in slots.items()}
+        tensors["torch_rng"] = torch.get_rng_state()
+        save_file(_cpu(tensors), str(tmp / "optimizer.safetensors"))
+        write_json(tmp / "state.json", {"step": state.step, "variogram": state.variogram, "best": state.best,
+                                        "scheduler": scheduler.state_dict(), "param_groups": opt["param_groups"],
+                                        "grad_scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None})
+        write_json(tmp / CHECKSUMS, {path.name: sha256_file(path) for path in sorted(tmp.iterdir())})
+        for path in tmp.iterdir():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    except (OSError, SafetensorError, GeovarioError) as e:  # a full disk, a read-only folder: the last checkpoint stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        latest = folder / "latest"
+        kept = f"checkpoints/{latest.read_text().strip()}" if latest.is_file() else "none yet"
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).split(": ", 1)[-1]
+        raise GeovarioError(f"{final}: cannot write the checkpoint of step {state.step} ({reason}); the last one ({kept}) "
+                            "is intact: free space, then --resume") from None
     replace_folder(tmp, final)
     atomic_write_bytes(folder / "latest", final.name.encode())
     for old in sorted(folder.glob("step-*"))[:-keep]:
@@ -78,6 +87,7 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, scale
         source = negatives.complete_state(load_file(path / "negatives.safetensors"))
     except (SafetensorError, OSError) as e:
         raise GeovarioError(f"{path}: unreadable checkpoint ({e})") from None
+    require_finite(weights, path / "model.safetensors")
     state = read_json(path / "state.json", "checkpoint state")
     _check_shapes(path, model.state_dict(), weights, "checkpoint from an incompatible model")
     _check_shapes(path, negatives.state_dict(), source, "checkpoint from a run with other negatives (another queue size or source)")

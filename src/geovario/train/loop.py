@@ -27,7 +27,8 @@ from geovario.losses import LossOutput, build_loss
 from geovario.progress import progress
 from geovario.model import GeoLocModel
 from geovario.modeldir import save_model_dir
-from geovario.train.build import build_model, build_negatives, initial_variogram, refit_on_learned, set_variogram
+from geovario.train.build import (build_model, build_negatives, check_step_memory, initial_variogram, refit_on_learned,
+                                  set_variogram)
 from geovario.train.checkpoints import TrainState, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from geovario.train.data import StoreData, gallery_positions, open_training_data, step_generator
 from geovario.train.metrics_log import MetricsLog, require_wandb
@@ -89,22 +90,17 @@ class Trainer:
         if len(self.data) < t.batch_size:
             raise GeovarioError(f"config key train.batch_size: {t.batch_size} is larger than the {len(self.data)} training samples")
         self.sampler = DistributedBatchSampler(len(self.data), t.batch_size, t.seed, self.world)
-        self.val, problem = None, None
-        if self.world.is_main:  # checked before any work; every rank learns of a problem, so none waits for ever
-            try:
-                self.val = open_validation_store(config, self.data.dim)
-                if t.wandb:
-                    require_wandb()  # here, where every rank hears of it, not when rank 0 opens the log
-                output_dir(self.run_dir)
-                check_training_data(self.run_dir, self.data.fingerprint(), config, resume)
-                if not resume:
-                    write_json(self.run_dir / "config.json", config.to_dict())
-            except GeovarioError as e:
-                problem = str(e)
-        problem = self.world.broadcast(problem)
-        if problem:
-            raise GeovarioError(problem)
-        self.model = build_model(config, self.data.dim).to(self.device)
+        steps = self.sampler.steps_per_epoch
+        self.total = steps * t.epochs if t.max_steps is None else min(t.max_steps, steps * t.epochs)
+        if config.optim.warmup_steps >= self.total:
+            raise GeovarioError(f"config key optim.warmup_steps: {config.optim.warmup_steps} warmup steps in a run of {self.total} "
+                                "steps would keep the rate below optim.lr all run; warm up for fewer steps")
+        # Everything is checked and built before anything is written: a refused start leaves no trace.
+        self.val = None  # rank 0 validates
+        fingerprint = self._on_main(lambda: self._check_run(resume))
+        self.model = build_model(config, self.data.dim)
+        check_step_memory(config, self.model.config, self.device, self.world.world_size)
+        self.model = self.model.to(self.device)
         self.encoders = _Encoders(self.model)
         if self.world.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -113,14 +109,13 @@ class Trainer:
             # buffers are the fixed random Fourier frequencies, the same on every rank: no sync per forward.
             self.encoders = DistributedDataParallel(self.encoders, device_ids=[self.device] if self.device.type == "cuda" else None,
                                                     forward_sync_buffers=False)
-        variogram = None
-        if _uses(config, "semivariogram"):
-            fitted = initial_variogram(config, self.data, self.run_dir).to_dict() if self.world.is_main else None
-            variogram = VariogramModel.from_dict(self.world.broadcast(fitted))
-        self.loss_fn = build_loss(config.loss.name, config.loss.__dict__, variogram)
-        self.negatives = build_negatives(config, self.data, self.world, self.loss_fn.needs_geometry).to(self.device)
-        steps = self.sampler.steps_per_epoch
-        self.total = steps * t.epochs if t.max_steps is None else min(t.max_steps, steps * t.epochs)
+        geometry = _uses(config, "semivariogram")
+        self.negatives = build_negatives(config, self.data, self.world, geometry).to(self.device)
+        self.gallery = gallery_positions(config.data.gallery, self.data, config, "data.gallery")
+        fitted = None
+        if geometry:
+            fitted = self._on_main(lambda: initial_variogram(config, self.data, self.run_dir, resume).to_dict())
+        self.loss_fn = build_loss(config.loss.name, config.loss.__dict__, None if fitted is None else VariogramModel.from_dict(fitted))
         self.optimizer = build_optimizer(self.model, config.optim)
         self.scheduler = Schedule(self.optimizer, config.optim, self.total)
         on_cuda = t.amp and self.device.type == "cuda"
@@ -132,14 +127,44 @@ class Trainer:
         if resume:
             if self.world.is_main:
                 remove_stale_temporaries(self.run_dir)
-            self.world.barrier()  # rank 0 may have just created the run directory
+            self.world.barrier()
             self.state = load_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.negatives, self.scaler)
             if self.state.variogram:
                 set_variogram(self.loss_fn, VariogramModel.from_dict(self.state.variogram))
                 self.learned_space = True
-        self.gallery = gallery_positions(config.data.gallery, self.data, config, "data.gallery")
+        elif self.world.is_main:  # the run starts: its config, its data's fingerprint and the variogram it fitted
+            write_json(self.run_dir / "config.json", config.to_dict())
+            write_json(self.run_dir / "data.json", {"train": config.data.images or config.data.train, "fingerprint": fingerprint})
+            if fitted is not None and not config.loss.variogram:
+                write_json(self.run_dir / "variogram.json", fitted)
+        self.world.barrier()
         self.progress = progress and self.world.is_main
         self.last_candidates = None  # the latest step's candidates, for inspection
+
+    def _on_main(self, work):
+        """``work()`` on rank 0 only; its result, or the one line of its GeovarioError, reaches every rank, so no rank
+        waits for ever on a rank that stopped."""
+        result = problem = None
+        if self.world.is_main:
+            try:
+                result = work()
+            except GeovarioError as e:
+                problem = str(e)
+        result, problem = self.world.broadcast((result, problem))
+        if problem:
+            raise GeovarioError(problem)
+        return result
+
+    def _check_run(self, resume: bool) -> str:
+        """The checks only rank 0 makes (the validation store, wandb, the run folder); the training data's fingerprint."""
+        config = self.config
+        self.val = open_validation_store(config, self.data.dim)
+        if config.train.wandb:
+            require_wandb()  # here, where every rank hears of it, not when rank 0 opens the log
+        output_dir(self.run_dir)
+        fingerprint = self.data.fingerprint()
+        check_training_data(self.run_dir, fingerprint, config, resume)
+        return fingerprint
 
     # --- one step ---
 
@@ -261,7 +286,10 @@ class Trainer:
             window_samples += t.batch_size
             bar.update(1)
             end_of_epoch = step % self.sampler.steps_per_epoch == 0
-            validating = self.val is not None and (end_of_epoch or (t.val_every is not None and step % t.val_every == 0))
+            # Validation at every epoch end, every val_every steps, and at the last step (so a run cut short by
+            # max_steps is validated too, and keep_best always has its best/).
+            validating = self.val is not None and (end_of_epoch or step == self.total
+                                                   or (t.val_every is not None and step % t.val_every == 0))
             if step % t.log_every == 0 or end_of_epoch or step == self.total or validating:
                 rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
                 loss = world.mean(float(out.loss.detach()))  # with local_loss, each rank holds its rows' loss
@@ -310,12 +338,19 @@ def open_validation_store(config: Config, dim: int) -> FeatureStore | None:
     return val
 
 
+RUN_FILES = ("config.json", "data.json", "metrics.csv", "checkpoints", "model", "best")  # what a started run has written
+
+
 def check_training_data(run_dir: Path, fingerprint: str, config: Config, resume: bool) -> None:
-    """Record the training data's fingerprint when a run starts; on --resume, refuse data that changed."""
+    """A new run: refuse a folder where a run has trained already (it would overwrite parts of it). On --resume:
+    refuse training data that changed since the run started (``data.json``, written when it started)."""
     record = run_dir / "data.json"
     source = config.data.images or config.data.train
     if not resume:
-        write_json(record, {"train": source, "fingerprint": fingerprint})
+        found = [name for name in RUN_FILES if (run_dir / name).exists()]
+        if found:
+            raise GeovarioError(f"{run_dir}: holds a training run already ({', '.join(found)}); continue it with "
+                                f"`geovario train --resume {run_dir}`, or give another --out")
         return
     if not record.is_file():
         raise GeovarioError(f"{run_dir}: no data.json, so the training data cannot be checked; start a new run")

@@ -80,6 +80,13 @@ def _truncate(path: Path, step: int) -> None:
 
 
 def _append(path: Path, row: dict) -> None:
+    try:
+        _append_row(path, row)
+    except OSError as e:  # a full disk: one line, and the run stops at its last checkpoint
+        raise GeovarioError(f"{path}: cannot write ({e.strerror or e}); free space, then --resume") from None
+
+
+def _append_row(path: Path, row: dict) -> None:
     new = not path.is_file()
     fields = list(row) if new else next(csv.reader(open(path)))
     extra = [k for k in row if k not in fields]

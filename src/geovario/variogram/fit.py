@@ -17,6 +17,8 @@ from geovario.variogram.models import MODELS, VariogramModel, model_gamma
 from geovario.variogram.choices import WEIGHTS
 
 LAG_POSITIONS = ("mean", "centre", "upper")
+# 1 - cos of two identical float32 unit vectors is rounding, up to ~1e-7; ten times that in every bin is no signal.
+ROUNDING_GAMMA = 1e-6
 
 
 class VariogramFitError(GeovarioError):
@@ -50,6 +52,9 @@ def fit_variogram(
     lags = positions[lag][used]
     gamma, counts = empirical.gamma[used], empirical.n[used].astype(float)
     n_params = 4 if model == "stable" else 3
+    if len(gamma) and np.max(np.abs(gamma)) <= ROUNDING_GAMMA:
+        raise VariogramFitError(f"the semivariance is at most {np.max(np.abs(gamma)):.1g} in every bin: the features are alike up to "
+                                "rounding whatever the distance, so there is no range to fit", empirical)
     if len(gamma) < n_params:
         raise VariogramFitError(f"only {len(gamma)} non-empty bins, fewer than the {n_params} parameters of the {model} model", empirical)
     if weights == "cressie":

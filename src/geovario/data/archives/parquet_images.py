@@ -14,7 +14,7 @@ from pathlib import Path
 
 from geovario.data.archives import MAX_MEMBER_BYTES, Member
 from geovario.data.archives.handles import handle
-from geovario.data.latlon_csv import LAT_NAMES, LON_NAMES
+from geovario.data.latlon_csv import LAT_NAMES, LON_NAMES, as_coordinate
 from geovario.data.records import Dataset, Problem, Record
 from geovario.errors import GeovarioError
 
@@ -76,6 +76,9 @@ def read_parquet_dataset(path: Path) -> Dataset:
         if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
                 or (pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0)):
             raise GeovarioError(f"{file}: column {image} is {kind}, not image bytes (binary, or a struct with a 'bytes' field)")
+        for column in (lat, lon):
+            if pa.types.is_boolean(schema.field(column).type):
+                raise GeovarioError(f"{file}: column {column} holds booleans, not coordinates")
         id_column = _pick(names, ID_NAMES)
         row_number = 0
         for group in range(parquet.num_row_groups):
@@ -89,7 +92,7 @@ def read_parquet_dataset(path: Path) -> Dataset:
                 image_id = str(columns[id_column][i]) if id_column else str(row_number - 1)
                 raw_lat, raw_lon = columns[lat][i], columns[lon][i]
                 try:
-                    y, x = float(raw_lat), float(raw_lon)
+                    y, x = as_coordinate(raw_lat), as_coordinate(raw_lon)
                 except (TypeError, ValueError):
                     problems.append(Problem(str(file), row_number, f"non-numeric lat {raw_lat!r} or lon {raw_lon!r}", "non-numeric"))
                     continue
