@@ -91,3 +91,45 @@ def test_faiss_flat_gives_the_same_top1(tmp_path, tiny_model_dir, arrays, capsys
     assert json.loads((tmp_path / "faiss.json").read_text())["retrieval"] == "faiss:Flat"
     assert main(["evaluate", "--model", str(tiny_model_dir), *arrays, "--out", str(tmp_path / "x.json"), "--faiss", "Nonsense42"]) == 1
     assert "bad FAISS index factory" in capsys.readouterr().err
+
+
+def test_the_predictions_file_holds_kilometres_and_the_whole_gallery_softmax(tmp_path, capsys):
+    """Around Paris, so errors fall on both sides of 25 km: error_km against geographiclib on the mean sphere, prob
+    against a brute-force softmax over every gallery location, and the report's accuracy from those errors."""
+    import torch
+
+    geodesic = pytest.importorskip("geographiclib.geodesic", reason="the test extra (geographiclib) is not installed")
+    from conftest import tiny_config
+    from geovario.model import GeoLocModel
+    from geovario.modeldir import save_model_dir
+
+    rng = np.random.default_rng(11)
+    paris = np.array([48.8566, 2.3522])
+    gallery = paris + rng.uniform(-0.3, 0.3, size=(300, 2)) * [1.0, 1.5]
+    torch.manual_seed(2)
+    model = GeoLocModel(tiny_config())
+    model.logit_scale.data.fill_(np.log(50.0))
+    model_dir = save_model_dir(tmp_path / "m", model, backbone="unused", gallery=gallery)
+    truth = paris + rng.uniform(-0.25, 0.25, size=(60, 2))
+    features = rng.normal(size=(60, 32)).astype(np.float32)
+    np.save(tmp_path / "f.npy", features)
+    pd.DataFrame({"LAT": truth[:, 0], "LON": truth[:, 1]}).to_csv(tmp_path / "g.csv", index=False)
+    assert main(["evaluate", "--model", str(model_dir), "--features", str(tmp_path / "f.npy"), "--gps", str(tmp_path / "g.csv"),
+                 "--out", str(tmp_path / "r.json"), "--no-admin", "--no-progress", "--thresholds", "10,25,50"]) == 0
+    rows = pd.read_csv(tmp_path / "r.predictions.csv")
+    sphere = geodesic.Geodesic(6_371_008.8, 0.0)  # the IUGG mean radius, in metres
+    expected_km = [sphere.Inverse(t_lat, t_lon, p_lat, p_lon)["s12"] / 1000
+                   for t_lat, t_lon, p_lat, p_lon in rows[["true_lat", "true_lon", "pred_lat", "pred_lon"]].to_numpy()]
+    np.testing.assert_allclose(rows["error_km"], expected_km, rtol=1e-6)
+    assert 0 < (rows["error_km"] <= 25).mean() < 1  # the thresholds are not trivially all or nothing
+    with torch.no_grad():  # the softmax over every gallery location, by brute force
+        loaded = GeoLocModel(tiny_config())
+        loaded.load_state_dict(model.state_dict())
+        logits = loaded(torch.from_numpy(features), torch.from_numpy(gallery.astype(np.float32)))
+        probabilities = logits.softmax(dim=1)
+    best = probabilities.argmax(dim=1).numpy()
+    np.testing.assert_allclose(rows[["pred_lat", "pred_lon"]].to_numpy(), gallery[best], atol=1e-5)
+    np.testing.assert_allclose(rows["prob"], probabilities.max(dim=1).values.numpy(), rtol=1e-4)
+    report = json.loads((tmp_path / "r.json").read_text())
+    for threshold in (10, 25, 50):
+        assert report["accuracy"][str(threshold)] == pytest.approx(100 * np.mean(np.array(expected_km) <= threshold))

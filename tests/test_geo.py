@@ -96,3 +96,66 @@ def test_gps_noise_has_the_requested_scale_and_stays_valid():
     edge = add_gps_noise(torch.tensor([[89.9999, 179.9999]]).repeat(1000, 1), 1000.0, generator)
     assert edge[:, 0].max() <= 90 and edge[:, 1].min() >= -180 and edge[:, 1].max() < 180
     assert torch.equal(add_gps_noise(base[:3], 0.0), base[:3])
+
+
+# The IUGG mean Earth radius R1 in metres (Moritz 1980), written out here rather than imported: these tests
+# pin the radius geovario uses against geodesics computed by geographiclib (Karney 2013).
+R1_METRES = 6_371_008.8
+
+
+def _pairs(n=400, seed=7):
+    rng = np.random.default_rng(seed)
+    a = np.stack([np.degrees(np.arcsin(rng.uniform(-1, 1, n))), rng.uniform(-180, 180, n)], 1)
+    b = np.stack([np.degrees(np.arcsin(rng.uniform(-1, 1, n))), rng.uniform(-180, 180, n)], 1)
+    near = a[: n // 4] + rng.normal(scale=0.01, size=(n // 4, 2))  # about a kilometre apart
+    near[:, 0] = np.clip(near[:, 0], -90, 90)
+    b[: n // 4] = near
+    return a, b
+
+
+def test_great_circle_distances_equal_geographiclibs_on_the_mean_sphere():
+    geographiclib = pytest.importorskip("geographiclib.geodesic", reason="the test extra (geographiclib) is not installed")
+    sphere = geographiclib.Geodesic(R1_METRES, 0.0)
+    a, b = _pairs()
+    expected = np.array([sphere.Inverse(*p, *q)["s12"] / 1000 for p, q in zip(a, b)])
+    np.testing.assert_allclose(haversine_km(a[:, 0], a[:, 1], b[:, 0], b[:, 1]), expected, rtol=1e-9, atol=1e-9)
+    got = haversine_km_torch(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+    # Two published cases, as geographiclib gives them on this sphere: Paris - London and antipodes (pi R1).
+    assert haversine_km(48.8566, 2.3522, 51.5074, -0.1278) == pytest.approx(sphere.Inverse(48.8566, 2.3522, 51.5074, -0.1278)["s12"] / 1000,
+                                                                             rel=1e-12)
+    assert haversine_km(0, 0, 0, 180) == pytest.approx(math.pi * R1_METRES / 1000, rel=1e-12)
+
+
+def test_the_sphere_is_within_half_a_percent_of_the_wgs84_ellipsoid():
+    """What metrics.py documents: GeoCLIP's eval uses the WGS84 geodesic; the mean sphere differs by at most ~0.5 %."""
+    geographiclib = pytest.importorskip("geographiclib.geodesic", reason="the test extra (geographiclib) is not installed")
+    a, b = _pairs(seed=8)
+    far = slice(100, None)  # the pairs thousands of kilometres apart
+    ellipsoid = np.array([geographiclib.Geodesic.WGS84.Inverse(*p, *q)["s12"] / 1000 for p, q in zip(a[far], b[far])])
+    sphere = haversine_km(a[far, 0], a[far, 1], b[far, 0], b[far, 1])
+    relative = np.abs(sphere - ellipsoid) / ellipsoid
+    assert relative.max() < 0.0056 and 0.001 < relative.mean() < 0.004
+
+
+def test_lags_from_unit_vectors_equal_geographiclibs():
+    """The variogram's lags come from the chord's cosine (variogram/empirical.py), not from haversine."""
+    geographiclib = pytest.importorskip("geographiclib.geodesic", reason="the test extra (geographiclib) is not installed")
+    from geovario.variogram.empirical import _lag_km, _unit_sphere
+
+    sphere = geographiclib.Geodesic(R1_METRES, 0.0)
+    a, b = _pairs(seed=9)
+    lags = _lag_km((_unit_sphere(a) * _unit_sphere(b)).sum(1)).numpy()
+    expected = np.array([sphere.Inverse(*p, *q)["s12"] / 1000 for p, q in zip(a, b)])
+    np.testing.assert_allclose(lags, expected, rtol=1e-7, atol=1e-6)  # acos near 1: ~1e-9 km at 1 km
+
+
+def test_gps_noise_magnitude_is_per_axis_metres_in_both_directions_at_any_latitude():
+    """GeoCLIP's noise is metres / 111,320 degrees on each axis, so north-south it is exactly that many metres."""
+    generator = torch.Generator().manual_seed(1)
+    base = torch.tensor([[60.0, 10.0]], dtype=torch.float64).repeat(40000, 1)
+    noisy = add_gps_noise(base, 1000.0, generator)
+    north_km = haversine_km(base[:, 0].numpy(), base[:, 1].numpy(), noisy[:, 0].numpy(), base[:, 1].numpy())
+    assert np.sqrt(np.mean(north_km**2)) == pytest.approx(1.0 * 111_320 / (2 * math.pi * R1_METRES / 360), rel=0.02)
+    east_deg = (noisy[:, 1] - base[:, 1]).numpy()
+    assert east_deg.std() * 111_320 == pytest.approx(1000.0, rel=0.02)  # degrees of longitude: narrower on the ground at 60 N

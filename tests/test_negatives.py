@@ -297,3 +297,21 @@ def test_a_checkpoint_from_before_the_queue_kept_ids_loads_with_every_entry_unkn
 
     excluded = own_entries(torch.tensor([0, 1]), torch.cat([torch.tensor([0, 1]), new.queue.filled_ids()]), torch.tensor([0, 1]))
     assert not excluded.any()
+
+
+def test_batch_and_queue_gps_get_their_own_noise():
+    """GeoCLIP's recipe: 150 m on the batch's GPS, 1,000 m on the queue's (DESIGN.md §4), measured apart."""
+    from geovario.negatives import Batch, QueueNegatives
+
+    n = 4096
+    rng = np.random.default_rng(0)
+    gps = torch.from_numpy(np.stack([rng.uniform(-60, 60, n), rng.uniform(-170, 170, n)], 1).astype(np.float32))
+    features = torch.ones(n, 4)
+    source = QueueNegatives(n, feature_dim=4, batch_noise_m=150.0, queue_noise_m=1000.0)
+    source.queue.enqueue(gps, features, torch.arange(n) + n)  # earlier samples fill the queue
+    batch = Batch(features, features, gps, np.arange(n), slice(0, n))
+    candidates = source.candidates(batch, torch.Generator().manual_seed(3))
+    moved = (candidates.column_locations.double() - candidates.column_gps.double()).numpy() * 111_320  # metres, GeoCLIP's degree
+    batch_m, queue_m = moved[:n].std(0), moved[n:].std(0)
+    assert batch_m.tolist() == pytest.approx([150.0, 150.0], rel=0.05)
+    assert queue_m.tolist() == pytest.approx([1000.0, 1000.0], rel=0.05)

@@ -159,3 +159,25 @@ def test_bench_losses_small(tmp_path, capsys):
     assert not list((tmp_path / "b" / "runs").glob("*/checkpoints"))  # deleted once each model is written
     assert main(["bench", "losses", "--world", str(tmp_path / "w"), "--out", str(tmp_path / "c"), "--sweep", "alpha=1"]) == 1
     assert "KEY one of theta1" in capsys.readouterr().err
+
+
+def test_photos_scatter_around_their_place_by_the_configured_jitter(tmp_path):
+    """Each photo sits an exponential distance (mean jitter_km) from its anchor, in a uniform direction, measured on
+    the ground: as far east-west as north-south even at 60 degrees north, where a degree of longitude is half as long."""
+    anchors = np.array([[60.0, 10.0], [0.0, -60.0], [-35.0, 150.0]])  # thousands of km apart: each photo's anchor is clear
+    (tmp_path / "anchors.csv").write_text("LAT,LON\n" + "\n".join(f"{a},{b}" for a, b in anchors) + "\n")
+    for jitter in (1.0, 5.0):
+        config = WorldConfig(positions=str(tmp_path / "anchors.csv"), jitter_km=jitter)
+        latlon = sample_positions(config, 30_000, np.random.default_rng(0))
+        distance = haversine_km(latlon[:, None, 0], latlon[:, None, 1], anchors[None, :, 0], anchors[None, :, 1])
+        anchor, km = distance.argmin(1), distance.min(1)
+        assert km.mean() == pytest.approx(jitter, rel=0.03)  # exponential: mean jitter_km...
+        assert np.median(km) == pytest.approx(jitter * np.log(2), rel=0.05)  # ...and median ln 2 of it
+        north = latlon[:, 0] - anchors[anchor, 0]
+        at_60 = anchor == 0
+        east_km = haversine_km(anchors[0, 0], anchors[0, 1], anchors[0, 0], latlon[at_60, 1])
+        north_km = haversine_km(anchors[0, 0], anchors[0, 1], latlon[at_60, 0], anchors[0, 1])
+        assert np.mean(east_km**2) == pytest.approx(np.mean(north_km**2), rel=0.06)  # uniform direction, on the ground
+        assert abs(north.mean()) < 0.02 * jitter / 111  # no drift
+    still = sample_positions(WorldConfig(positions=str(tmp_path / "anchors.csv"), jitter_km=0.0), 100, np.random.default_rng(1))
+    assert {tuple(p) for p in still} <= {tuple(a) for a in anchors}

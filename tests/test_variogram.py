@@ -31,7 +31,7 @@ def field():
     return latlon, spherical_field(latlon, 64, range_km=4000.0, nugget=0.3, psill=1.0)
 
 
-def brute_force(features, latlon, edges, normalize=True):
+def brute_force(features, latlon, edges, normalize=True, mean_lags=False):
     f = features / np.linalg.norm(features, axis=1, keepdims=True) if normalize else features
     i, j = np.triu_indices(len(f), 1)
     d = 0.5 * ((f[i] - f[j]) ** 2).sum(1)
@@ -42,17 +42,19 @@ def brute_force(features, latlon, edges, normalize=True):
     count = np.bincount(k, minlength=len(edges) - 1)
     with np.errstate(invalid="ignore"):
         gamma = np.bincount(k, d, len(edges) - 1) / count
-    return gamma, count
+        mean_h = np.bincount(k, h, len(edges) - 1) / count
+    return (gamma, count, mean_h) if mean_lags else (gamma, count)
 
 
 @pytest.mark.parametrize("log_bins", [False, True])
 def test_empirical_equals_brute_force(field, log_bins):
     latlon, features = field
     edges = bin_edges(40, 15000.0, log=log_bins, min_lag_km=50.0)
-    gamma, count = brute_force(features, latlon, edges)
+    gamma, count, mean_h = brute_force(features, latlon, edges, mean_lags=True)
     ev = empirical_variogram(features, latlon, bins=40, max_lag_km=15000.0, log_bins=log_bins, min_lag_km=50.0)
     np.testing.assert_array_equal(ev.n, count)
     np.testing.assert_allclose(ev.gamma, gamma, atol=1e-6)
+    np.testing.assert_allclose(ev.mean_h_km, mean_h, rtol=1e-9)  # the lag each bin is fitted at
     raw = empirical_variogram(features, latlon, bins=40, max_lag_km=15000.0, log_bins=log_bins, min_lag_km=50.0, normalize=False)
     np.testing.assert_allclose(raw.gamma, brute_force(features, latlon, edges, normalize=False)[0], rtol=1e-9)
 
@@ -143,6 +145,38 @@ def test_robust_estimator_recovers_a_known_multivariate_variogram(normalize):
     np.testing.assert_allclose(robust.gamma[used], matheron.gamma[used], rtol=0.03)  # Gaussian data: both estimate gamma
 
 
+def clustered_photos(n=6000, clusters=300, seed=5):
+    """Positions clustered like photos (a few km around each of ``clusters`` places) and features varying with them."""
+    rng = np.random.default_rng(seed)
+    centres = sphere_points(clusters, seed=seed)
+    latlon = centres[rng.integers(0, clusters, n)] + rng.normal(scale=0.05, size=(n, 2))
+    latlon[:, 0] = np.clip(latlon[:, 0], -90, 90)
+    u = np.stack([np.cos(np.radians(latlon[:, 0])) * np.cos(np.radians(latlon[:, 1])),
+                  np.cos(np.radians(latlon[:, 0])) * np.sin(np.radians(latlon[:, 1])), np.sin(np.radians(latlon[:, 0]))], 1)
+    return latlon, np.cos(u @ rng.normal(size=(3, 32)) * 4) + 0.5 * rng.normal(size=(n, 32))
+
+
+def test_stratified_sampling_of_part_of_the_short_pairs_stays_unbiased():
+    """A short-pair budget below the short pairs there are: anchors are sampled (q < 1) and each short pair
+    carries the weight 1 / (1 - (1 - q)^2); bin counts, means and mean lags still match every pair's."""
+    latlon, features = clustered_photos()
+    kwargs = dict(bins=30, max_lag_km=20015.0, log_bins=True, min_lag_km=1.0)
+    exact = empirical_variogram(features, latlon, **kwargs)
+    short = exact.edges_km[1:] <= 25
+    assert exact.n[short].sum() > 40_000  # more short pairs than the 20,000 the budget below allows
+    sampled = empirical_variogram(features, latlon, exact_max=1000, max_pairs=40_000, seed=3, **kwargs)
+    assert sampled.sampling == "stratified"
+    assert 0.2 * exact.n[short].sum() < sampled.n[short].sum() < 0.8 * exact.n[short].sum()  # a part of them, drawn
+    populated = short & (exact.n > 3000)
+    assert populated.sum() >= 3
+    np.testing.assert_allclose(sampled.n_weighted[populated], exact.n[populated], rtol=0.15)  # the weights undo the sampling
+    np.testing.assert_allclose(sampled.gamma[populated], exact.gamma[populated], rtol=0.05)
+    np.testing.assert_allclose(sampled.mean_h_km[populated], exact.mean_h_km[populated], rtol=0.05)
+    far = ~short & (exact.n > 50_000)
+    np.testing.assert_allclose(sampled.n_weighted[far], exact.n[far], rtol=0.15)
+    np.testing.assert_allclose(sampled.mean_h_km[far], exact.mean_h_km[far], rtol=0.02)
+
+
 def test_stratified_sampling_is_unbiased_and_fills_short_lags():
     rng = np.random.default_rng(5)
     centres = sphere_points(300, seed=5)
@@ -158,8 +192,10 @@ def test_stratified_sampling_is_unbiased_and_fills_short_lags():
     populated = exact.n > 2000
     np.testing.assert_allclose(sampled.gamma[populated], exact.gamma[populated], rtol=0.05)
     np.testing.assert_allclose(sampled.n_weighted[populated], exact.n[populated], rtol=0.25)
+    np.testing.assert_allclose(sampled.mean_h_km[populated], exact.mean_h_km[populated], rtol=0.02)
     short = exact.edges_km[1:] <= 25
     assert (sampled.n[short & (exact.n > 0)] > 0).all()
+    np.testing.assert_array_equal(sampled.n[short], exact.n[short])  # the budget holds every short pair: all are used
 
 
 def test_models_evaluate_in_numpy_and_torch_and_roundtrip(tmp_path):
@@ -270,3 +306,74 @@ def test_the_plot_formats_the_cli_accepts_are_the_ones_matplotlib_writes():
     from geovario.cli.options import FIGURE_FORMATS
 
     assert set(FIGURE_FORMATS) <= set(matplotlib.figure.Figure().canvas.get_supported_filetypes())  # each one can be drawn
+
+
+def uneven_bins():
+    """Bins with very unequal pair counts and a bump the model cannot follow, so each weighting fits differently."""
+    from geovario.variogram.empirical import EmpiricalVariogram
+
+    edges = np.concatenate([[0.0], np.geomspace(20, 12000, 14)])
+    centres = np.sqrt(edges[1:-1] * edges[2:])
+    mean_h = np.concatenate([[10.0], centres])
+    x = np.minimum(mean_h / 3000.0, 1)
+    gamma = 0.2 + 0.5 * (1.5 * x - 0.5 * x**3)
+    gamma[2:5] += 0.08  # a regional bump at short lags
+    gamma[-3:] -= 0.05
+    n = np.where(mean_h < 500, 20, 2_000_000).astype(np.int64)
+    return EmpiricalVariogram(edges, gamma, n, n.astype(float), mean_h, "matheron", "exact", 1000)
+
+
+def fit_checked_against_another_optimiser(weights: str) -> list[float]:
+    """Cressie (1985): each bin counts N_k / gamma_k^2; "pairs": N_k; "none": 1. The fit must be the minimum of
+    sum_k w_k (model(h_k) - gamma_k)^2, found here by another optimiser from another start."""
+    from scipy.optimize import minimize
+
+    from geovario.variogram.models import model_gamma
+
+    empirical = uneven_bins()
+    h, gamma, n = empirical.mean_h_km, empirical.gamma, empirical.n.astype(float)
+    w = {"cressie": n / gamma**2, "pairs": n, "none": np.ones_like(n)}[weights]
+
+    def objective(p):
+        return float(np.sum(w * (model_gamma("spherical", h, *p) - gamma) ** 2))
+
+    fitted = fit_variogram(empirical, "spherical", weights=weights)
+    ours = [fitted.nugget, fitted.psill, fitted.range_km]
+    best = minimize(objective, x0=[0.3, 0.3, 1500.0], method="Nelder-Mead",
+                    options={"xatol": 1e-8, "fatol": 1e-14, "maxiter": 20000, "maxfev": 40000})
+    assert objective(ours) <= best.fun * (1 + 1e-6) + 1e-15
+    np.testing.assert_allclose(ours, best.x, rtol=2e-3)
+    return ours
+
+
+@pytest.mark.parametrize("weights", ["cressie", "pairs", "none"])
+def test_the_fit_minimises_its_documented_weighted_least_squares(weights):
+    fit_checked_against_another_optimiser(weights)
+
+
+def test_the_weightings_give_different_fits_on_uneven_bins():
+    fits = {w: fit_checked_against_another_optimiser(w) for w in ("cressie", "pairs", "none")}
+    assert abs(fits["none"][2] - fits["pairs"][2]) > 50 and abs(fits["cressie"][0] - fits["none"][0]) > 0.005
+
+
+def test_the_losses_fit_weighs_every_bin_alike():
+    """fit_for_loss: the stable model at equal bin weights (the loss acts at short and long lags alike)."""
+    from scipy.optimize import minimize
+
+    from geovario.variogram import fit_for_loss
+    from geovario.variogram.models import model_gamma
+
+    empirical = uneven_bins()
+    h, gamma = empirical.mean_h_km, empirical.gamma
+    fitted = fit_for_loss(empirical)
+    assert fitted.model == "stable"
+
+    def objective(p):
+        return float(np.sum((model_gamma("stable", h, *p) - gamma) ** 2))
+
+    ours = [fitted.nugget, fitted.psill, fitted.range_km, fitted.shape]
+    best = minimize(objective, x0=[0.25, 0.45, 2500.0, 1.2], method="Nelder-Mead",
+                    options={"xatol": 1e-9, "fatol": 1e-15, "maxiter": 40000, "maxfev": 80000})
+    assert objective(ours) <= best.fun * (1 + 1e-6) + 1e-15
+    counted = fit_variogram(empirical, "stable", weights="pairs")
+    assert abs(counted.nugget - fitted.nugget) > 0.005  # weighting by pairs would have fitted another curve
