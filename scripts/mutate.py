@@ -48,8 +48,10 @@ STATE = REPO / ".mutation"
 EQUIVALENTS = REPO / "scripts" / "mutation_equivalents.yaml"
 REPORT = REPO / "benchmarks" / "results" / "mutation.md"
 
-# The modules whose numbers users publish (issue 24), by group. variogram/plot.py draws a figure and
-# variogram/choices.py only lists names; neither computes a number.
+# The modules whose numbers users publish (issue 24), by group, and the test files whose fast tests guard them.
+# variogram/plot.py draws a figure and variogram/choices.py only lists names; neither computes a number. A
+# mutant runs the tests of its group's files that cover its line: the module's own tests and the ones that
+# use it directly, not every integration test that happens to pass through it (a whole study, the demo).
 MODULES = {
     "losses": ["losses/*.py"],
     "negatives": ["negatives/*.py"],
@@ -60,6 +62,18 @@ MODULES = {
     "retrieval": ["retrieval.py"],
     "train": ["train/*.py"],
     "sim": ["sim.py"],
+}
+TEST_FILES = {
+    "losses": ["test_losses.py", "test_negatives.py", "test_train.py", "test_train_options.py"],
+    "negatives": ["test_negatives.py", "test_losses.py", "test_train.py", "test_train_options.py"],
+    "variogram": ["test_variogram.py", "test_losses.py", "test_train.py", "test_sim.py", "test_bad_input.py"],
+    "metrics": ["test_metrics.py", "test_score_compare.py", "test_evaluate.py", "test_bad_input.py"],
+    "evaluate": ["test_evaluate.py", "test_train_options.py", "test_score_compare.py", "test_bad_input.py"],
+    "geo": ["test_geo.py", "test_negatives.py", "test_variogram.py", "test_metrics.py", "test_data_readers.py",
+            "test_score_compare.py", "test_model.py", "test_interop_geoclip.py", "test_bad_input.py"],
+    "retrieval": ["test_retrieval.py", "test_cli_predict.py", "test_evaluate.py", "test_serve.py", "test_bad_input.py"],
+    "train": ["test_train.py", "test_train_options.py", "test_negatives.py", "test_progress.py", "test_bad_input.py"],
+    "sim": ["test_sim.py"],
 }
 
 # Calls that only report (progress bars, warnings): deleting them or changing their arguments is not a bug in a number.
@@ -91,6 +105,7 @@ class Mutant:
     end: int
     function: str
     text: str  # the mutated line as it reads after the change
+    run_line: int = 0  # the line whose tests are run: a default argument's function body, else the line itself
 
 
 # --- mutant generation ---
@@ -104,7 +119,8 @@ class _Finder(ast.NodeVisitor):
         for line in self.lines:
             self.offsets.append(self.offsets[-1] + len(line))
         self.scope: list[str] = []
-        self.found: list[tuple[int, int, str, str, str, str]] = []  # start, end, kind, original, replacement, function
+        self.found: list[tuple[int, int, str, str, str, str, int]] = []  # start, end, kind, original, replacement, function, run line
+        self.run_line = 0  # while visiting a default argument: the first line of its function's body
         self.quiet = {i + 1 for i, line in enumerate(self.lines) if "pragma: no mutate" in line or "pragma: no cover" in line}
 
     def offset(self, line: int, col: int) -> int:
@@ -120,7 +136,7 @@ class _Finder(ast.NodeVisitor):
             return
         original = self.source[start:end]
         if original != replacement:
-            self.found.append((start, end, kind, original, replacement, ".".join(self.scope) or "<module>"))
+            self.found.append((start, end, kind, original, replacement, ".".join(self.scope) or "<module>", self.run_line or line))
 
     def token_between(self, left, right, token: str) -> int | None:
         """Offset of ``token`` in the source between two nodes (skipping brackets and spaces)."""
@@ -132,8 +148,11 @@ class _Finder(ast.NodeVisitor):
     # scopes
     def visit_FunctionDef(self, node):
         self.scope.append(node.name)
+        body = node.body[1:] if _docstring(node) and len(node.body) > 1 else node.body
+        self.run_line = body[0].lineno  # a default is evaluated at import, but it matters when the function runs
         for default in [*node.args.defaults, *[d for d in node.args.kw_defaults if d is not None]]:
             self.visit(default)
+        self.run_line = 0
         for statement in node.body[1:] if _docstring(node) else node.body:
             self.visit(statement)
         self.scope.pop()
@@ -348,7 +367,7 @@ def mutants_of(relpath: str, source: str | None = None) -> list[Mutant]:
     finder = _Finder(source, relpath)
     finder.visit(ast.parse(source))
     out, seen = [], {}
-    for start, end, kind, original, replacement, function in sorted(finder.found):
+    for start, end, kind, original, replacement, function, run_line in sorted(finder.found):
         line = source.count("\n", 0, start) + 1
         line_start = source.rfind("\n", 0, start) + 1
         line_end = source.find("\n", end)
@@ -363,7 +382,7 @@ def mutants_of(relpath: str, source: str | None = None) -> list[Mutant]:
             compile(mutated, relpath, "exec")
         except SyntaxError:
             continue
-        out.append(Mutant(ident, relpath, line, kind, original, replacement, start, end, function, after))
+        out.append(Mutant(ident, relpath, line, kind, original, replacement, start, end, function, after, run_line))
     return out
 
 
@@ -465,19 +484,25 @@ def wait(pid: int, timeout: float) -> tuple[int | None, float]:
 
 
 class _Timing:
-    """A pytest plugin: each test's duration (setup + call + teardown), written as JSON at the end."""
+    """A pytest plugin: each test's setup and call + teardown durations, written as JSON at the end.
+
+    Setup is kept apart: a module- or session-scoped fixture's cost lands on the first test that uses it, which
+    may not be among the tests a mutant selects; the time limit adds, per test file, the largest setup in it."""
 
     def __init__(self, path: Path):
-        self.path, self.durations = path, {}
+        self.path, self.durations, self.setups = path, {}, {}
 
     def pytest_runtest_logreport(self, report):
-        self.durations[report.nodeid] = self.durations.get(report.nodeid, 0.0) + report.duration
+        if report.when == "setup":
+            self.setups[report.nodeid] = report.duration
+        else:
+            self.durations[report.nodeid] = self.durations.get(report.nodeid, 0.0) + report.duration
 
     def pytest_sessionfinish(self, session):
-        self.path.write_text(json.dumps(self.durations))
+        self.path.write_text(json.dumps({"durations": self.durations, "setups": self.setups}))
 
 
-PYTEST_ARGS = ["-q", "-p", "no:cacheprovider", "--no-header", "-o", "addopts=", "-W", "ignore"]
+PYTEST_ARGS = ["-q", "-p", "no:cacheprovider", "--no-header", "-o", "addopts="]
 
 
 def collect_coverage(scratch: Path) -> dict:
@@ -507,40 +532,55 @@ def collect_coverage(scratch: Path) -> dict:
         per_line = data.contexts_by_lineno(measured)
         lines[measured[len(root):]] = {str(n): sorted({c.rsplit("|", 1)[0] for c in ctx if c}) for n, ctx in per_line.items()}
     print(f"coverage map: {seconds:.0f} s", flush=True)
-    return {"lines": lines, "durations": json.loads(timing.read_text())}
+    return {"lines": lines, **json.loads(timing.read_text())}
 
 
-def tests_for(mutant: Mutant, coverage: dict) -> list[str]:
-    """The fast tests that run the mutated line, fastest first; for a line run only at import, every test that
-    runs any line of its file."""
+def tests_for(mutant: Mutant, coverage: dict, group: str) -> list[str]:
+    """The fast tests of the group's test files that run the mutated line, fastest first; for a line run only at
+    import, every one of them that runs any line of its file."""
     per_line = coverage["lines"].get(mutant.file, {})
-    first_line = mutant.line
-    nodes = set(per_line.get(str(first_line), []))
-    if str(first_line) in per_line and not nodes:  # run at import time (a module constant, a default, a signature)
+    line = str(mutant.run_line or mutant.line)
+    nodes = set(per_line.get(line, []))
+    if line in per_line and not nodes:  # run only at import time (a module constant, a class attribute)
         nodes = {n for tests in per_line.values() for n in tests}
+    files = {f"tests/{name}" for name in TEST_FILES[group]}
     durations = coverage["durations"]
-    return sorted((n for n in nodes if n in durations), key=lambda n: (durations[n], n))
+    return sorted((n for n in nodes if n in durations and n.split("::", 1)[0] in files), key=lambda n: (durations[n], n))
 
 
-def run_mutant(mutant: Mutant, scratch: Path, coverage: dict) -> dict:
-    tests = tests_for(mutant, coverage)
+def time_budget(tests: list[str], coverage: dict) -> float:
+    """Seconds the whole test files these tests belong to took in the coverage run.
+
+    A test's own duration is not enough: tests share module-scoped fixtures and caches, so which test pays for
+    them (a simulated world, a study's trained runs) depends on the order, and a subset can cost up to its files."""
+    files: dict[str, float] = {}
+    for table in (coverage["durations"], coverage["setups"]):
+        for node, seconds in table.items():
+            file = node.split("::", 1)[0]
+            files[file] = files.get(file, 0.0) + seconds
+    return sum(files.get(f, 0.0) for f in {n.split("::", 1)[0] for n in tests})
+
+
+def run_mutant(mutant: Mutant, scratch: Path, coverage: dict, group: str) -> dict:
+    tests = tests_for(mutant, coverage, group)
     if not tests:
         return {"status": "uncovered", "tests": 0, "seconds": 0.0}
     path = scratch / "src" / "geovario" / mutant.file
     original = path.read_text()
     path.write_text(original[: mutant.start] + mutant.replacement + original[mutant.end :])
     try:
-        budget = sum(coverage["durations"][n] for n in tests)
+        budget = time_budget(tests, coverage)
         log = scratch / ".mutant.log"
         pid = run_pytest_in_child(scratch, [*PYTEST_ARGS, "-x", "-p", "no:randomly", f"--basetemp={scratch / '.pytest-tmp'}", *tests], log)
-        code, seconds = wait(pid, 30 + 4 * budget)
+        code, seconds = wait(pid, 60 + 3 * budget)  # as long again as the coverage run took, and more: a loop, not a slow test
     finally:
         path.write_text(original)
+    collection_error = code == 4 and "ERROR collecting" in log.read_text(errors="replace")
     if code is None:
         status = "timeout"
     elif code == 0:
         status = "survived"
-    elif code in (1, 2, 3):
+    elif code in (1, 2, 3) or collection_error:  # a failure, an error, or a test module the mutant breaks on import
         status = "killed"
     else:
         status = f"error-{code}"
@@ -613,7 +653,7 @@ def run(groups: list[str], jobs: int, survivors_only: bool, limit: int | None) -
             group, mutant = todo.pop(0)
             pid = os.fork()
             if pid == 0:
-                result = run_mutant(mutant, scratches[slot], coverage)
+                result = run_mutant(mutant, scratches[slot], coverage, group)
                 (scratches[slot] / ".result.json").write_text(json.dumps(result))
                 os._exit(0)
             running[pid] = (slot, group, mutant)

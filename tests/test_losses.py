@@ -284,3 +284,19 @@ def test_hcl_weighted_importance_weights_are_constants_of_the_gradient():
         for j in range(c):
             expected[i, j] = (soft[j] / total - (1.0 if j == i else 0.0)) * w[j] / b
     torch.testing.assert_close(logits.grad, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_the_paper_modes_thresholds_include_their_boundaries():
+    """DESIGN.md §4: hard at h >= theta1, false at h <= theta2, masked at h <= theta_mask; pairs exactly on a boundary
+    belong to it. One row: the positive, then a negative at each boundary and one just beyond it, all alike (delta < 0)."""
+    theta1, theta2, mask, s1, s2 = 1500.0, 50.0, 10.0, 3.0, 2.0
+    lags = [0.0, theta1, theta1 - 1e-6, theta2, theta2 + 1e-6, mask, mask + 1e-6]
+    inputs = LossInputs(torch.tensor([[4.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]], dtype=torch.float64), torch.tensor([0]),
+                        torch.tensor(20.0, dtype=torch.float64), torch.tensor([lags], dtype=torch.float64),
+                        torch.zeros(1, 7, dtype=torch.float64))  # d = 0: more alike than gamma(h) > 0 predicts
+    delta = [-float(VARIOGRAM(np.array([h]))[0]) for h in lags]
+    loss = SemivariogramWeightedInfoNCE(VARIOGRAM, theta1_km=theta1, theta2_km=theta2, s1=s1, s2=s2, mask_km=mask)
+    log_w, stats = loss.log_weights(inputs)
+    expected = [0.0, s1 * -delta[1], 0.0, -s2 * -delta[3], 0.0, float("-inf"), -s2 * -delta[6]]
+    np.testing.assert_allclose(log_w[0].numpy(), expected, rtol=1e-12)
+    assert stats["hard_fraction"] == pytest.approx(1 / 6) and stats["false_fraction"] == pytest.approx(3 / 6)

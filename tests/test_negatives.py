@@ -315,3 +315,20 @@ def test_batch_and_queue_gps_get_their_own_noise():
     batch_m, queue_m = moved[:n].std(0), moved[n:].std(0)
     assert batch_m.tolist() == pytest.approx([150.0, 150.0], rel=0.05)
     assert queue_m.tolist() == pytest.approx([1000.0, 1000.0], rel=0.05)
+
+
+@pytest.mark.parametrize("loss, parts, geometry", [("infonce", None, False), ("hcl_debiased", None, False), ("triplet", None, False),
+                                                   ("semivariogram", None, True),
+                                                   ("combined", "[{name: infonce, weight: 1}, {name: semivariogram, weight: 1}]", True),
+                                                   ("combined", "[{name: infonce, weight: 1}, {name: triplet, weight: 1}]", False)])
+def test_only_losses_that_use_geometry_pay_for_it(tmp_path, view_store, loss, parts, geometry):
+    """Lags and dissimilarities cost a (B, C) pair of matrices and a feature queue read every step: computed for the
+    semivariogram loss (alone or in a combination), not for the others."""
+    extra = [f"loss.parts={parts}"] if parts else []
+    config = load_config(None, SMALL + [f"data.train={view_store.folder}", f"loss.name={loss}", f"model.queue_size={QUEUE}",
+                                        f"train.batch_size={BATCH}", *extra])
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.step()
+    candidates = trainer.last_candidates
+    assert (candidates.lags_km is not None) == geometry and (candidates.dissimilarity is not None) == geometry
+    assert ((tmp_path / "run" / "variogram.json").is_file()) == geometry  # the fitted variogram, only where it is used

@@ -10,9 +10,19 @@ from geovario.losses.semivariogram import SemivariogramWeightedInfoNCE
 from geovario.losses.triplet import Triplet
 
 LOSSES = ("infonce", "semivariogram", "hcl_weighted", "hcl_debiased", "triplet", "combined")
+_CLASSES = {"infonce": InfoNCE, "semivariogram": SemivariogramWeightedInfoNCE, "hcl_weighted": HCLWeighted,
+            "hcl_debiased": HCLDebiased, "triplet": Triplet}
 
 __all__ = ["LOSSES", "ContrastiveLoss", "HCLDebiased", "HCLWeighted", "InfoNCE", "LossInputs", "LossOutput",
-           "SemivariogramWeightedInfoNCE", "Triplet", "WeightedSum", "build_loss"]
+           "SemivariogramWeightedInfoNCE", "Triplet", "WeightedSum", "build_loss", "loss_needs_geometry"]
+
+
+def loss_needs_geometry(name: str, params: dict) -> bool:
+    """Whether the named loss (a combined one: any of its parts) uses each column's lag and image dissimilarity,
+    so that the negatives must carry them; known from the config, before the loss (and its variogram) is built."""
+    if name == "combined":
+        return any(loss_needs_geometry(part["name"], params) for part in params["parts"])
+    return _CLASSES[name].needs_geometry
 
 
 def build_loss(name: str, params: dict, variogram=None) -> ContrastiveLoss:

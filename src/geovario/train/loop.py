@@ -23,7 +23,7 @@ from geovario.data.store import FeatureStore
 from geovario.distributed import DistributedBatchSampler
 from geovario.errors import GeovarioError
 from geovario.jsonio import read_json, write_json
-from geovario.losses import LossOutput, build_loss
+from geovario.losses import LossOutput, build_loss, loss_needs_geometry
 from geovario.progress import progress
 from geovario.model import GeoLocModel
 from geovario.modeldir import save_model_dir
@@ -86,7 +86,8 @@ class Trainer:
         self.config, self.run_dir = config, Path(run_dir)
         t = config.train
         self.world, self.device = distributed.setup(t.device)
-        self.data = open_training_data(config, self.device, reference=_uses(config, "semivariogram"))
+        geometry = loss_needs_geometry(config.loss.name, config.loss.__dict__)
+        self.data = open_training_data(config, self.device, reference=geometry)
         if len(self.data) < t.batch_size:
             raise GeovarioError(f"config key train.batch_size: {t.batch_size} is larger than the {len(self.data)} training samples")
         self.sampler = DistributedBatchSampler(len(self.data), t.batch_size, t.seed, self.world)
@@ -109,7 +110,6 @@ class Trainer:
             # buffers are the fixed random Fourier frequencies, the same on every rank: no sync per forward.
             self.encoders = DistributedDataParallel(self.encoders, device_ids=[self.device] if self.device.type == "cuda" else None,
                                                     forward_sync_buffers=False)
-        geometry = _uses(config, "semivariogram")
         self.negatives = build_negatives(config, self.data, self.world, geometry).to(self.device)
         self.gallery = gallery_positions(config.data.gallery, self.data, config, "data.gallery")
         fitted = None
@@ -319,10 +319,6 @@ class Trainer:
 def train(config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
     """Train, checkpointing into ``run_dir``; returns the final model directory (written by rank 0)."""
     return Trainer(config, run_dir, resume=resume, progress=progress).run()
-
-
-def _uses(config: Config, name: str) -> bool:
-    return config.loss.name == name or any(p.get("name") == name for p in config.loss.parts)
 
 
 def open_validation_store(config: Config, dim: int) -> FeatureStore | None:
