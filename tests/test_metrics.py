@@ -75,3 +75,16 @@ def test_continents():
     breakdown = by_continent(np.array([1.0, 3000.0, 10.0]), pd.Series(["FR", "FR", "JP"]))
     assert breakdown["Europe"]["n"] == 2 and breakdown["Europe"]["accuracy"]["25"] == 50.0
     assert breakdown["Asia"]["median_km"] == 10.0
+
+
+def test_no_json_file_is_written_with_nan_in_it(tmp_path):
+    from geovario.errors import GeovarioError
+    from geovario.jsonio import write_json
+
+    with pytest.raises(GeovarioError, match=r"r.json: not written: accuracy.25 is not a finite number"):
+        write_json(tmp_path / "r.json", {"n": 3, "accuracy": {"1": 10.0, "25": float("nan")}})
+    with pytest.raises(GeovarioError, match=r"bins.1.gamma is not a finite number"):
+        write_json(tmp_path / "v.json", {"bins": [{"gamma": 0.1}, {"gamma": float("inf")}]})
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "v.json").exists()
+    write_json(tmp_path / "ok.json", {"gamma": None, "n": [1, 2.5]})
+    assert (tmp_path / "ok.json").read_text() == '{\n "gamma": null,\n "n": [\n  1,\n  2.5\n ]\n}\n'
