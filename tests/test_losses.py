@@ -100,14 +100,17 @@ def test_penalty_mode_multiplies_negative_logits_once_the_queue_is_full():
 
 def test_hcl_weighted_matches_the_thesis_formula():
     inputs = make_inputs(scale=5.0)
-    total = 0.0
+    total, weights = 0.0, []
     for i in range(len(inputs.logits)):
         negatives = [j for j in range(inputs.logits.shape[1]) if j != i]
         raw = {j: math.exp(1.0 * float(inputs.logits[i, j])) for j in negatives}
         mean = sum(raw.values()) / len(raw)
+        weights += [raw[j] / mean for j in negatives]
         row = [float(inputs.logits[i, j]) * (raw[j] / mean if j != i else 1.0) for j in range(inputs.logits.shape[1])]
         total += -row[i] + math.log(sum(math.exp(v) for v in row))
-    assert float(HCLWeighted(beta=1.0)(inputs).loss) == pytest.approx(total / len(inputs.logits), rel=1e-10)
+    out = HCLWeighted(beta=1.0)(inputs)
+    assert float(out.loss) == pytest.approx(total / len(inputs.logits), rel=1e-10)
+    assert out.stats == pytest.approx({"max_weight": max(weights), "mean_weight": sum(weights) / len(weights)}, rel=1e-9)
 
 
 def test_hcl_debiased_on_hand_computed_cases():
@@ -300,3 +303,83 @@ def test_the_paper_modes_thresholds_include_their_boundaries():
     expected = [0.0, s1 * -delta[1], 0.0, -s2 * -delta[3], 0.0, float("-inf"), -s2 * -delta[6]]
     np.testing.assert_allclose(log_w[0].numpy(), expected, rtol=1e-12)
     assert stats["hard_fraction"] == pytest.approx(1 / 6) and stats["false_fraction"] == pytest.approx(3 / 6)
+
+
+def test_a_losss_own_defaults_are_the_configs():
+    """The constants from the paper and the thesis appear twice, as a loss's defaults and as the config's: the same."""
+    from geovario.config import LossSection
+    from geovario.losses import build_loss
+
+    section = LossSection().__dict__
+    for cls, name, attributes in [(HCLWeighted, "hcl_weighted", ["beta"]), (HCLDebiased, "hcl_debiased", ["tau_plus", "beta"]),
+                                  (Triplet, "triplet", ["margin", "distance"])]:
+        own, configured = cls(), build_loss(name, section)
+        assert [getattr(own, a) for a in attributes] == [getattr(configured, a) for a in attributes], name
+    own, configured = SemivariogramWeightedInfoNCE(VARIOGRAM), build_loss("semivariogram", section, VARIOGRAM)
+    for attribute in ("mode", "theta1", "theta2_km", "s1", "s2", "mask_km", "penalty_range"):
+        assert getattr(own, attribute) == getattr(configured, attribute), attribute
+
+
+def test_tau_plus_of_one_is_refused():
+    """HCL divides by 1 - tau+: tau+ must lie in [0, 1)."""
+    HCLDebiased(0.0, 1.0)
+    HCLDebiased(0.999, 1.0)
+    for bad in (1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"tau_plus must lie in \[0, 1\)"):
+            HCLDebiased(bad, 1.0)
+
+
+@pytest.mark.parametrize("mode", ["paper", "penalty"])
+def test_the_semivariogram_weights_are_constants_of_the_gradient(mode):
+    """The weights (and the penalty) are detached: no gradient reaches the dissimilarity or the lags through them."""
+    inputs = make_inputs(b=4, c=9, seed=6)
+    inputs.logits.requires_grad_(True)
+    inputs.dissimilarity.requires_grad_(True)
+    inputs.lags_km.requires_grad_(True)
+    SemivariogramWeightedInfoNCE(VARIOGRAM, mode, theta1_km=1500, theta2_km=800)(inputs).loss.backward()
+    assert inputs.logits.grad is not None and inputs.dissimilarity.grad is None and inputs.lags_km.grad is None
+
+
+def test_paper_mode_statistics_on_a_hand_case():
+    """One row: the positive, a hard negative, a pair exactly as alike as predicted (delta = 0: neither hard nor
+    false), and a plain one. The stats are what metrics.csv logs."""
+    h = [0.0, 3000.0, 3000.0, 3000.0]
+    gamma = [float(VARIOGRAM(np.array([x]))[0]) for x in h]
+    d = [0.0, gamma[1] - 0.2, gamma[2], gamma[3] + 0.1]
+    inputs = LossInputs(torch.tensor([[3.0, 1.0, 1.0, 1.0]], dtype=torch.float64), torch.tensor([0]), torch.tensor(10.0),
+                        torch.tensor([h], dtype=torch.float64), torch.tensor([d], dtype=torch.float64))
+    _, stats = SemivariogramWeightedInfoNCE(VARIOGRAM, theta1_km=1500, theta2_km=25, s1=5.0, s2=5.0).log_weights(inputs)
+    assert stats == pytest.approx({"reweighted_fraction": 1 / 3, "hard_fraction": 1 / 3, "false_fraction": 0.0,
+                                   "mean_hard_weight": math.exp(5.0 * 0.2), "mean_false_weight": 1.0}, rel=1e-9)
+    one = LossInputs(inputs.logits[:, :2], inputs.targets, inputs.logit_scale, inputs.lags_km[:, :2], inputs.dissimilarity[:, :2])
+    _, stats = SemivariogramWeightedInfoNCE(VARIOGRAM, theta1_km=5000, theta2_km=25, s1=5.0, s2=5.0).log_weights(one)
+    assert stats == {"reweighted_fraction": 0.0, "hard_fraction": 0.0, "false_fraction": 0.0,  # a single negative, not hard
+                     "mean_hard_weight": 1.0, "mean_false_weight": 1.0}
+
+
+def test_penalty_mode_statistics_and_its_range_boundary():
+    """The penalty applies where h < range (the thesis's strict bound), so a pair exactly at the range is not penalized."""
+    rng = VARIOGRAM.range_km
+    h = [0.0, 100.0, rng, rng - 1e-6, 200.0]
+    gamma = [float(VARIOGRAM(np.array([x]))[0]) for x in h]
+    d = [0.0, gamma[1] + 0.3, gamma[2] + 0.3, gamma[3] + 0.2, gamma[4] - 0.1]  # the last: less than predicted, no penalty
+    inputs = LossInputs(torch.tensor([[3.0, 1.0, 1.0, 1.0, 1.0]], dtype=torch.float64), torch.tensor([0]), torch.tensor(10.0),
+                        torch.tensor([h], dtype=torch.float64), torch.tensor([d], dtype=torch.float64))
+    out = SemivariogramWeightedInfoNCE(VARIOGRAM, "penalty")(inputs)
+    assert out.stats == pytest.approx({"penalized_fraction": 2 / 4, "mean_penalty_factor": (math.exp(0.3) + math.exp(0.2)) / 2},
+                                      rel=1e-9)
+    logits = [3.0, math.exp(0.3), 1.0, math.exp(0.2), 1.0]
+    expected = -3.0 + math.log(sum(math.exp(v) for v in logits))
+    assert float(out.loss) == pytest.approx(expected, rel=1e-12)
+    inputs.dissimilarity = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)  # nothing above the curve
+    assert SemivariogramWeightedInfoNCE(VARIOGRAM, "penalty")(inputs).stats == {"penalized_fraction": 0.0, "mean_penalty_factor": 1.0}
+    inputs.queue_full = False
+    assert SemivariogramWeightedInfoNCE(VARIOGRAM, "penalty")(inputs).stats == {"penalized_fraction": 0.0}
+
+
+def test_triplet_active_fraction_counts_the_violated_pairs():
+    """Margin 1, cosine distance: a negative is active when d_pos - d_neg + 1 > 0; one exactly at 0 is not."""
+    cos = torch.tensor([[0.75, 0.75, -0.5, 0.0, -0.25]], dtype=torch.float64)  # d_pos = 0.25; d_neg 0.25, 1.5, 1, 1.25
+    out = Triplet(1.0, "cosine")(LossInputs(cos * 4.0, torch.tensor([0]), torch.tensor(4.0, dtype=torch.float64)))
+    assert out.stats["active_fraction"] == 2 / 4  # violations 1, 0 (clamped), 0.25 and exactly 0: two active
+    assert float(out.loss) == (1.0 + 0.0 + 0.25 + 0.0) / 4

@@ -332,3 +332,20 @@ def test_only_losses_that_use_geometry_pay_for_it(tmp_path, view_store, loss, pa
     candidates = trainer.last_candidates
     assert (candidates.lags_km is not None) == geometry and (candidates.dissimilarity is not None) == geometry
     assert ((tmp_path / "run" / "variogram.json").is_file()) == geometry  # the fitted variogram, only where it is used
+
+
+def test_a_gallery_source_keeps_no_state_and_its_defaults_are_the_configs():
+    from geovario.config import NegativesSection
+    from geovario.negatives import GalleryNegatives, QueueNegatives
+
+    gallery = spread_positions(50)
+    source = GalleryNegatives(gallery)
+    assert source.state_dict() == {}
+    source.load_state_dict({})  # a checkpoint of a gallery run holds nothing for it
+    with pytest.raises(ValueError, match="GalleryNegatives keeps no state, got"):
+        source.load_state_dict({"queue.gps": torch.zeros(3, 2)})  # a queue run's checkpoint
+    configured = NegativesSection()
+    assert (source.k, source.selection, source.neighbours.far_km, source.neighbours.exclude_km, source.batch_noise_m) == (
+        configured.k, configured.selection, configured.far_km, configured.exclude_km, configured.batch_noise_m)
+    queue = QueueNegatives(8, feature_dim=3)
+    assert (queue.batch_noise_m, queue.queue_noise_m) == (configured.batch_noise_m, configured.queue_noise_m)
