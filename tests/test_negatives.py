@@ -349,3 +349,82 @@ def test_a_gallery_source_keeps_no_state_and_its_defaults_are_the_configs():
         configured.k, configured.selection, configured.far_km, configured.exclude_km, configured.batch_noise_m)
     queue = QueueNegatives(8, feature_dim=3)
     assert (queue.batch_noise_m, queue.queue_noise_m) == (configured.batch_noise_m, configured.queue_noise_m)
+
+
+def _equator(lons) -> np.ndarray:
+    """Points on the equator: the distance between two is R times their longitude difference, exactly as haversine_km says."""
+    return np.stack([np.zeros(len(lons)), np.asarray(lons, dtype=np.float64)], 1)
+
+
+def test_far_negatives_are_uniform_among_the_points_far_enough_and_the_boundary_counts():
+    """Index 3 is too close; 0, 1 and 2 lie beyond far_km, index 2 exactly at it ("at least far_km" includes it).
+    Redrawn slots must be uniform among all far points, index 0 included."""
+    query = np.array([[0.0, 0.0]])
+    gallery = _equator([60.0, 80.0, 40.0, 10.0])
+    far_km = float(haversine_km(0.0, 0.0, 0.0, 40.0))
+    neighbours = GalleryNeighbours(gallery, far_km=far_km, exclude_km=1.0)
+    picks = neighbours.select(np.repeat(query, 3000, axis=0), 10, "far", np.random.default_rng(0)).ravel()
+    frequency = np.bincount(picks, minlength=4) / len(picks)
+    np.testing.assert_allclose(frequency, [1 / 3, 1 / 3, 1 / 3, 0.0], atol=0.01)
+
+
+def test_when_redraws_do_not_find_far_points_the_exact_fallback_does():
+    """A gallery of 1,000 close points and one far one: uniform redraws rarely hit it within 20 rounds."""
+    gallery = np.concatenate([_equator([120.0]), _equator(np.linspace(0.001, 0.01, 1000))])
+    neighbours = GalleryNeighbours(gallery, far_km=2500.0, exclude_km=1.0)
+    picks = neighbours.select(np.zeros((4, 2)), 8, "far", np.random.default_rng(1))
+    assert (picks == 0).all()
+    lonely = GalleryNeighbours(_equator(np.linspace(0.001, 0.01, 50)), far_km=2500.0)
+    with pytest.raises(GeovarioError, match=r"no gallery point lies 2500 km or more from \(0.0000, 0.0000\)"):
+        lonely.select(np.zeros((1, 2)), 3, "far", np.random.default_rng(2))
+
+
+def test_near_negatives_are_the_nearest_beyond_the_exclusion_even_past_many_excluded_points():
+    """40 points closer than exclude_km to the query (more than a fixed look-ahead of 32), then the ring of real
+    neighbours; a point exactly at exclude_km is one ("at least exclude_km"). k = 1 and k = 0 (mixed, k = 1) too."""
+    exclude_km = float(haversine_km(0.0, 0.0, 0.0, 0.05))
+    inside = _equator(np.linspace(0.0, 0.049, 40))
+    ring = _equator([0.05, 0.3, 0.4, 0.5, 0.6, 0.7])  # the first exactly at exclude_km
+    gallery = np.concatenate([ring[::-1], inside])
+    far_km = float(haversine_km(0.0, 0.0, 0.0, 0.6))
+    neighbours = GalleryNeighbours(gallery, far_km=far_km, exclude_km=exclude_km)
+    query = np.zeros((1, 2))
+    near = neighbours.select(query, 4, "near", np.random.default_rng(0))
+    assert near[0].tolist() == [5, 4, 3, 2]  # 0.05, 0.3, 0.4 and 0.5 degrees east: nearest first
+    assert neighbours.select(query, 1, "near", np.random.default_rng(0))[0].tolist() == [5]
+    mixed = neighbours.select(query, 1, "mixed", np.random.default_rng(0))  # k // 2 = 0 near, 1 far
+    assert mixed.shape == (1, 1) and mixed[0, 0] in (0, 1)
+    small = GalleryNeighbours(np.concatenate([inside, _equator([0.3, 90.0])]), far_km=2500.0, exclude_km=exclude_km)
+    topped = small.select(query, 3, "near", np.random.default_rng(0))[0]  # only 2 points beyond: topped up from them
+    assert topped[:2].tolist() == [40, 41] and topped[2] in (40, 41)
+
+
+def test_a_gallery_source_uses_the_world_it_is_given():
+    from geovario.negatives import GalleryNegatives
+
+    world = Dist(1, 1, 2)
+    assert GalleryNegatives(spread_positions(10), world=world).world is world
+
+
+def test_a_queue_of_one_keeps_the_last_entry():
+    queue = NegativeQueue(1, feature_dim=2)
+    queue.enqueue(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.ones(2, 2), torch.tensor([7, 8]))
+    assert queue.filled()[0].tolist() == [[3.0, 4.0]] and queue.filled_ids().tolist() == [8] and queue.full
+
+
+def test_pair_geometry_without_features_on_either_side_has_no_dissimilarity():
+    from geovario.negatives import pair_geometry
+
+    gps = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    features = torch.randn(2, 4)
+    for query, columns in ((features, None), (None, features), (None, None)):
+        lags, dissimilarity = pair_geometry(gps, gps, query, columns)
+        assert dissimilarity is None and lags.shape == (2, 2) and float(lags[0, 1]) == pytest.approx(float(haversine_km(0, 0, 0, 1)))
+
+
+def test_the_thesis_penalty_applies_from_the_first_step_with_gallery_negatives(tmp_path, view_store):
+    """The penalty waits for the feature queue to fill; gallery negatives have no queue to wait for."""
+    config = load_config(None, SMALL + [f"data.train={view_store.folder}", "loss.name=semivariogram", "loss.mode=penalty",
+                                        "negatives.source=gallery", f"train.batch_size={BATCH}"])
+    out = Trainer(config, tmp_path / "run", progress=False).step()
+    assert out.stats["penalized_fraction"] > 0

@@ -79,7 +79,7 @@ class NegativesSection:
     selection: str = "mixed"  # gallery negatives: random | far | near | mixed (half near, half far)
     k: int = 64  # gallery negatives per sample (thesis: 64 for InfoNCE, 4 x batch for triplet)
     far_km: float = 2500.0  # "far" means at least this far from the true location
-    exclude_km: float = 1.0  # neighbours this close to the true location are not negatives
+    exclude_km: float = 1.0  # a negative lies at least this far from the true location (closer neighbours are left out)
     gallery: str | None = None  # CSV or store to draw from (default: train positions)
 
 

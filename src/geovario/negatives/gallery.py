@@ -16,12 +16,14 @@ import torch
 from sklearn.neighbors import BallTree
 
 from geovario.distributed import Dist
+from geovario.errors import GeovarioError
 from geovario.geo import EARTH_RADIUS_KM, haversine_km
 from geovario.geo_tensors import add_gps_noise
 from geovario.negatives.base import Batch, Candidates, NegativeSource
 from geovario.negatives.geometry import pair_geometry
 
 SELECTIONS = ("random", "far", "near", "mixed")
+REDRAW_ROUNDS = 20  # uniform redraws before the exact fallback (see GalleryNeighbours._away)
 
 
 class GalleryNeighbours:
@@ -47,25 +49,46 @@ class GalleryNeighbours:
         raise ValueError(f"unknown selection {selection!r}; choose from {SELECTIONS}")
 
     def _away(self, latlon: np.ndarray, k: int, rng: np.random.Generator, min_km: float) -> np.ndarray:
-        """Uniform gallery points at least ``min_km`` away, redrawn until they are (a few rounds)."""
-        picks = rng.integers(0, len(self.gallery), (len(latlon), k))
-        for _ in range(20):
-            g = self.gallery[picks]
-            close = haversine_km(latlon[:, None, 0], latlon[:, None, 1], g[..., 0], g[..., 1]) < min_km
+        """(B, k) gallery points drawn uniformly among those at least ``min_km`` from each row's location.
+
+        Uniform draws are redrawn where too close for a few rounds (almost always enough: most of a gallery is far
+        from any one place); slots still too close then draw among the points that are far enough, found by brute
+        force for that row. A row with no such point is an error, never a negative that breaks the rule.
+        """
+        n = len(self.gallery)
+        picks = rng.integers(0, n, (len(latlon), k))
+        for _ in range(REDRAW_ROUNDS):
+            close = self._closer_than(latlon, picks, min_km)
             if not close.any():
-                break
-            picks[close] = rng.integers(0, len(self.gallery), int(close.sum()))
+                return picks
+            picks[close] = rng.integers(0, n, int(close.sum()))
+        close = self._closer_than(latlon, picks, min_km)
+        for row in np.flatnonzero(close.any(axis=1)):
+            lat, lon = latlon[row]
+            eligible = np.flatnonzero(haversine_km(lat, lon, self.gallery[:, 0], self.gallery[:, 1]) >= min_km)
+            if not len(eligible):
+                raise GeovarioError(f"no gallery point lies {min_km:g} km or more from ({lat:.4f}, {lon:.4f}): the gallery of {n:,} "
+                                    "points cannot give it negatives; lower negatives.far_km or negatives.exclude_km, or use "
+                                    "a wider gallery")
+            picks[row, close[row]] = rng.choice(eligible, int(close[row].sum()))
         return picks
 
+    def _closer_than(self, latlon: np.ndarray, picks: np.ndarray, min_km: float) -> np.ndarray:
+        g = self.gallery[picks]
+        return haversine_km(latlon[:, None, 0], latlon[:, None, 1], g[..., 0], g[..., 1]) < min_km
+
     def _near(self, latlon: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-        """The k nearest gallery points beyond ``exclude_km`` (topped up with random ones if too few)."""
+        """(B, k) the k nearest gallery points at least ``exclude_km`` from each location, nearest first; topped up
+        with points drawn as :meth:`_away` does only when the gallery holds fewer than k such points."""
         if k == 0:
             return np.zeros((len(latlon), 0), dtype=np.int64)
-        extra = min(len(self.gallery), k + 32)
-        dist, index = self.tree.query(np.radians(latlon), k=extra)
+        points = np.radians(latlon)
+        excluded = self.tree.query_radius(points, self.exclude_km / EARTH_RADIUS_KM, count_only=True)
+        wanted = min(len(self.gallery), k + int(excluded.max()))  # enough to find k beyond the excluded ones
+        dist, index = self.tree.query(points, k=wanted)
         out = np.empty((len(latlon), k), dtype=np.int64)
         for row in range(len(latlon)):
-            kept = index[row][dist[row] * EARTH_RADIUS_KM > self.exclude_km][:k]
+            kept = index[row][dist[row] * EARTH_RADIUS_KM >= self.exclude_km][:k]
             if len(kept) < k:
                 kept = np.concatenate([kept, self._away(latlon[row : row + 1], k - len(kept), rng, self.exclude_km)[0]])
             out[row] = kept
