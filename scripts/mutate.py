@@ -63,6 +63,9 @@ MODULES = {
     "train": ["train/*.py"],
     "sim": ["sim.py"],
 }
+# Tests that run geovario in subprocesses (torchrun's ranks): no coverage reaches them, so they run for a group's
+# survivors only, as a second stage. They catch what only a job of several processes exercises (local_loss, DDP).
+SUBPROCESS_TESTS = {"negatives": ["tests/test_distributed.py"], "train": ["tests/test_distributed.py"]}
 TEST_FILES = {
     "losses": ["test_losses.py", "test_negatives.py", "test_train.py", "test_train_options.py"],
     "negatives": ["test_negatives.py", "test_losses.py", "test_train.py", "test_train_options.py"],
@@ -439,7 +442,7 @@ def preload() -> None:
             pass
 
 
-def run_pytest_in_child(scratch: Path, args: list[str], log: Path, plugins=()) -> int:
+def run_pytest_in_child(scratch: Path, args: list[str], log: Path, plugins=(), threads: int = 0) -> int:
     """Fork; the child runs pytest in ``scratch`` with the mutated sources first on the path; returns the pid."""
     pid = os.fork()
     if pid:
@@ -453,6 +456,11 @@ def run_pytest_in_child(scratch: Path, args: list[str], log: Path, plugins=()) -
         os.chdir(scratch)
         sys.path.insert(0, str(scratch / "src"))
         sys.dont_write_bytecode = True
+        if threads:  # several mutants at once: one thread each, or OpenMP's spinning threads slow every run down
+            import torch
+
+            torch.set_num_threads(threads)
+            os.environ["OMP_NUM_THREADS"] = str(threads)
         os.environ["PYTHONPATH"] = str(scratch / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
         os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
         import pytest
@@ -503,6 +511,7 @@ class _Timing:
 
 
 PYTEST_ARGS = ["-q", "-p", "no:cacheprovider", "--no-header", "-o", "addopts="]
+THREADS_PER_JOB = 0  # set by run(): torch threads per mutant when several run at once (0: torch's default)
 
 
 def collect_coverage(scratch: Path) -> dict:
@@ -563,23 +572,31 @@ def time_budget(tests: list[str], coverage: dict) -> float:
 
 def run_mutant(mutant: Mutant, scratch: Path, coverage: dict, group: str) -> dict:
     tests = tests_for(mutant, coverage, group)
-    if not tests:
+    subprocess_tests = SUBPROCESS_TESTS.get(group, [])
+    if not tests and not subprocess_tests:
         return {"status": "uncovered", "tests": 0, "seconds": 0.0}
     path = scratch / "src" / "geovario" / mutant.file
     original = path.read_text()
     path.write_text(original[: mutant.start] + mutant.replacement + original[mutant.end :])
+    log = scratch / ".mutant.log"
+    code, seconds = 0, 0.0
     try:
-        budget = time_budget(tests, coverage)
-        log = scratch / ".mutant.log"
-        pid = run_pytest_in_child(scratch, [*PYTEST_ARGS, "-x", "-p", "no:randomly", f"--basetemp={scratch / '.pytest-tmp'}", *tests], log)
-        code, seconds = wait(pid, 60 + 3 * budget)  # as long again as the coverage run took, and more: a loop, not a slow test
+        if tests:
+            pid = run_pytest_in_child(scratch, [*PYTEST_ARGS, "-x", "-p", "no:randomly", f"--basetemp={scratch / '.pytest-tmp'}", *tests],
+                                      log, threads=THREADS_PER_JOB)
+            code, seconds = wait(pid, 120 + 5 * time_budget(tests, coverage))  # far longer than the tests take: a loop
+        if code == 0 and subprocess_tests:  # survived the fast tests (or none reach it): the multi-process ones next
+            stage = [*PYTEST_ARGS, "-x", "-m", "not slow", f"--basetemp={scratch / '.pytest-tmp'}", *subprocess_tests]
+            pid = run_pytest_in_child(scratch, stage, log, threads=THREADS_PER_JOB)
+            code, more = wait(pid, 900)
+            seconds += more
     finally:
         path.write_text(original)
     collection_error = code == 4 and "ERROR collecting" in log.read_text(errors="replace")
     if code is None:
         status = "timeout"
     elif code == 0:
-        status = "survived"
+        status = "survived" if tests else "uncovered"
     elif code in (1, 2, 3) or collection_error:  # a failure, an error, or a test module the mutant breaks on import
         status = "killed"
     else:
@@ -620,12 +637,14 @@ def run(groups: list[str], jobs: int, survivors_only: bool, limit: int | None) -
         state = {"tree": tree, "started": datetime.datetime.now().isoformat(timespec="seconds"), "results": {}}
         if survivors_only and previous.get("results"):
             # Tests only grew since: a killed mutant stays killed; survivors and uncovered ones run again.
-            state["results"] = {k: v for k, v in previous["results"].items() if v["status"] in ("killed", "timeout")}
+            state["results"] = {k: v for k, v in previous["results"].items() if v["status"] == "killed"}
             state["carried_from"] = previous.get("tree")
     shared = REPO.parent / "shared"
     if "GEOVARIO_SHARED_DIR" not in os.environ and shared.is_dir():
         os.environ["GEOVARIO_SHARED_DIR"] = str(shared)  # the scratch copies do not sit beside ../shared
     preload()
+    global THREADS_PER_JOB
+    THREADS_PER_JOB = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
     scratches = [make_scratch(STATE / f"scratch-{k}") for k in range(jobs)]
     coverage_path = STATE / "coverage-map.json"
     coverage = json.loads(coverage_path.read_text()) if coverage_path.is_file() else {}

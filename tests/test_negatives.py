@@ -428,3 +428,26 @@ def test_the_thesis_penalty_applies_from_the_first_step_with_gallery_negatives(t
                                         "negatives.source=gallery", f"train.batch_size={BATCH}"])
     out = Trainer(config, tmp_path / "run", progress=False).step()
     assert out.stats["penalized_fraction"] > 0
+
+
+def test_the_logits_are_the_scaled_cosines_of_each_row_with_each_column(tmp_path, view_store):
+    """Row i, column j: scale * image_i . location_j, with the columns in the order the candidates list them (the batch,
+    then the queue) or, for gallery negatives, each row's own [true location, k negatives]."""
+    for source in ("queue", "gallery"):
+        config = load_config(None, SMALL + [f"data.train={view_store.folder}", "loss.name=infonce", f"negatives.source={source}",
+                                            f"model.queue_size={QUEUE}", f"train.batch_size={BATCH}"])
+        trainer = Trainer(config, tmp_path / source, progress=False)
+        for _ in range(3):  # the queue holds earlier batches
+            trainer.step()
+        c = trainer.last_candidates
+        image = torch.nn.functional.normalize(torch.randn(BATCH, 16, dtype=torch.float64), dim=1)
+        locations = torch.nn.functional.normalize(torch.randn(len(c.locations), 16, dtype=torch.float64), dim=1)
+        scale = torch.tensor(7.0, dtype=torch.float64)
+        logits = c.loss_inputs(image, locations, scale).logits
+        if source == "queue":
+            expected = np.array([[7.0 * float(image[i] @ locations[j]) for j in range(len(locations))] for i in range(BATCH)])
+        else:
+            per_row = locations.reshape(BATCH, -1, 16)
+            expected = np.array([[7.0 * float(image[i] @ per_row[i, j]) for j in range(per_row.shape[1])] for i in range(BATCH)])
+        assert logits.shape == expected.shape == ((BATCH, BATCH + min(QUEUE, 2 * BATCH)) if source == "queue" else (BATCH, 9))
+        np.testing.assert_allclose(logits.numpy(), expected, rtol=1e-12)
