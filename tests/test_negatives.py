@@ -349,6 +349,8 @@ def test_a_gallery_source_keeps_no_state_and_its_defaults_are_the_configs():
         configured.k, configured.selection, configured.far_km, configured.exclude_km, configured.batch_noise_m)
     queue = QueueNegatives(8, feature_dim=3)
     assert (queue.batch_noise_m, queue.queue_noise_m) == (configured.batch_noise_m, configured.queue_noise_m)
+    own = GalleryNeighbours(gallery)
+    assert (own.far_km, own.exclude_km) == (configured.far_km, configured.exclude_km)
 
 
 def _equator(lons) -> np.ndarray:
@@ -451,3 +453,48 @@ def test_the_logits_are_the_scaled_cosines_of_each_row_with_each_column(tmp_path
             expected = np.array([[7.0 * float(image[i] @ per_row[i, j]) for j in range(per_row.shape[1])] for i in range(BATCH)])
         assert logits.shape == expected.shape == ((BATCH, BATCH + min(QUEUE, 2 * BATCH)) if source == "queue" else (BATCH, 9))
         np.testing.assert_allclose(logits.numpy(), expected, rtol=1e-12)
+
+
+def test_the_queue_state_round_trips_with_its_ids_and_entries_without_ids_are_nobodys():
+    from geovario.negatives import QueueNegatives
+    from geovario.negatives.queue import own_entries
+
+    source = QueueNegatives(6, feature_dim=2)
+    source.queue.enqueue(torch.ones(3, 2), torch.ones(3, 2), torch.tensor([0, 1, 2]))
+    source.queue.enqueue(torch.zeros(2, 2))  # no ids given (a library caller): unknown, never anyone's own entry
+    restored = QueueNegatives(6, feature_dim=2)
+    restored.load_state_dict(source.state_dict())
+    assert restored.queue.filled_ids().tolist() == [0, 1, 2, -1, -1]
+    columns = torch.cat([torch.tensor([1, 2]), restored.queue.filled_ids()])
+    assert own_entries(torch.tensor([1, 2]), columns, torch.tensor([0, 1])).tolist() == [
+        [False, False, False, True, False, False, False], [False, False, False, False, True, False, False]]
+
+
+def test_near_negatives_look_far_enough_ahead_for_every_row():
+    """Two queries: one with 40 gallery points inside its exclusion radius, one with none. The look-ahead must
+    suit the first (the most excluded), or its nearest real neighbours would be replaced by random ones."""
+    exclude_km = float(haversine_km(0.0, 0.0, 0.0, 0.05))
+    crowded = _equator(np.linspace(0.0, 0.049, 40))
+    ring = _equator([0.2, 0.3, 0.4])
+    elsewhere = np.array([[30.0, 60.0], [30.0, 60.3], [30.0, 60.6]])
+    neighbours = GalleryNeighbours(np.concatenate([ring, crowded, elsewhere]), far_km=2500.0, exclude_km=exclude_km)
+    near = neighbours.select(np.array([[0.0, 0.0], [30.0, 59.9]]), 2, "near", np.random.default_rng(0))
+    assert near.tolist() == [[0, 1], [43, 44]]
+
+
+def test_the_exact_fallback_alone_keeps_the_rule(monkeypatch):
+    """With no uniform redraws at all, every far negative still comes from the points at least far_km away (one exactly
+    at it), for every row, including rows whose first draw was partly right."""
+    from geovario.negatives import gallery as gallery_module
+
+    monkeypatch.setattr(gallery_module, "REDRAW_ROUNDS", 0)
+    rng = np.random.default_rng(4)
+    gallery = np.stack([rng.uniform(40, 60, 200), rng.uniform(-10, 30, 200)], 1)  # Europe...
+    gallery[:3] = [[-33.9, 151.2], [35.7, 139.7], [40.7, -74.0]]  # ...and Sydney, Tokyo, New York
+    queries = np.array([[48.85, 2.35], [52.5, 13.4], [41.9, 12.5]])
+    far_km = float(haversine_km(48.85, 2.35, 40.7, -74.0))  # New York lies exactly far_km from Paris
+    picks = GalleryNeighbours(gallery, far_km=far_km).select(queries, 12, "far", np.random.default_rng(5))
+    chosen = gallery[picks]
+    distances = haversine_km(queries[:, None, 0], queries[:, None, 1], chosen[..., 0], chosen[..., 1])
+    assert (distances >= far_km).all()
+    assert 2 in set(picks[0].tolist())  # the point exactly at far_km is eligible
