@@ -498,3 +498,10 @@ def test_the_exact_fallback_alone_keeps_the_rule(monkeypatch):
     distances = haversine_km(queries[:, None, 0], queries[:, None, 1], chosen[..., 0], chosen[..., 1])
     assert (distances >= far_km).all()
     assert 2 in set(picks[0].tolist())  # the point exactly at far_km is eligible
+
+
+def test_a_queue_source_moves_its_buffers_to_the_device():
+    from geovario.negatives import QueueNegatives
+
+    source = QueueNegatives(8, feature_dim=3).to(torch.device("meta"))  # any device but the CPU shows the move
+    assert {source.queue.gps.device.type, source.queue.features.device.type, source.queue.ids.device.type} == {"meta"}

@@ -53,6 +53,7 @@ def test_empirical_equals_brute_force(field, log_bins):
     gamma, count, mean_h = brute_force(features, latlon, edges, mean_lags=True)
     ev = empirical_variogram(features, latlon, bins=40, max_lag_km=15000.0, log_bins=log_bins, min_lag_km=50.0)
     np.testing.assert_array_equal(ev.n, count)
+    np.testing.assert_array_equal(ev.n_weighted, count)  # exact: every pair weighs 1
     np.testing.assert_allclose(ev.gamma, gamma, atol=1e-6)
     np.testing.assert_allclose(ev.mean_h_km, mean_h, rtol=1e-9)  # the lag each bin is fitted at
     raw = empirical_variogram(features, latlon, bins=40, max_lag_km=15000.0, log_bins=log_bins, min_lag_km=50.0, normalize=False)
@@ -377,3 +378,41 @@ def test_the_losses_fit_weighs_every_bin_alike():
     assert objective(ours) <= best.fun * (1 + 1e-6) + 1e-15
     counted = fit_variogram(empirical, "stable", weights="pairs")
     assert abs(counted.nugget - fitted.nugget) > 0.005  # weighting by pairs would have fitted another curve
+
+
+def test_bin_edges_boundaries_and_the_default_first_log_edge():
+    np.testing.assert_array_equal(bin_edges(1, 0.5), [0.0, 0.5])  # one bin, and a max lag under a kilometre, are fine
+    np.testing.assert_allclose(bin_edges(3, 1000.0, log=True), [0.0, 0.1, 10.0, 1000.0])  # unset: the first edge max lag / 10^4
+    np.testing.assert_allclose(bin_edges(2, 100.0, log=True, min_lag_km=1.0), [0.0, 1.0, 100.0])
+    for bins, max_lag, log, low, message in [(0, 100.0, False, None, "--bins must be at least 1"),
+                                              (2, 0.0, False, None, "--max-lag-km must be positive"),
+                                              (2, 100.0, True, 100.0, "--min-lag-km must lie in"),
+                                              (2, 100.0, True, 0.0, "--min-lag-km must lie in")]:
+        with pytest.raises(GeovarioError, match=message):
+            bin_edges(bins, max_lag, log=log, min_lag_km=low)
+
+
+def test_a_lag_exactly_on_an_edge_belongs_to_the_bin_above_on_linear_and_log_edges():
+    """Bins are [lo, hi): the fast linear path and bucketize agree with numpy's searchsorted(side="right")."""
+    from geovario.variogram.empirical import _Bins
+
+    for edges in (bin_edges(5, 500.0), bin_edges(5, 500.0, log=True, min_lag_km=1.0)):
+        lags = torch.tensor(np.concatenate([edges[:-1], (edges[:-1] + edges[1:]) / 2, [edges[-1], 1e6]]), dtype=torch.float64)
+        expected = np.minimum(np.searchsorted(edges, lags.numpy(), side="right") - 1, 5)  # 5: beyond the last edge
+        np.testing.assert_array_equal(_Bins(edges).index(lags).numpy(), expected)
+
+
+def test_photos_at_the_same_place_are_at_lag_zero():
+    """Coincident positions: the chord's cosine rounds to just above 1, whose arccos would be NaN; it is clamped to 0 km."""
+    from geovario.variogram.empirical import _lag_km
+
+    assert _lag_km(torch.tensor([1.0 + 4e-16, 1.0, -1.0 - 4e-16], dtype=torch.float64)).tolist() == pytest.approx(
+        [0.0, 0.0, np.pi * EARTH_RADIUS_KM])
+    latlon = np.repeat(sphere_points(30, seed=3), 3, axis=0)  # every position three times
+    features = np.random.default_rng(3).normal(size=(90, 8))
+    edges = bin_edges(10, 20000.0)
+    ev = empirical_variogram(features, latlon, bins=10, max_lag_km=20000.0)
+    gamma, count = brute_force(features, latlon, edges)
+    np.testing.assert_array_equal(ev.n, count)
+    np.testing.assert_allclose(ev.gamma, gamma, atol=1e-6)
+    np.testing.assert_array_equal(ev.n_weighted, count)  # exact: every pair weighs 1
