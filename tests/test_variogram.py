@@ -416,3 +416,45 @@ def test_photos_at_the_same_place_are_at_lag_zero():
     np.testing.assert_array_equal(ev.n, count)
     np.testing.assert_allclose(ev.gamma, gamma, atol=1e-6)
     np.testing.assert_array_equal(ev.n_weighted, count)  # exact: every pair weighs 1
+
+
+def test_the_size_and_spread_a_variogram_needs():
+    """At least 3 points, and more than one place: the same place written as lon 180 and -180, or any longitude at a
+    pole, is one place; the two poles are not."""
+    rng = np.random.default_rng(1)
+    three = empirical_variogram(rng.normal(size=(3, 4)), sphere_points(3), bins=4, max_lag_km=20015.0)
+    assert three.n.sum() == 3
+    with pytest.raises(GeovarioError, match="at least 3 points, got 2"):
+        empirical_variogram(rng.normal(size=(2, 4)), sphere_points(2))
+    one_place = [np.tile([[45.0, 7.0]], (6, 1)), np.array([[10.0, 180.0], [10.0, -180.0]] * 3), np.array([[90.0, lon] for lon in range(6)])]
+    for latlon in one_place:
+        with pytest.raises(GeovarioError, match="all 6 points are at one location"):
+            empirical_variogram(rng.normal(size=(6, 4)), latlon)
+    poles = empirical_variogram(rng.normal(size=(4, 4)), np.array([[90.0, 0.0], [90.0, 50.0], [-90.0, 0.0], [-90.0, 10.0]]),
+                                bins=2, max_lag_km=20016.0)
+    assert poles.n.tolist() == [2, 4]  # two pairs at 0 km, four at half the globe
+
+
+def test_exact_up_to_and_including_exact_max_points():
+    latlon, features = sphere_points(50, seed=4), np.random.default_rng(4).normal(size=(50, 8))
+    assert empirical_variogram(features, latlon, bins=5, exact_max=50).sampling == "exact"
+    assert empirical_variogram(features, latlon, bins=5, exact_max=49, max_pairs=1000).sampling == "stratified"
+
+
+def test_per_process_bin_sums_are_added_up():
+    """Under torchrun each process bins its share of the pairs (every other row block) and ``reduce_sum`` all-reduces
+    the sums. Two shards of the same data, the second adding the first's sums, equal one process."""
+    latlon, features = sphere_points(2100, seed=6), np.random.default_rng(6).normal(size=(2100, 8))  # two row blocks
+    kwargs = dict(bins=8, max_lag_km=20016.0)
+    whole = empirical_variogram(features, latlon, **kwargs)
+    stored = {}
+
+    def keep(sums):
+        stored["first"] = sums
+        return sums
+
+    first = empirical_variogram(features, latlon, shard=(0, 2), reduce_sum=keep, **kwargs)
+    second = empirical_variogram(features, latlon, shard=(1, 2), reduce_sum=lambda sums: sums + stored["first"], **kwargs)
+    assert 0 < first.n.sum() < whole.n.sum()  # a shard alone sees a part of the pairs
+    np.testing.assert_array_equal(second.n, whole.n)
+    np.testing.assert_allclose(second.gamma, whole.gamma, rtol=1e-9)

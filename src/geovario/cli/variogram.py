@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from geovario.cli.options import add_feature_source_args, figure_path, non_negative_int, positive_float, positive_int
-from geovario.variogram.choices import ESTIMATORS, MAX_LAG_KM, MODELS, WEIGHTS
+from geovario.variogram.choices import ESTIMATORS, EXACT_MAX, MAX_LAG_KM, MAX_PAIRS, MODELS, SHORT_LAG_KM, WEIGHTS
 
 
 def register(commands) -> None:
@@ -42,9 +42,10 @@ def register(commands) -> None:
                        help="matheron: the mean of 1 - cos per bin (default; the only one the loss accepts); cressie: "
                             "Cressie-Hawkins' robust estimator, with its constants derived for D-dimensional isotropic Gaussian increments")
     vario.add_argument("--weights", choices=WEIGHTS, default="cressie", help="fit weights: N_k/γ_k² (Cressie 1985), N_k, or none (default cressie)")
-    vario.add_argument("--exact-max", type=positive_int, default=20_000, help="use every pair up to this many points (default 20000)")
-    vario.add_argument("--max-pairs", type=positive_int, default=4_000_000, help="pairs sampled above --exact-max (default 4,000,000)")
-    vario.add_argument("--short-lag-km", type=positive_float, default=25.0, help="short-lag stratum radius when sampling (default 25 km)")
+    vario.add_argument("--exact-max", type=positive_int, default=EXACT_MAX, help=f"use every pair up to this many points (default {EXACT_MAX})")
+    vario.add_argument("--max-pairs", type=positive_int, default=MAX_PAIRS, help=f"pairs sampled above --exact-max (default {MAX_PAIRS:,})")
+    vario.add_argument("--short-lag-km", type=positive_float, default=SHORT_LAG_KM,
+                       help=f"short-lag stratum radius when sampling (default {SHORT_LAG_KM:g} km)")
     vario.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0)")
     vario.add_argument("--compare", type=Path, nargs="+", metavar="STORE", help="more stores to estimate the same way and overlay in --plot")
     vario.add_argument("--json", action="store_true", help="print the result JSON to stdout too")

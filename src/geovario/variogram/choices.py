@@ -1,6 +1,12 @@
-"""The names the semivariogram engine accepts, importable without numpy, torch or scipy (the CLI's options use them)."""
+"""The names and defaults the semivariogram engine accepts, importable without numpy, torch or scipy (the CLI's options
+use them), so the library, the estimate settings and the command line share one value of each."""
 
 ESTIMATORS = ("matheron", "cressie")
 MODELS = ("spherical", "exponential", "gaussian", "stable")
 WEIGHTS = ("cressie", "pairs", "none")  # fit weights: N_k/gamma_k^2 (Cressie 1985), N_k, or none
 MAX_LAG_KM = 20015.0  # half the Earth's circumference on the R = 6371.0088 km sphere: the largest lag
+# Sampling: every pair up to EXACT_MAX points; above, MAX_PAIRS pairs in two strata, the short one within SHORT_LAG_KM
+# (the city-level threshold of the benchmarks, where false negatives live). See variogram/empirical.py.
+EXACT_MAX = 20_000
+MAX_PAIRS = 4_000_000
+SHORT_LAG_KM = 25.0

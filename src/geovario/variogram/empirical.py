@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from geovario.errors import GeovarioError
 from geovario.geo import EARTH_RADIUS_KM, coordinate_problems
-from geovario.variogram.choices import ESTIMATORS, MAX_LAG_KM  # noqa: F401 (re-exported)
+from geovario.variogram.choices import ESTIMATORS, EXACT_MAX, MAX_LAG_KM, MAX_PAIRS, SHORT_LAG_KM  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -177,7 +177,7 @@ def _validate(features, latlon, normalize: bool = True) -> tuple[np.ndarray, np.
         norms[start : start + len(block)] = np.linalg.norm(block, axis=1)
     if normalize and (norms == 0).any():
         raise GeovarioError(f"features row {int(np.argmin(norms))} has zero norm; cosine dissimilarity is undefined for it")
-    if np.ptp(latlon[:, 0]) == 0 and np.ptp(np.mod(latlon[:, 1] + 180, 360)) == 0 or (np.abs(latlon[:, 0]) == 90).all():
+    if (np.ptp(_unit_sphere(latlon).numpy(), axis=0) < 1e-12).all():  # one place, however written (180 = -180, any lon at a pole)
         raise GeovarioError(f"all {n} points are at one location; a semivariogram needs spatial spread")
     return norms, latlon
 
@@ -190,9 +190,9 @@ def empirical_variogram(
     log_bins: bool = False,
     min_lag_km: float | None = None,
     estimator: str = "matheron",
-    exact_max: int = 20_000,
-    max_pairs: int = 4_000_000,
-    short_lag_km: float = 25.0,
+    exact_max: int = EXACT_MAX,
+    max_pairs: int = MAX_PAIRS,
+    short_lag_km: float = SHORT_LAG_KM,
     seed: int = 0,
     normalize: bool = True,
     progress: bool = False,

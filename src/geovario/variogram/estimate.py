@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geovario.variogram.choices import MAX_LAG_KM
+from geovario.variogram.choices import EXACT_MAX, MAX_LAG_KM, MAX_PAIRS, SHORT_LAG_KM
 from geovario.variogram.empirical import EmpiricalVariogram, empirical_variogram
 from geovario.variogram.fit import VariogramFitError, fit_variogram
 from geovario.variogram.models import VariogramModel
@@ -25,9 +25,9 @@ class EstimateSettings:
     model: str = "spherical"
     estimator: str = "matheron"
     weights: str = "cressie"
-    exact_max: int = 20_000
-    max_pairs: int = 4_000_000
-    short_lag_km: float = 25.0
+    exact_max: int = EXACT_MAX
+    max_pairs: int = MAX_PAIRS
+    short_lag_km: float = SHORT_LAG_KM
     seed: int = 0
 
 
