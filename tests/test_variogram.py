@@ -176,6 +176,11 @@ def test_stratified_sampling_of_part_of_the_short_pairs_stays_unbiased():
     far = ~short & (exact.n > 50_000)
     np.testing.assert_allclose(sampled.n_weighted[far], exact.n[far], rtol=0.15)
     np.testing.assert_allclose(sampled.mean_h_km[far], exact.mean_h_km[far], rtol=0.02)
+    # The raw multivariate Matheron estimator (normalize=False: 1/2 |f_i - f_j|^2) samples alike.
+    raw_exact = empirical_variogram(features, latlon, normalize=False, **kwargs)
+    raw = empirical_variogram(features, latlon, exact_max=1000, max_pairs=40_000, seed=3, normalize=False, **kwargs)
+    np.testing.assert_allclose(raw.gamma[populated], raw_exact.gamma[populated], rtol=0.05)
+    np.testing.assert_allclose(raw.gamma[far], raw_exact.gamma[far], rtol=0.05)
 
 
 def test_stratified_sampling_is_unbiased_and_fills_short_lags():
