@@ -325,6 +325,7 @@ def uneven_bins():
     gamma = 0.2 + 0.5 * (1.5 * x - 0.5 * x**3)
     gamma[2:5] += 0.08  # a regional bump at short lags
     gamma[-3:] -= 0.05
+    gamma[0] = 0.0  # photos at one place that look the same: the Cressie weight is floored, not infinite
     n = np.where(mean_h < 500, 20, 2_000_000).astype(np.int64)
     return EmpiricalVariogram(edges, gamma, n, n.astype(float), mean_h, "matheron", "exact", 1000)
 
@@ -338,7 +339,7 @@ def fit_checked_against_another_optimiser(weights: str) -> list[float]:
 
     empirical = uneven_bins()
     h, gamma, n = empirical.mean_h_km, empirical.gamma, empirical.n.astype(float)
-    w = {"cressie": n / gamma**2, "pairs": n, "none": np.ones_like(n)}[weights]
+    w = {"cressie": n / np.maximum(gamma, 0.01 * gamma.max()) ** 2, "pairs": n, "none": np.ones_like(n)}[weights]
 
     def objective(p):
         return float(np.sum(w * (model_gamma("spherical", h, *p) - gamma) ** 2))
@@ -463,3 +464,54 @@ def test_per_process_bin_sums_are_added_up():
     assert 0 < first.n.sum() < whole.n.sum()  # a shard alone sees a part of the pairs
     np.testing.assert_array_equal(second.n, whole.n)
     np.testing.assert_allclose(second.gamma, whole.gamma, rtol=1e-9)
+
+
+def test_random_pairs_stand_for_every_pair_with_the_right_weight():
+    """A dozen points, sampled (exact_max below them) with a budget that draws each pair thousands of times: the
+    random stratum's weight n(n - 1) / 2 / draws and its uniform draw of pairs give every bin's count and mean."""
+    latlon, features = sphere_points(12, seed=8), np.random.default_rng(8).normal(size=(12, 6))
+    kwargs = dict(bins=6, max_lag_km=20016.0)
+    exact = empirical_variogram(features, latlon, **kwargs)
+    sampled = empirical_variogram(features, latlon, exact_max=5, max_pairs=2_000_000, short_lag_km=1.0, seed=2, **kwargs)
+    assert sampled.sampling == "stratified" and exact.n.sum() == 66
+    used = exact.n > 0
+    np.testing.assert_allclose(sampled.n_weighted[used], exact.n[used], rtol=0.03)
+    np.testing.assert_allclose(sampled.gamma[used], exact.gamma[used], rtol=0.02)
+    np.testing.assert_allclose(sampled.mean_h_km[used], exact.mean_h_km[used], rtol=0.02)
+
+
+def test_what_the_fit_accepts_and_refuses_at_its_boundaries():
+    from geovario.variogram.empirical import EmpiricalVariogram
+
+    def bins(gamma, n=None):
+        gamma = np.asarray(gamma, dtype=float)
+        k = len(gamma)
+        edges = np.linspace(0, 1000.0 * k, k + 1)
+        counts = np.full(k, 50) if n is None else np.asarray(n)
+        mean_h = (edges[:-1] + edges[1:]) / 2
+        return EmpiricalVariogram(edges, np.where(counts > 0, gamma, np.nan), counts, counts.astype(float), mean_h,
+                                  "matheron", "exact", 100)
+
+    three = [0.2, 0.5, 0.6]
+    assert fit_variogram(bins(three), "spherical").info["fit"]["bins_used"] == 3  # as many bins as parameters: fitted
+    with pytest.raises(VariogramFitError, match="only 3 non-empty bins, fewer than the 4 parameters of the stable model"):
+        fit_variogram(bins(three), "stable")
+    one_pair = fit_variogram(bins([0.2, 0.4, 0.5, 0.55, 0.6, 0.6], n=[1, 50, 0, 50, 50, 50]), "spherical")
+    assert one_pair.info["fit"]["bins_used"] == 5  # a bin of one pair counts; an empty one does not
+    zero_first = bins([0.0, 0.3, 0.5, 0.6, 0.6])  # coincident photos: gamma 0 at the first lag, which is no reason to refuse
+    assert fit_variogram(zero_first, "spherical", weights="pairs").sill > 0.5
+    assert np.isfinite(fit_variogram(zero_first, "spherical").info["fit"]["weighted_rmse"])  # Cressie: floored, not infinite
+    with pytest.raises(VariogramFitError, match="at most 1e-06 in every bin"):
+        fit_variogram(bins([1e-6, -1e-6, 5e-7, 1e-6]), "spherical")
+
+
+@pytest.mark.parametrize("weights", ["cressie", "pairs"])
+def test_the_reported_weighted_rmse_is_in_the_units_of_the_fit_weights(weights):
+    """info.fit.weighted_rmse = sqrt(mean((residual / sigma)^2)), sigma = gamma_k / sqrt(N_k) (Cressie) or 1 / sqrt(N_k)."""
+    empirical = uneven_bins()
+    fitted = fit_variogram(empirical, "spherical", weights=weights)
+    residual = fitted(empirical.mean_h_km) - empirical.gamma
+    gamma = empirical.gamma
+    sigma = (np.maximum(gamma, 0.01 * gamma.max()) if weights == "cressie" else 1.0) / np.sqrt(empirical.n)
+    assert fitted.info["fit"]["weighted_rmse"] == pytest.approx(float(np.sqrt(np.mean((residual / sigma) ** 2))), rel=1e-9)
+    assert fitted.info["fit"]["rmse"] == pytest.approx(float(np.sqrt(np.mean(residual**2))), rel=1e-9)

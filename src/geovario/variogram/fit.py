@@ -1,7 +1,8 @@
 """Weighted least-squares fit of a semivariogram model to empirical bins.
 
 Weights follow Cressie (1985): each bin counts N_k / gamma_k^2, which balances many-pair bins
-against the model's own scale; plain pair counts (N_k) or no weights are options.
+against the model's own scale (gamma_k floored at 1 % of the largest bin's, so that a bin of 0 cannot
+weigh infinitely); plain pair counts (N_k) or no weights are options.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from geovario.variogram.choices import WEIGHTS
 LAG_POSITIONS = ("mean", "centre", "upper")
 # 1 - cos of two identical float32 unit vectors is rounding, up to ~1e-7; ten times that in every bin is no signal.
 ROUNDING_GAMMA = 1e-6
+CRESSIE_FLOOR = 0.01  # the smallest semivariance a bin's Cressie weight N_k / gamma_k^2 uses, as a share of the largest
 
 
 class VariogramFitError(GeovarioError):
@@ -58,7 +60,9 @@ def fit_variogram(
     if len(gamma) < n_params:
         raise VariogramFitError(f"only {len(gamma)} non-empty bins, fewer than the {n_params} parameters of the {model} model", empirical)
     if weights == "cressie":
-        sigma = np.maximum(gamma, 1e-12) / np.sqrt(counts)
+        # A bin whose semivariance is 0 (photos at one place that look the same) would weigh infinitely and pin the
+        # whole curve to it; it weighs as a bin at CRESSIE_FLOOR of the largest semivariance instead.
+        sigma = np.maximum(gamma, CRESSIE_FLOOR * np.max(gamma)) / np.sqrt(counts)
     elif weights == "pairs":
         sigma = 1 / np.sqrt(counts)
     else:
@@ -83,6 +87,9 @@ def fit_variogram(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", OptimizeWarning)
+            # The parameters' covariance is not used, and it cannot be estimated when the bins are as few as the
+            # parameters (an exact fit): not a failure of the fit.
+            warnings.filterwarnings("ignore", "Covariance of the parameters could not be estimated", OptimizeWarning)
             params, _ = curve_fit(curve, lags, gamma, p0=guess, sigma=sigma, bounds=(lower, upper),
                                   method="trf", max_nfev=max_iterations)
     except (RuntimeError, ValueError, OptimizeWarning) as e:
