@@ -515,3 +515,15 @@ def test_the_reported_weighted_rmse_is_in_the_units_of_the_fit_weights(weights):
     sigma = (np.maximum(gamma, 0.01 * gamma.max()) if weights == "cressie" else 1.0) / np.sqrt(empirical.n)
     assert fitted.info["fit"]["weighted_rmse"] == pytest.approx(float(np.sqrt(np.mean((residual / sigma) ** 2))), rel=1e-9)
     assert fitted.info["fit"]["rmse"] == pytest.approx(float(np.sqrt(np.mean(residual**2))), rel=1e-9)
+
+
+def test_a_stable_models_shape_stays_at_most_two():
+    """exp(-(h/a)^s) is a valid variogram only for 0 < s <= 2: bins rising more sharply than a Gaussian fit with s = 2."""
+    from geovario.variogram.empirical import EmpiricalVariogram
+
+    edges = np.linspace(0, 6000.0, 25)
+    mean_h = (edges[:-1] + edges[1:]) / 2
+    gamma = 0.1 + 0.6 * (1 - np.exp(-((mean_h / 2500.0) ** 4)))  # shape 4: sharper than any valid stable model
+    counts = np.full(24, 100)
+    fitted = fit_variogram(EmpiricalVariogram(edges, gamma, counts, counts.astype(float), mean_h, "matheron", "exact", 500), "stable")
+    assert fitted.shape == pytest.approx(2.0) and "shape" in fitted.info["fit"]["at_bounds"]

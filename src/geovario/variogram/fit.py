@@ -75,7 +75,7 @@ def fit_variogram(
     upper = [top, 2 * top, max_lag]
     reached = np.flatnonzero(gamma >= gamma[0] + 0.95 * (top - gamma[0]))
     guess = [min(max(float(gamma[0]), 0.0), top), max(top - float(gamma[0]), top * 0.1), float(lags[reached[0]]) if len(reached) else max_lag / 2]
-    if model == "stable":
+    if model == "stable":  # its shape lies in (0, 2]: beyond 2 the curve is no valid variogram (Chiles & Delfiner 2012)
         lower.append(0.05)
         upper.append(2.0)
         guess.append(1.0)
@@ -86,13 +86,12 @@ def fit_variogram(
 
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", OptimizeWarning)
-            # The parameters' covariance is not used, and it cannot be estimated when the bins are as few as the
-            # parameters (an exact fit): not a failure of the fit.
-            warnings.filterwarnings("ignore", "Covariance of the parameters could not be estimated", OptimizeWarning)
+            # Its only warning is about the parameters' covariance, which is not used (and cannot be estimated when the
+            # bins are as few as the parameters: an exact fit). A fit that does not converge raises RuntimeError.
+            warnings.simplefilter("ignore", OptimizeWarning)
             params, _ = curve_fit(curve, lags, gamma, p0=guess, sigma=sigma, bounds=(lower, upper),
                                   method="trf", max_nfev=max_iterations)
-    except (RuntimeError, ValueError, OptimizeWarning) as e:
+    except (RuntimeError, ValueError) as e:
         raise VariogramFitError(f"the {model} fit did not converge ({str(e).strip().splitlines()[0]})", empirical) from None
     fitted = curve(lags, *params)
     residual = fitted - gamma
