@@ -51,7 +51,7 @@ def main() -> int:
         from geovario.evaluate import frame_report, predict_source
         from geovario.predict import Predictor
 
-        Predictor(model_dir, progress=False)  # fill the gallery cache once, as any earlier run would have
+        Predictor(model_dir, progress=False).gallery_embeddings  # fill the gallery cache once, as any earlier run would have
         start = time.perf_counter()
         source = open_feature_source(features=tmp / "q.npy", gps=tmp / "q.csv")
         predictor = Predictor(model_dir, progress=False)

@@ -355,6 +355,9 @@ def test_paper_mode_statistics_on_a_hand_case():
     _, stats = SemivariogramWeightedInfoNCE(VARIOGRAM, theta1_km=5000, theta2_km=25, s1=5.0, s2=5.0).log_weights(one)
     assert stats == {"reweighted_fraction": 0.0, "hard_fraction": 0.0, "false_fraction": 0.0,  # a single negative, not hard
                      "mean_hard_weight": 1.0, "mean_false_weight": 1.0}
+    _, stats = SemivariogramWeightedInfoNCE(VARIOGRAM, theta1_km=1500, theta2_km=25, s1=5.0, s2=5.0).log_weights(one)
+    assert stats == pytest.approx({"reweighted_fraction": 1.0, "hard_fraction": 1.0, "false_fraction": 0.0,  # a single, hard one
+                                   "mean_hard_weight": math.exp(5.0 * 0.2), "mean_false_weight": 1.0}, rel=1e-9)
 
 
 def test_penalty_mode_statistics_and_its_range_boundary():
