@@ -510,6 +510,21 @@ class _Timing:
         self.path.write_text(json.dumps({"durations": self.durations, "setups": self.setups}))
 
 
+class _ColdCaches:
+    """A pytest plugin for the coverage run: empty geovario's ``functools`` caches before each test.
+
+    A cached function's lines run only in the first test that calls it, so the coverage map would tie them to
+    that test alone and a mutant there would face one test (or none: "uncovered"). Cleared, every test that calls
+    it runs its lines and is mapped to them."""
+
+    def pytest_runtest_setup(self, item):
+        for name, module in list(sys.modules.items()):
+            if name == "geovario" or name.startswith("geovario."):
+                for value in list(vars(module).values()):
+                    if callable(getattr(value, "cache_clear", None)) and getattr(value, "__module__", "") == name:
+                        value.cache_clear()
+
+
 PYTEST_ARGS = ["-q", "-p", "no:cacheprovider", "--no-header", "-o", "addopts="]
 THREADS_PER_JOB = 0  # set by run(): torch threads per mutant when several run at once (0: torch's default)
 
@@ -523,7 +538,7 @@ def collect_coverage(scratch: Path) -> dict:
     args = [*PYTEST_ARGS, "-m", "not slow", "--cov=geovario", "--cov-context=test", "--cov-report=",
             f"--basetemp={scratch / '.pytest-tmp'}", "tests"]
     print("coverage map: running the fast suite once under coverage (several minutes)", flush=True)
-    pid = run_pytest_in_child(scratch, args, STATE / "coverage.log", plugins=[_Timing(timing)])
+    pid = run_pytest_in_child(scratch, args, STATE / "coverage.log", plugins=[_Timing(timing), _ColdCaches()])
     code, seconds = wait(pid, 3600)
     if code not in (0, 1):
         sys.exit(f"the coverage run failed (exit {code}); see {STATE / 'coverage.log'}")

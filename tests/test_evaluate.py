@@ -39,6 +39,13 @@ def test_evaluate_writes_report_predictions_and_plots(tmp_path, tiny_model_dir, 
     np.testing.assert_allclose(predictions[["pred_lat", "pred_lon"]].to_numpy(), [[p[0].lat, p[0].lon] for p in direct], atol=1e-5)
     accuracy_200 = 100 * np.mean(predictions["error_km"] <= 200)
     assert report["accuracy"]["200"] == pytest.approx(accuracy_200)
+    assert report["gallery"] == "model" and report["retrieval"] == "exact"
+    # Without --top-k, the top 5 gallery rows, the first of them the prediction, the rest in descending order.
+    top = np.array([row.split() for row in predictions["topk_gallery_index"]], dtype=int)
+    gallery = Predictor(tiny_model_dir, progress=False)
+    assert top.shape == (40, 5)
+    np.testing.assert_allclose(gallery.gallery[top[:, 0]], predictions[["pred_lat", "pred_lon"]].to_numpy(), atol=1e-5)
+    assert [[p.gallery_index for p in row] for row in gallery.predict_features(np.load(tmp_path / "f.npy"), top_k=5)] == top.tolist()
     for name in ("cumulative_error.png", "error_map.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
 
@@ -71,6 +78,11 @@ def test_evaluate_on_a_store_uses_its_osv5m_labels(tmp_path, tiny_model_dir, tin
     report = json.loads(capsys.readouterr().out)
     assert report["admin"]["_sources"] == {"country": "labels", "region": "labels", "sub-region": "reverse-geocoded", "city": "reverse-geocoded"}
     assert set(report["continents"]) <= {"Europe", "Oceania"}
+    from geovario.data.store import FeatureStore
+    from geovario.evaluate import store_labels
+
+    labels = store_labels(FeatureStore(tmp_path / "store"))
+    assert list(labels.columns) == ["country", "region", "sub-region", "city"] and labels["country"].tolist() == ["FR", "AU"]
 
 
 def test_evaluate_bad_input(tmp_path, tiny_model_dir, arrays, capsys):
@@ -133,3 +145,21 @@ def test_the_predictions_file_holds_kilometres_and_the_whole_gallery_softmax(tmp
     report = json.loads((tmp_path / "r.json").read_text())
     for threshold in (10, 25, 50):
         assert report["accuracy"][str(threshold)] == pytest.approx(100 * np.mean(np.array(expected_km) <= threshold))
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_the_top_k_column_is_written_from_two_candidates_on(tmp_path, tiny_model_dir, top_k):
+    from geovario.data.store import ArrayFeatures
+    from geovario.evaluate import predict_source
+
+    rng = np.random.default_rng(5)
+    predictor = Predictor(tiny_model_dir, progress=False)
+    np.save(tmp_path / "f.npy", rng.normal(size=(6, predictor.feature_dim)).astype(np.float32))
+    gps = random_gallery(6, seed=5)
+    pd.DataFrame({"LAT": gps[:, 0], "LON": gps[:, 1]}).to_csv(tmp_path / "g.csv", index=False)
+    source = ArrayFeatures(tmp_path / "f.npy", tmp_path / "g.csv")
+    frame = predict_source(predictor, source, top_k=top_k, progress=False)
+    if top_k == 1:
+        assert "topk_gallery_index" not in frame.columns
+    else:
+        assert [len(row.split()) for row in frame["topk_gallery_index"]] == [2] * 6

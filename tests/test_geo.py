@@ -159,3 +159,55 @@ def test_gps_noise_magnitude_is_per_axis_metres_in_both_directions_at_any_latitu
     assert np.sqrt(np.mean(north_km**2)) == pytest.approx(1.0 * 111_320 / (2 * math.pi * R1_METRES / 360), rel=0.02)
     east_deg = (noisy[:, 1] - base[:, 1]).numpy()
     assert east_deg.std() * 111_320 == pytest.approx(1000.0, rel=0.02)  # degrees of longitude: narrower on the ground at 60 N
+
+
+def test_antipodal_points_are_half_the_circumference_never_nan():
+    """Rounding pushes the haversine term past 1 for some antipodes; the clip must keep asin in its domain."""
+    rng = np.random.default_rng(0)
+    lat = rng.uniform(-90, 90, 2000)
+    lon = rng.uniform(-180, 0, 2000)
+    d = haversine_km(lat, lon, -lat, lon + 180)
+    assert np.isfinite(d).all()
+    np.testing.assert_allclose(d, math.pi * EARTH_RADIUS_KM, rtol=1e-7)
+
+
+def test_coordinate_messages_at_their_boundaries():
+    problems = dict(coordinate_problems([90.5, 90.0, 100.0, 100.0, 0.0], [0.0, 200.0, 90.0, 90.5, 180.5]))
+    assert problems[0].startswith("latitude 90.5 is outside") and "swapped" in problems[0]
+    assert problems[1].startswith("longitude 200.0 is outside")  # lat 90 is valid: the longitude is the problem
+    assert "swapped" in problems[2] and "swapped" not in problems[3]  # lon 90 is a valid latitude; 90.5 is not
+    assert problems[4].startswith("longitude 180.5 is outside")
+    with pytest.raises(GeovarioError, match=r"^coordinates: row 1: latitude 100.0 is outside \[-90, 90\] \(lat and lon look swapped\)$"):
+        validate_coordinates([0.0, 100.0], [0.0, 0.0])
+    with pytest.raises(GeovarioError, match=r"row 0: .* \(and 1 more bad rows\)$"):
+        validate_coordinates([100.0, 100.0], [0.0, 0.0])
+
+
+def test_populated_cells_index_half_degree_cells_from_the_south_pole_and_the_date_line():
+    from geovario.geo import _cell_index, populated_cells, populated_fraction
+
+    mask = populated_cells()
+    assert mask.shape == (360, 720) and 0.05 < mask.mean() < 0.15  # about 8 % of the cells
+    lat = np.array([-90.0, -89.75, 48.7, 48.2, 89.9, 90.0, 0.0])
+    lon = np.array([-180.0, 179.9, 2.3, -0.1, 0.0, 180.0, -179.5])
+    rows, cols = _cell_index(lat, lon, mask.shape)
+    assert rows.tolist() == [0, 0, 277, 276, 359, 359, 180]
+    assert cols.tolist() == [0, 719, 364, 359, 360, 0, 1]
+    assert populated_fraction([48.8566, 35.6762, -23.55, 40.7128], [2.3522, 139.6503, -46.63, -74.006]) == 1.0  # Paris .. New York
+    assert populated_fraction([-48.876, -85.0, 0.0], [-123.393, 0.0, -140.0]) == 0.0  # Point Nemo, Antarctica, mid-Pacific
+
+
+def test_torch_distances_of_antipodes_are_finite():
+    rng = np.random.default_rng(1)
+    lat = torch.tensor(rng.uniform(-90, 90, 2000))
+    lon = torch.tensor(rng.uniform(-180, 0, 2000))
+    d = haversine_km_torch(torch.stack([lat, lon], 1), torch.stack([-lat, lon + 180], 1))
+    assert torch.isfinite(d).all()
+    np.testing.assert_allclose(d.numpy(), math.pi * EARTH_RADIUS_KM, rtol=1e-7)
+
+
+def test_gps_noise_of_zero_returns_the_input_and_of_one_metre_moves_it():
+    latlon = torch.tensor([[10.0, 180.0], [90.0, -180.0]], dtype=torch.float64)
+    assert torch.equal(add_gps_noise(latlon, 0.0, torch.Generator().manual_seed(0)), latlon)  # not even wrapped
+    moved = add_gps_noise(latlon, 1.0, torch.Generator().manual_seed(0))
+    assert not torch.equal(moved[:, 0], latlon[:, 0])

@@ -88,3 +88,49 @@ def test_no_json_file_is_written_with_nan_in_it(tmp_path):
     assert not (tmp_path / "r.json").exists() and not (tmp_path / "v.json").exists()
     write_json(tmp_path / "ok.json", {"gamma": None, "n": [1, 2.5]})
     assert (tmp_path / "ok.json").read_text() == '{\n "gamma": null,\n "n": [\n  1,\n  2.5\n ]\n}\n'
+
+
+def test_a_failed_sample_scores_zero_and_is_counted():
+    """GeoScore of a failed sample is 0 exactly, not the score of its worst-case error (5000 e^{-13.4} > 0)."""
+    assert geoscore([0.0, 0.0], np.array([False, True])) == 2500.0
+    summary = distance_summary(np.array([0.0, 0.0]), failed=np.array([False, True]))
+    assert summary["failed"] == 1 and summary["geoscore"] == 2500.0 and summary["accuracy"]["1"] == 50.0
+    assert distance_summary(np.array([0.0, 0.0]))["failed"] == 0
+
+
+def test_the_continent_table_keeps_namibia_and_maps_nothing_from_blanks():
+    """country_converter's table has a blank ISO2 code (Kosovo's, say); neither a blank nor "NA" may be lost."""
+    assert continent_of(pd.Series(["", "NA", "na "])).tolist() == ["unknown", "Africa", "Africa"]
+
+
+def test_dataset_country_labels_decide_the_continent_breakdown():
+    """Two photos taken in Paris. Labels with ISO codes (OSV5M) decide their continent; a label that is not a
+    two-letter code falls back to geocoding; labels without a country column are geocoded."""
+    from geovario.metrics import build_report
+
+    true = np.array([[48.8566, 2.3522], [48.8566, 2.3522]])
+    pred = np.array([[48.8566, 2.3522], [48.0, 2.0]])
+    labels = pd.DataFrame({"country": ["JP", "France"]})
+    report = build_report(true, pred, labels=labels)
+    assert set(report["continents"]) == {"Asia", "Europe"} and report["continents"]["Asia"]["n"] == 1
+    report = build_report(true, pred, labels=pd.DataFrame({"city": ["Paris", "Paris"]}))
+    assert set(report["continents"]) == {"Europe"}
+
+
+def test_library_report_defaults_are_the_commands():
+    """`geovario evaluate`'s defaults (d <= t, admin levels on) are the library's: the same photos give the same
+    report through build_report, frame_report and evaluate_model without options."""
+    import inspect
+
+    from geovario.cli import build_parser
+    from geovario.evaluate import evaluate_model, frame_report, predict_source
+    from geovario.metrics import build_report
+
+    args = build_parser().parse_args(["evaluate", "--model", "m", "--store", "s", "--out", "r.json"])
+    for function in (build_report, frame_report, evaluate_model, by_continent, distance_summary):
+        parameters = inspect.signature(function).parameters
+        assert parameters["strict_less"].default is args.strict_less, function.__name__
+        if "admin" in parameters:
+            assert parameters["admin"].default is (not args.no_admin), function.__name__
+    predict = build_parser().parse_args(["predict", "--model", "m", "--features", "f.npy"])
+    assert inspect.signature(predict_source).parameters["top_k"].default == predict.top_k

@@ -142,3 +142,101 @@ def test_a_killed_encoders_leftover_is_removed(tmp_path):
     mine.write_bytes(b"x")
     cached_gallery_embeddings(model, random_gallery(20), "w", tmp_path, progress=False)
     assert not stale.exists() and mine.exists()
+
+
+def test_a_live_encoders_temporary_is_left_alone_and_the_process_untouched(tmp_path, monkeypatch):
+    """Probing whether a process lives must not signal it (kill(pid, 0)); one we may not signal lives too."""
+    import signal
+    import subprocess
+    import sys
+
+    from geovario import retrieval
+
+    child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+                              "print(flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()  # its SIGHUP handler is the default one now
+        live = tmp_path / f".gallery-0123.npy.{child.pid}.tmp"
+        live.write_bytes(b"x")
+        retrieval.remove_stale_temporaries(tmp_path)
+        assert live.exists()
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=0.5)  # still running
+    finally:
+        child.kill()
+        child.wait()
+    other = tmp_path / ".gallery-4567.npy.1.tmp"
+    other.write_bytes(b"x")
+
+    def not_permitted(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(retrieval.os, "kill", not_permitted)  # another user's process: alive, not ours to judge
+    retrieval.remove_stale_temporaries(tmp_path)
+    assert other.exists()
+
+
+def test_the_cache_goes_where_geovario_cache_dir_says_else_under_home(tmp_path, monkeypatch):
+    model = GeoLocModel(tiny_config()).eval()
+    gallery = random_gallery(20)
+    monkeypatch.setenv("GEOVARIO_CACHE_DIR", str(tmp_path / "env" / "nested"))
+    emb = cached_gallery_embeddings(model, gallery, "w", tmp_path / "model", progress=False)
+    assert os.path.dirname(emb.filename) == str(tmp_path / "env" / "nested")
+    monkeypatch.delenv("GEOVARIO_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    emb = cached_gallery_embeddings(model, gallery, "w2", None, progress=False)  # no model folder: the user's cache
+    assert os.path.dirname(emb.filename) == str(tmp_path / "home" / ".cache" / "geovario" / "galleries")
+
+
+def test_no_writable_cache_folder_is_one_error_naming_each(tmp_path, monkeypatch):
+    model = GeoLocModel(tiny_config()).eval()
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("GEOVARIO_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "file"))
+    with pytest.raises(GeovarioError, match="cannot write the gallery cache anywhere") as error:
+        cached_gallery_embeddings(model, random_gallery(20), "w", None, progress=False)
+    assert str(tmp_path / "file" / "cache") in str(error.value)
+    assert str(tmp_path / "file" / ".cache" / "geovario" / "galleries") in str(error.value)
+
+
+def test_the_cache_check_reaches_every_part_of_the_gallery(tmp_path):
+    """A norm off by more than 1e-3 in any row, or a sampled row (the first, the last) that is another unit
+    vector, is a problem; a rotation well inside the tolerances is not."""
+    torch.manual_seed(0)
+    model = GeoLocModel(tiny_config()).eval()
+    gallery = random_gallery(300)
+    good = model.encode_locations(torch.from_numpy(gallery)).detach().numpy()
+    assert cache_problem(good, model, gallery) is None
+    sampled = set(np.unique(np.linspace(0, 299, 64).astype(np.int64)).tolist())
+    unsampled = next(r for r in range(300) if r not in sampled)
+    for factor, bad in ((1.0015, True), (1.0005, False)):
+        spoiled = good.copy()
+        spoiled[unsampled] *= factor
+        problem = cache_problem(spoiled, model, gallery)
+        assert (problem is not None and f"row {unsampled} " in problem) if bad else problem is None
+    for row in (0, 299):
+        spoiled = good.copy()
+        spoiled[row] = good[row + (1 if row == 0 else -1)]
+        assert "differ from the model's embeddings" in cache_problem(spoiled, model, gallery)
+
+
+def _rotated(vector, angle):
+    """The vector turned by ``angle`` in the plane of its two largest components: still a unit vector."""
+    i, j = np.argsort(-np.abs(vector))[:2]
+    out = vector.astype(np.float64).copy()
+    c, s = np.cos(angle), np.sin(angle)
+    out[i], out[j] = c * vector[i] - s * vector[j], s * vector[i] + c * vector[j]
+    return out.astype(np.float32)
+
+
+def test_the_cache_check_tolerates_rounding_but_not_a_drift_of_1e4():
+    torch.manual_seed(0)
+    model = GeoLocModel(tiny_config()).eval()
+    gallery = random_gallery(300)
+    good = model.encode_locations(torch.from_numpy(gallery)).detach().numpy()
+    for target, bad in ((1.5e-4, True), (0.5e-4, False)):
+        spoiled = good.copy()
+        spoiled[0] = _rotated(good[0], target / np.sort(np.abs(good[0]))[-1])
+        drift = np.max(np.abs(spoiled[0] - good[0]))
+        assert abs(drift - target) < 0.3e-4
+        assert (cache_problem(spoiled, model, gallery) is not None) == bad
