@@ -240,3 +240,31 @@ def test_the_cache_check_tolerates_rounding_but_not_a_drift_of_1e4():
         drift = np.max(np.abs(spoiled[0] - good[0]))
         assert abs(drift - target) < 0.3e-4
         assert (cache_problem(spoiled, model, gallery) is not None) == bad
+
+
+def test_retrieval_chunks_keep_the_logit_block_near_64_mb():
+    """The (queries x chunk) float32 block stays within 2^24 elements once a chunk is at its floor of 1,024 rows,
+    and uses most of that budget: memory is bounded whatever the number of queries."""
+    from geovario.retrieval import _chunk_rows
+
+    budget = 1 << 24
+    for n_queries in (1, 3, 100, 4096, 16384, 1_000_000):
+        rows = _chunk_rows(n_queries)
+        assert rows >= 1024
+        if n_queries * 1024 <= budget:
+            assert budget - n_queries < rows * n_queries <= budget, n_queries
+        else:
+            assert rows == 1024, n_queries
+
+
+def test_a_faiss_index_that_needs_training_is_trained_on_the_gallery():
+    from geovario.retrieval import faiss_index, faiss_topk
+
+    rng = np.random.default_rng(0)
+    gallery = _unit(torch.tensor(rng.normal(size=(400, 16)), dtype=torch.float32)).numpy()
+    index = faiss_index(gallery, "IVF4,Flat")
+    index.nprobe = 4  # every list: exact
+    queries = _unit(torch.tensor(rng.normal(size=(5, 16)), dtype=torch.float32))
+    found, _, _ = faiss_topk(index, queries, 10.0, 3)
+    expected, _, _ = topk_softmax(queries, gallery, 10.0, 3)
+    assert found.tolist() == expected.tolist()
