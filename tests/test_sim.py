@@ -181,3 +181,19 @@ def test_photos_scatter_around_their_place_by_the_configured_jitter(tmp_path):
         assert abs(north.mean()) < 0.02 * jitter / 111  # no drift
     still = sample_positions(WorldConfig(positions=str(tmp_path / "anchors.csv"), jitter_km=0.0), 100, np.random.default_rng(1))
     assert {tuple(p) for p in still} <= {tuple(a) for a in anchors}
+
+
+def test_the_worlds_defaults_are_the_calibrated_values_on_record():
+    """WorldConfig's defaults are what benchmarks/calibrate_world.py found (the last "Calibrated:" line of its log,
+    benchmarks/results/calibration.md): an edit of one would silently move every lab number."""
+    import ast
+    from pathlib import Path
+
+    log = (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "calibration.md").read_text()
+    line = [row for row in log.splitlines() if row.startswith("Calibrated: ")][-1]
+    calibrated = ast.literal_eval(line.removeprefix("Calibrated: ").split("}")[0] + "}")
+    world = WorldConfig()
+    assert calibrated == {"locatability_a": world.locatability_a, "locatability_b": world.locatability_b,
+                          "fine_weight": world.scale_weights[0], "nugget_weight": world.nugget_weight,
+                          "lookalike_weight": world.lookalike_weight, "coarse_exponent": world.coarse_exponent,
+                          "country_weight": world.region_weights[0], "coarse_weight": world.scale_weights[2]}
