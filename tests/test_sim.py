@@ -197,3 +197,21 @@ def test_the_worlds_defaults_are_the_calibrated_values_on_record():
                           "fine_weight": world.scale_weights[0], "nugget_weight": world.nugget_weight,
                           "lookalike_weight": world.lookalike_weight, "coarse_exponent": world.coarse_exponent,
                           "country_weight": world.region_weights[0], "coarse_weight": world.scale_weights[2]}
+
+
+def test_fields_of_1000_km_are_coarse_cues_and_of_100_km_fine_ones():
+    """The README's world: a photo keeps λ of its street-level cues (the 10 and 100 km fields) but λ^0.5 of its coarse
+    ones (the 1,000 km field, continent, climate), beside content it shares with the world."""
+    import numpy as np
+
+    config = WorldConfig(dim=16, seed=3, scales_km=[100.0, 1000.0], scale_weights=[1.0, 1.0], region_weights=[0.0, 0.0],
+                         lookalike_weight=0.0, nugget_weight=0.0, coarse_exponent=0.5, locatability_a=1.0, locatability_b=1.0)
+    latlon = sample_positions(config, 300, np.random.default_rng(3))
+    unit, parts, _, lam = world_features(latlon, config, components=True)
+    total = lam[:, None] * parts["field_100km"] + np.sqrt(lam)[:, None] * parts["field_1000km"] + parts["content"]
+    np.testing.assert_allclose(unit, total / np.linalg.norm(total, axis=1, keepdims=True), atol=1e-5)
+
+
+def test_a_worlds_total_variance_by_hand():
+    config = WorldConfig(scale_weights=[1.0, 2.0, 0.5], region_weights=[1.0, 0.0], lookalike_weight=3.0, nugget_weight=2.0)
+    assert config.total_variance() == pytest.approx(1 + 4 + 0.25 + 1 + 9 + 4)
