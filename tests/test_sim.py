@@ -202,8 +202,6 @@ def test_the_worlds_defaults_are_the_calibrated_values_on_record():
 def test_fields_of_1000_km_are_coarse_cues_and_of_100_km_fine_ones():
     """The README's world: a photo keeps λ of its street-level cues (the 10 and 100 km fields) but λ^0.5 of its coarse
     ones (the 1,000 km field, continent, climate), beside content it shares with the world."""
-    import numpy as np
-
     config = WorldConfig(dim=16, seed=3, scales_km=[100.0, 1000.0], scale_weights=[1.0, 1.0], region_weights=[0.0, 0.0],
                          lookalike_weight=0.0, nugget_weight=0.0, coarse_exponent=0.5, locatability_a=1.0, locatability_b=1.0)
     latlon = sample_positions(config, 300, np.random.default_rng(3))
