@@ -651,8 +651,10 @@ def run(groups: list[str], jobs: int, survivors_only: bool, limit: int | None) -
         previous = state if survivors_only else {}
         state = {"tree": tree, "started": datetime.datetime.now().isoformat(timespec="seconds"), "results": {}}
         if survivors_only and previous.get("results"):
-            # Tests only grew since: a killed mutant stays killed; survivors and uncovered ones run again.
-            state["results"] = {k: v for k, v in previous["results"].items() if v["status"] == "killed"}
+            # Tests only grew since: a killed mutant stays killed, and one judged equivalent (with a reason, in
+            # scripts/mutation_equivalents.yaml) stays a survivor; other survivors and uncovered ones run again.
+            equivalents = read_equivalents()
+            state["results"] = {k: v for k, v in previous["results"].items() if v["status"] == "killed" or k in equivalents}
             state["carried_from"] = previous.get("tree")
     shared = REPO.parent / "shared"
     if "GEOVARIO_SHARED_DIR" not in os.environ and shared.is_dir():
@@ -783,7 +785,7 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at a time (default 1; the machines have 2 cores)")
     parser.add_argument("--list", action="store_true", help="print the mutants and their counts, run nothing")
     parser.add_argument("--survivors", action="store_true",
-                        help="after adding tests: keep the previous run's kills and rerun only survivors at the new tree")
+                        help="after adding tests: keep the previous run's kills (and survivors judged equivalent) and rerun the other survivors at the new tree")
     parser.add_argument("--limit", type=int, help="run at most this many mutants (a smoke test of the harness)")
     parser.add_argument("--report", action="store_true", help=f"write {REPORT.relative_to(REPO)} from the results")
     parser.add_argument("--command", default="python scripts/mutate.py --jobs 2", help="the command quoted in the report")

@@ -213,3 +213,91 @@ def test_fields_of_1000_km_are_coarse_cues_and_of_100_km_fine_ones():
 def test_a_worlds_total_variance_by_hand():
     config = WorldConfig(scale_weights=[1.0, 2.0, 0.5], region_weights=[1.0, 0.0], lookalike_weight=3.0, nugget_weight=2.0)
     assert config.total_variance() == pytest.approx(1 + 4 + 0.25 + 1 + 9 + 4)
+
+
+def test_the_default_world_is_the_one_the_readme_describes():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(row for row in readme.splitlines() if row.startswith("geovario simulate --out worlds/default"))
+    n_train, n_test, dim = re.search(r"# ([\d,]+) train / ([\d,]+) test, (\d+)-d", line).groups()
+    world = WorldConfig()
+    assert (world.n_train, world.n_test, world.dim) == (int(n_train.replace(",", "")), int(n_test.replace(",", "")), int(dim))
+    assert world.scales_km == [10.0, 100.0, 1000.0]  # "Spatial fields at 10, 100 and 1,000 km"
+    assert "**Spatial fields** at 10, 100 and 1,000 km." in readme
+
+
+def test_a_random_fourier_field_has_unit_variance_and_a_gaussian_covariance():
+    """cos(ω·x + b) with b uniform over a period and ω ~ N(0, 1/l²) has covariance exp(-r²/2l²) (Rahimi & Recht 2007)."""
+    from geovario.sim import _rff_field
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2)) * 3
+    field = _rff_field(x, 1.0, 256, 4096, np.random.default_rng(1)).astype(np.float64)
+    a, b = np.triu_indices(400, 1)
+    r = np.linalg.norm(x[a] - x[b], axis=1)
+    product = (field[a] * field[b]).mean(1)
+    assert abs(field.var() - 1) < 0.1 and abs(field.mean()) < 0.05
+    # Near the origin too (a phase short of a whole period shows there: E cos(2ω·x + 2b) no longer vanishes).
+    centre = _rff_field(rng.normal(size=(400, 2)) * 0.2, 1.0, 256, 4096, np.random.default_rng(2)).astype(np.float64)
+    assert abs(centre.var() - 1) < 0.1
+    for lag in (0.5, 1.0, 2.0):
+        near = np.abs(r - lag) < 0.05
+        assert abs(product[near].mean() - np.exp(-lag**2 / 2)) < 0.05, lag
+
+
+def test_uniform_positions_cover_the_sphere_evenly():
+    latlon = sample_positions(WorldConfig(positions="uniform"), 200_000, np.random.default_rng(0))
+    assert latlon.shape == (200_000, 2) and np.isfinite(latlon).all()
+    assert np.abs(latlon[:, 0]).max() <= 90 and -180 <= latlon[:, 1].min() and latlon[:, 1].max() <= 180
+    # Equal areas: half the sphere lies within 30 degrees of the equator, a quarter in each lon quadrant.
+    assert abs(np.mean(np.abs(latlon[:, 0]) < 30) - 0.5) < 0.01
+    assert all(abs(np.mean((latlon[:, 1] >= lo) & (latlon[:, 1] < lo + 90)) - 0.25) < 0.01 for lo in (-180, -90, 0, 90))
+
+
+def test_jitter_near_a_pole_and_the_date_line_stays_valid_and_close(tmp_path):
+    (tmp_path / "edge.csv").write_text("LAT,LON\n89.9995,0.0\n0.0,179.9995\n0.0,-179.9995\n")
+    config = WorldConfig(positions=str(tmp_path / "edge.csv"), jitter_km=1.0)
+    latlon = sample_positions(config, 3000, np.random.default_rng(0))
+    assert np.abs(latlon[:, 0]).max() <= 90 and latlon[:, 1].min() >= -180 and latlon[:, 1].max() < 180
+    anchors = np.array([[89.9995, 0.0], [0.0, 179.9995], [0.0, -179.9995]])
+    nearest = np.min([haversine_km(latlon[:, 0], latlon[:, 1], a[0], a[1]) for a in anchors], axis=0)
+    assert nearest.max() < 15  # an exponential radius of mean 1 km, not a jump across the map
+    assert (latlon[:, 1] > 179.9995).any() and (latlon[:, 1] < -179.9995).any()  # jitter crosses the date line
+
+
+def test_the_climate_descriptor_varies_over_thousands_of_kilometres():
+    """Its second coordinate is a 3,000 km field: nearly equal 50 km apart, independent across the world."""
+    config = WorldConfig(dim=16, positions="uniform", seed=2)
+    latlon = sample_positions(config, 4000, np.random.default_rng(2))
+    _, _, descriptor, _ = world_features(latlon, config, components=True)
+    continental = descriptor[:, 1]
+    assert continental.std() > 0.5
+    shifted = latlon.copy()
+    shifted[:, 0] = np.clip(shifted[:, 0] + 0.45, -90, 90)  # 50 km north
+    _, _, moved, _ = world_features(shifted, config, components=True)
+    assert np.corrcoef(continental, moved[:, 1])[0, 1] > 0.98
+
+
+def test_look_alike_terms_decorrelate_with_the_climate_gap():
+    """The look-alike term is a field over the climate descriptor with length 0.3: two photos whose descriptors are
+    0.3 apart share e^-0.5 of it, 0.6 apart e^-2."""
+    config = WorldConfig(dim=256, seed=5, positions="uniform")
+    latlon = sample_positions(config, 3000, np.random.default_rng(5))
+    _, parts, descriptor, _ = world_features(latlon, config, components=True)
+    look = parts["lookalike"].astype(np.float64) / config.lookalike_weight
+    i, j = np.random.default_rng(0).integers(0, 3000, (2, 400_000))
+    gap = np.linalg.norm(descriptor[i] - descriptor[j], axis=1)
+    product = (look[i] * look[j]).mean(1)
+    for lag in (0.3, 0.6):
+        near = np.abs(gap - lag) < 0.02
+        assert abs(product[near].mean() - np.exp(-lag**2 / (2 * 0.3**2))) < 0.06, lag
+
+
+def test_a_world_with_one_region_weight_has_that_term_alone():
+    config = WorldConfig(dim=16, region_weights=[1.0, 0.0])
+    latlon = sample_positions(config, 200, np.random.default_rng(0))
+    _, parts, _, _ = world_features(latlon, config, components=True)
+    assert abs(np.linalg.norm(parts["country"], axis=1).mean() - 4.0) < 0.5  # a N(0, I_16) vector: norm about 4
+    assert not parts["admin1"].any()
