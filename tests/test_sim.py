@@ -203,10 +203,10 @@ def test_fields_of_1000_km_are_coarse_cues_and_of_100_km_fine_ones():
     """The README's world: a photo keeps λ of its street-level cues (the 10 and 100 km fields) but λ^0.5 of its coarse
     ones (the 1,000 km field, continent, climate), beside content it shares with the world."""
     config = WorldConfig(dim=16, seed=3, scales_km=[100.0, 1000.0], scale_weights=[1.0, 1.0], region_weights=[0.0, 0.0],
-                         lookalike_weight=0.0, nugget_weight=0.0, coarse_exponent=0.5, locatability_a=1.0, locatability_b=1.0)
+                         lookalike_weight=0.0, nugget_weight=0.5, coarse_exponent=0.5, locatability_a=1.0, locatability_b=1.0)
     latlon = sample_positions(config, 300, np.random.default_rng(3))
     unit, parts, _, lam = world_features(latlon, config, components=True)
-    total = lam[:, None] * parts["field_100km"] + np.sqrt(lam)[:, None] * parts["field_1000km"] + parts["content"]
+    total = lam[:, None] * parts["field_100km"] + np.sqrt(lam)[:, None] * parts["field_1000km"] + parts["content"] + parts["nugget"]
     np.testing.assert_allclose(unit, total / np.linalg.norm(total, axis=1, keepdims=True), atol=1e-5)
 
 
@@ -301,3 +301,39 @@ def test_a_world_with_one_region_weight_has_that_term_alone():
     _, parts, _, _ = world_features(latlon, config, components=True)
     assert abs(np.linalg.norm(parts["country"], axis=1).mean() - 4.0) < 0.5  # a N(0, I_16) vector: norm about 4
     assert not parts["admin1"].any()
+
+
+def test_the_theoretical_variogram_by_hand():
+    """One 100 km field of weight 1, look-alikes of weight 2, a nugget of 1: total variance 6. At lag 0 only the
+    nugget, 1/6; far away the field too, 2/6; uncorrelated look-alikes add 4/6 to the upper bound."""
+    config = WorldConfig(scales_km=[100.0], scale_weights=[1.0], lookalike_weight=2.0, nugget_weight=1.0)
+    lower, upper = theoretical_variogram(config, np.array([0.0, 100.0, 15000.0]))
+    chord = 2 * np.sin(100.0 / (2 * 6371.0088))
+    np.testing.assert_allclose(lower, [1 / 6, (1 + 1 - np.exp(-chord**2 / (2 * (100 / 6371.0088) ** 2))) / 6, 2 / 6], rtol=1e-6)
+    np.testing.assert_allclose(upper - lower, 4 / 6, rtol=1e-9)
+
+
+@pytest.mark.parametrize("change, accepted", [
+    (dict(n_train=3, n_test=1, dim=2), True), (dict(locatability_b=0.0), True),
+    (dict(n_train=2), False), (dict(n_test=0), False), (dict(dim=1), False), (dict(locatability_a=0.0), False),
+    (dict(locatability_b=-0.1), False), (dict(region_weights=[0.5, 0.4, 0.1]), False), (dict(content_types=0), False),
+])
+def test_the_smallest_world_is_accepted_and_anything_smaller_refused(tmp_path, change, accepted):
+    config = WorldConfig(n_train=20, n_test=5, dim=8) if "n_train" not in change else WorldConfig(dim=8)
+    config = replace(config, **change)
+    if accepted:
+        simulate(tmp_path / "w", config, progress=False)
+        assert FeatureStore(tmp_path / "w" / "train").dim == config.dim and len(FeatureStore(tmp_path / "w" / "test")) == config.n_test
+    else:
+        with pytest.raises(GeovarioError, match="a world needs"):
+            simulate(tmp_path / "w", config, progress=False)
+        assert not (tmp_path / "w").exists()
+
+
+def test_a_world_is_not_replaced_unless_asked(tmp_path):
+    config = WorldConfig(n_train=20, n_test=5, dim=8)
+    simulate(tmp_path / "w", config, progress=False)
+    with pytest.raises(GeovarioError, match="holds a world already"):
+        simulate(tmp_path / "w", replace(config, seed=1), progress=False)
+    simulate(tmp_path / "w", replace(config, seed=1), progress=False, overwrite=True)
+    assert json.loads((tmp_path / "w" / "truth.json").read_text())["config"]["seed"] == 1
