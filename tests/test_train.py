@@ -95,6 +95,13 @@ def test_init_from_a_model_directory_is_strict_and_keeps_its_shapes(tmp_path, st
     with pytest.raises(GeovarioError, match="config key model.hidden_dim: 64 contradicts the initial model"):
         Trainer(load_config(None, base + [f"data.train={stores[0]}", f"model.init={first}", "model.hidden_dim=64"]),
                 tmp_path / "bad", progress=False)
+    sigmas = again.model.config.sigmas
+    same = "[" + ",".join(f"{int(x)}" if float(x).is_integer() else repr(x) for x in sigmas) + "]"  # written as integers
+    Trainer(load_config(None, base + [f"data.train={stores[0]}", f"model.init={first}", f"model.sigmas={same}"]),
+            tmp_path / "same-sigmas", progress=False)
+    with pytest.raises(GeovarioError, match="config key model.sigmas: .* contradicts the initial model"):
+        Trainer(load_config(None, base + [f"data.train={stores[0]}", f"model.init={first}", f"model.sigmas=[{2 * sigmas[0]}]"]),
+                tmp_path / "other-sigmas", progress=False)
 
 
 def test_logit_scale_is_clamped_at_ln_100(tmp_path, stores):
