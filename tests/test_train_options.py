@@ -211,3 +211,72 @@ def test_float16_amp_is_accepted_and_inert_on_cpu(tmp_path, stores):
     run = trainer(tmp_path / "run", stores, "train.amp_dtype=float16", "train.device=cpu")
     assert not run.scaler.is_enabled() and not run.amp._enabled  # autocast and loss scaling are CUDA-only here
     run.step()
+
+
+def _kept_bytes(model, latlon: torch.Tensor, features: torch.Tensor) -> int:
+    """Bytes of the tensors autograd keeps for backward through one contrastive forward pass (each storage once),
+    plus the embeddings and their gradients: what a step holds at its peak, measured, not estimated."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        locations = model.encode_locations(latlon)
+        images = model.encode_images(features)
+        logits = images @ locations.T
+        torch.nn.functional.cross_entropy(logits, torch.arange(len(images))).backward()
+    return sum(seen.values()) + 2 * (locations.numel() + images.numel()) * 4
+
+
+# Each case makes one part of a step dominate: the location encoder's activations, the queue's storage, the geometry.
+MEMORY_CASES = {
+    "queue, activations": ("queue", dict(feature_dim=32, head_hidden_dim=32, embed_dim=32, rff_dim=64, hidden_dim=128, hidden_layers=2), 64, 2048, 31),
+    "queue, queue storage": ("queue", dict(feature_dim=768, head_hidden_dim=8, embed_dim=8, rff_dim=4, hidden_dim=8, hidden_layers=1), 16, 4096, 31),
+    "queue, geometry": ("queue", dict(feature_dim=8, head_hidden_dim=8, embed_dim=8, rff_dim=4, hidden_dim=8, hidden_layers=1), 512, 512, 31),
+    "gallery, activations": ("gallery", dict(feature_dim=32, head_hidden_dim=32, embed_dim=32, rff_dim=64, hidden_dim=128, hidden_layers=2), 64, 2048, 31),
+}
+
+
+@pytest.mark.parametrize("case", list(MEMORY_CASES))
+def test_the_step_memory_estimate_bounds_what_a_step_keeps(case):
+    """check_step_memory refuses what cannot fit by step_memory_bytes, "a rough upper estimate": it must not be below
+    what a step measurably keeps (activations, embeddings, geometry, queues), nor more than a few times above it."""
+    from geovario.model import GeoLocModel, ModelConfig
+    from geovario.negatives.queue import NegativeQueue
+    from geovario.train.build import step_memory_bytes
+
+    source, dims, batch, queue, k = MEMORY_CASES[case]
+    model_config = ModelConfig(**dims)
+    overrides = ["data.train=unused", f"train.batch_size={batch}", f"model.queue_size={queue}", f"negatives.k={k}"]
+    if source == "gallery":
+        overrides += ["negatives.source=gallery", "negatives.gallery=unused.csv"]
+    config = load_config(None, overrides)
+    estimate, what = step_memory_bytes(config, model_config)
+    columns = batch + queue if source == "queue" else batch * (k + 1)
+    torch.manual_seed(0)
+    model = GeoLocModel(model_config)
+    kept = _kept_bytes(model, torch.rand(columns, 2) * torch.tensor([180.0, 360.0]) - torch.tensor([90.0, 180.0]),
+                       torch.randn(batch, model_config.feature_dim))
+    geometry = batch * columns * 8 if source == "queue" else columns * 8  # lag and dissimilarity, float32
+    if source == "queue":
+        fixed = sum(b.numel() * b.element_size() for b in NegativeQueue(queue, model_config.feature_dim).buffers())
+    else:
+        fixed = batch * k * (8 + 16)  # int64 indices and float64 GPS
+    measured = kept + geometry + fixed
+    assert measured <= estimate <= 4 * measured, (measured, estimate)
+    assert (f"model.queue_size {queue:,}" if source == "queue" else f"negatives.k {k:,} for each of {batch:,} samples") == what
+    halved, _ = step_memory_bytes(load_config(None, overrides + ["train.accumulate=2"]), model_config)
+    assert halved < estimate  # accumulation splits the batch's activations
+
+
+def test_the_step_memory_estimate_divides_the_batch_among_processes():
+    from geovario.model import ModelConfig
+    from geovario.train.build import step_memory_bytes
+
+    config = load_config(None, ["data.train=unused", "train.batch_size=64", "negatives.source=gallery", "negatives.gallery=unused.csv", "negatives.k=31"])
+    one, _ = step_memory_bytes(config, ModelConfig())
+    two, what = step_memory_bytes(config, ModelConfig(), world_size=2)
+    assert 0.45 * one < two < 0.55 * one and "for each of 32 samples" in what
