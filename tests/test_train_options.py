@@ -280,3 +280,21 @@ def test_the_step_memory_estimate_divides_the_batch_among_processes():
     one, _ = step_memory_bytes(config, ModelConfig())
     two, what = step_memory_bytes(config, ModelConfig(), world_size=2)
     assert 0.45 * one < two < 0.55 * one and "for each of 32 samples" in what
+
+
+@pytest.mark.parametrize("source, key", [("queue", "model.queue_size"), ("gallery", "negatives.k")])
+def test_a_step_that_cannot_fit_names_the_key_that_sizes_it(monkeypatch, source, key):
+    from geovario import machine
+    from geovario.model import ModelConfig
+    from geovario.train.build import check_step_memory, step_memory_bytes
+
+    overrides = ["data.train=unused", "train.batch_size=64", "model.queue_size=4096", "negatives.k=64"]
+    if source == "gallery":
+        overrides += ["negatives.source=gallery", "negatives.gallery=unused.csv"]
+    config = load_config(None, overrides)
+    needed, _ = step_memory_bytes(config, ModelConfig())
+    monkeypatch.setattr(machine, "memory_bytes", lambda device: needed)
+    check_step_memory(config, ModelConfig(), "cpu")  # exactly enough
+    monkeypatch.setattr(machine, "memory_bytes", lambda device: needed // 2)
+    with pytest.raises(GeovarioError, match=rf"^config key {key}: "):
+        check_step_memory(config, ModelConfig(), "cpu")
