@@ -358,3 +358,17 @@ def test_metrics_lr_is_the_rate_each_logged_step_used(tmp_path, stores):
         epoch = (int(row["step"]) - 1) // steps_per_epoch
         assert row["lr"] == pytest.approx(0.002 * 0.5**epoch), row.to_dict()
     assert steps_per_epoch in metrics["step"].tolist()  # an epoch's last row is among them
+
+
+def test_a_new_run_fits_its_own_variogram_over_a_stray_variogram_json(tmp_path, stores):
+    """variogram.json is not a file that marks a started run, so a new run may find one (copied there, or left by a
+    `geovario variogram --out`); it fits its own, and only a resumed run reads the run's saved fit."""
+    from geovario.train import Trainer
+    from geovario.variogram import VariogramModel
+
+    run = tmp_path / "run"
+    run.mkdir()
+    VariogramModel("spherical", nugget=0.123, psill=0.4, range_km=12345.0).save(run / "variogram.json")
+    trainer = Trainer(load_config(None, SMALL + [f"data.train={stores[0]}", "loss.name=semivariogram"]), run, progress=False)
+    assert trainer.loss_fn.variogram.range_km != 12345.0 and trainer.loss_fn.variogram.nugget != 0.123
+    assert json.loads((run / "variogram.json").read_text())["range_km"] != 12345.0
