@@ -298,3 +298,25 @@ def test_a_step_that_cannot_fit_names_the_key_that_sizes_it(monkeypatch, source,
     monkeypatch.setattr(machine, "memory_bytes", lambda device: needed // 2)
     with pytest.raises(GeovarioError, match=rf"^config key {key}: "):
         check_step_memory(config, ModelConfig(), "cpu")
+
+
+def test_an_enabled_loss_scalers_state_survives_a_checkpoint(tmp_path):
+    """fp16 training scales its loss (CUDA only in training); the checkpoint keeps the scale it has reached, so a resumed run
+    neither restarts at 65,536 nor overflows. Exercised on CPU with an enabled scaler; a disabled one saves nothing."""
+    from geovario.train.checkpoints import load_checkpoint, save_checkpoint
+
+    import json
+
+    store = make_store(tmp_path / "store", 64, seed=0).folder
+    run = Trainer(load_config(None, SMALL + [f"data.train={store}"]), tmp_path / "run", progress=False)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(torch.tensor(1.0))  # the scale exists from the first scaled loss on
+    scaler.update(new_scale=256.0)
+    save_checkpoint(run.run_dir, run.model, run.optimizer, run.scheduler, run.negatives, run.state, scaler)
+    restored = torch.amp.GradScaler("cpu")
+    load_checkpoint(run.run_dir, run.model, run.optimizer, run.scheduler, run.negatives, restored)
+    assert restored.get_scale() == 256.0
+    run.state.step += 1
+    save_checkpoint(run.run_dir, run.model, run.optimizer, run.scheduler, run.negatives, run.state, torch.amp.GradScaler("cpu", enabled=False))
+    latest = run.run_dir / "checkpoints" / (run.run_dir / "checkpoints" / "latest").read_text().strip()
+    assert json.loads((latest / "state.json").read_text())["grad_scaler"] is None
