@@ -320,3 +320,7 @@ def test_an_enabled_loss_scalers_state_survives_a_checkpoint(tmp_path):
     save_checkpoint(run.run_dir, run.model, run.optimizer, run.scheduler, run.negatives, run.state, torch.amp.GradScaler("cpu", enabled=False))
     latest = run.run_dir / "checkpoints" / (run.run_dir / "checkpoints" / "latest").read_text().strip()
     assert json.loads((latest / "state.json").read_text())["grad_scaler"] is None
+    run.state.step += 1
+    save_checkpoint(run.run_dir, run.model, run.optimizer, run.scheduler, run.negatives, run.state)  # no scaler at all
+    latest = run.run_dir / "checkpoints" / (run.run_dir / "checkpoints" / "latest").read_text().strip()
+    assert latest.name == f"step-{run.state.step:08d}" and json.loads((latest / "state.json").read_text())["grad_scaler"] is None
