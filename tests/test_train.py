@@ -372,3 +372,19 @@ def test_a_new_run_fits_its_own_variogram_over_a_stray_variogram_json(tmp_path, 
     trainer = Trainer(load_config(None, SMALL + [f"data.train={stores[0]}", "loss.name=semivariogram"]), run, progress=False)
     assert trainer.loss_fn.variogram.range_km != 12345.0 and trainer.loss_fn.variogram.nugget != 0.123
     assert json.loads((run / "variogram.json").read_text())["range_km"] != 12345.0
+
+
+@pytest.mark.parametrize("loss, needs_features", [("semivariogram", True), ("infonce", False)])
+def test_gallery_negatives_read_the_gallery_stores_features_only_for_a_loss_that_needs_them(tmp_path, stores, loss, needs_features):
+    from geovario.train import Trainer
+
+    config = load_config(None, SMALL + [f"data.train={stores[0]}", "negatives.source=gallery", f"negatives.gallery={stores[1]}",
+                                        f"loss.name={loss}"])
+    negatives = Trainer(config, tmp_path / "run", progress=False).negatives
+    assert negatives.geometry is needs_features and (negatives.gallery_features is not None) is needs_features
+    if needs_features:
+        from geovario.data.store import FeatureStore
+
+        rows = np.array([0, 5, 63])
+        np.testing.assert_array_equal(np.asarray(negatives.gallery_features(rows), np.float32),
+                                      FeatureStore(stores[1]).features()[rows])
