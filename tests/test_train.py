@@ -388,3 +388,14 @@ def test_gallery_negatives_read_the_gallery_stores_features_only_for_a_loss_that
         rows = np.array([0, 5, 63])
         np.testing.assert_array_equal(np.asarray(negatives.gallery_features(rows), np.float32),
                                       FeatureStore(stores[1]).features()[rows])
+
+
+def test_a_gallery_store_of_another_width_is_refused(tmp_path, stores):
+    from geovario.train import Trainer
+
+    wide = make_store(tmp_path / "wide", 64, dims=48, seed=2).folder
+    config = load_config(None, SMALL + [f"data.train={stores[0]}", "negatives.source=gallery", f"negatives.gallery={wide}",
+                                        "loss.name=semivariogram"])
+    with pytest.raises(GeovarioError, match=rf"config key negatives.gallery: {wide} holds 48-d features, the training data 32-d"):
+        Trainer(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

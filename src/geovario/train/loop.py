@@ -83,7 +83,21 @@ class Trainer:
     """
 
     def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True):
-        self.config, self.run_dir = config, Path(run_dir)
+        run_dir = Path(run_dir)
+        new_folder = not run_dir.exists()
+        try:
+            self._start(config, run_dir, resume, progress)
+        except BaseException:
+            world = getattr(self, "world", None)
+            if new_folder and (world is None or world.is_main) and run_dir.is_dir() and not any(run_dir.iterdir()):
+                try:
+                    run_dir.rmdir()  # made only to check it can be written: a refused start leaves no trace
+                except OSError:
+                    pass
+            raise
+
+    def _start(self, config: Config, run_dir: Path, resume: bool, progress: bool) -> None:
+        self.config, self.run_dir = config, run_dir
         t = config.train
         self.world, self.device = distributed.setup(t.device)
         geometry = loss_needs_geometry(config.loss.name, config.loss.__dict__)
