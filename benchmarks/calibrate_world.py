@@ -75,6 +75,15 @@ def fractional_factorial(centre: dict) -> list[dict]:
     return points
 
 
+def held_fixed() -> dict:
+    """The world's parameters the calibration does not search: WorldConfig's defaults of them, logged with the result
+    (tests/test_sim.py checks the defaults still are these)."""
+    world = WorldConfig()
+    return {"seed": world.seed, "positions": world.positions, "jitter_km": world.jitter_km, "scales_km": world.scales_km,
+            "medium_weight": world.scale_weights[1], "admin1_weight": world.region_weights[1],
+            "content_types": world.content_types, "content_weight": world.content_weight, "n_frequencies": world.n_frequencies}
+
+
 def world_config(params: dict) -> WorldConfig:
     """The default world with the calibrated parameters set (fine_weight is the 10 km field's weight)."""
     defaults = WorldConfig()
@@ -190,6 +199,7 @@ def main() -> int:
     log(f"Target (GeoCLIP, im2gps3k): {' / '.join(f'{v} %' for v in TARGET.values())} at {' / '.join(TARGET)} km, within "
         f"+-{TOLERANCE:g} points, mean of 3 seeds. Baseline: {BASELINE.name} at the lab budget ({' '.join(LAB)}, "
         f"{LAB_EPOCHS} epochs). Accuracies below: 25 / 200 / 750 / 2500 km.\n")
+    log(f"Held fixed (WorldConfig's other defaults): {held_fixed()}\n")
     log("## Design, seed 0 (" + ", ".join(PARAMS) + ")\n")
     points = [run_point(args.out, params, 0, log) for params in fractional_factorial(START)]
     centre = START

@@ -75,7 +75,8 @@ TEST_FILES = {
     "geo": ["test_geo.py", "test_negatives.py", "test_variogram.py", "test_metrics.py", "test_data_readers.py",
             "test_score_compare.py", "test_model.py", "test_interop_geoclip.py", "test_bad_input.py"],
     "retrieval": ["test_retrieval.py", "test_cli_predict.py", "test_evaluate.py", "test_serve.py", "test_bad_input.py"],
-    "train": ["test_train.py", "test_train_options.py", "test_negatives.py", "test_progress.py", "test_bad_input.py"],
+    "train": ["test_train.py", "test_train_options.py", "test_checkpoints.py", "test_store_data.py", "test_negatives.py", "test_progress.py",
+              "test_bad_input.py"],
     "sim": ["test_sim.py"],
 }
 

@@ -163,3 +163,40 @@ def test_the_top_k_column_is_written_from_two_candidates_on(tmp_path, tiny_model
         assert "topk_gallery_index" not in frame.columns
     else:
         assert [len(row.split()) for row in frame["topk_gallery_index"]] == [2] * 6
+
+
+def test_library_calls_without_options_report_like_the_command(tmp_path, tiny_model_dir):
+    """`geovario evaluate`'s defaults (d <= t, admin levels on, a top-5 column) are the library's: each report
+    function called without options counts an error exactly at a threshold as the command does."""
+    from geovario.cli import build_parser
+    from geovario.data.store import ArrayFeatures
+    from geovario.evaluate import evaluate_model, frame_report, predict_source, prediction_coordinates
+    from geovario.metrics import build_report, by_continent, distance_summary
+
+    command = build_parser().parse_args(["evaluate", "--model", "m", "--store", "s", "--out", "r.json"])
+    within = (lambda e, t: e < t) if command.strict_less else (lambda e, t: e <= t)
+    predictor = Predictor(tiny_model_dir, progress=False)
+    rng = np.random.default_rng(8)
+    np.save(tmp_path / "f.npy", rng.normal(size=(12, predictor.feature_dim)).astype(np.float32))
+    gps = random_gallery(12, seed=8)
+    pd.DataFrame({"LAT": gps[:, 0], "LON": gps[:, 1]}).to_csv(tmp_path / "g.csv", index=False)
+    source = ArrayFeatures(tmp_path / "f.npy", tmp_path / "g.csv")
+
+    frame = predict_source(predictor, source, progress=False)
+    top_k = build_parser().parse_args(["predict", "--model", "m", "--features", "f.npy"]).top_k
+    assert [len(row.split()) for row in frame["topk_gallery_index"]] == [top_k] * 12
+    errors = frame["error_km"].to_numpy()
+    threshold = float(np.sort(errors)[5])  # one error sits exactly on it
+    expected = 100 * np.mean(within(errors, threshold))
+    reports = {
+        "build_report": build_report(*prediction_coordinates(frame), thresholds=(threshold,)),
+        "frame_report": frame_report(frame, thresholds=(threshold,)),
+        "evaluate_model": evaluate_model(tiny_model_dir, source, tmp_path / "p.csv", thresholds=(threshold,), progress=False)[0],
+    }
+    for name, report in reports.items():
+        assert list(report["accuracy"].values()) == [pytest.approx(expected)], name
+        assert ("admin" in report) is (not command.no_admin), name
+    two = np.array([threshold, 2 * threshold])
+    assert distance_summary(two, (threshold,))["accuracy"] == {f"{threshold:g}": 100 * np.mean(within(two, threshold))}
+    per_continent = by_continent(two, pd.Series(["FR", "FR"]), (threshold,))
+    assert per_continent["Europe"]["accuracy"] == {f"{threshold:g}": 100 * np.mean(within(two, threshold))}

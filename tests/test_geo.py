@@ -205,3 +205,76 @@ def test_gps_noise_of_zero_returns_the_input_and_of_one_metre_moves_it():
     assert torch.equal(add_gps_noise(latlon, 0.0, torch.Generator().manual_seed(0)), latlon)  # not even wrapped
     moved = add_gps_noise(latlon, 1.0, torch.Generator().manual_seed(0))
     assert not torch.equal(moved[:, 0], latlon[:, 0])
+
+
+def test_populated_fraction_counts_only_valid_points():
+    """Invalid points (not finite, |lat| > 90, |lon| > 180) are left out; coordinates on the limits count."""
+    from geovario.geo import populated_fraction
+
+    paris = (48.8566, 2.3522)
+    assert populated_fraction([paris[0], np.nan, 90.5, paris[0], paris[0]], [paris[1], 0.0, 0.0, 180.5, np.inf]) == 1.0
+    assert populated_fraction([paris[0], 90.0], [paris[1], 0.0]) == 0.5  # the north pole is valid, and empty
+    assert populated_fraction([paris[0], 0.0], [paris[1], 180.0]) == 0.5  # so is the date line, mid-Pacific
+    assert populated_fraction([np.nan, 95.0], [0.0, 0.0]) == 0.0  # nothing valid
+
+
+# Places whose 0.5-degree cell is populated (P) or empty (U), as given and with lat and lon swapped.
+PP, UP, UU = (55.7, 58.0), (8.8, 51.4), (22.8, -41.4)
+
+
+def _points(*groups):
+    latlon = np.array([point for point, count in groups for _ in range(count)], dtype=float)
+    return latlon[:, 0], latlon[:, 1]
+
+
+def test_the_swap_check_on_its_populated_place_bounds():
+    """A swap is reported when >= 80 % of points land near places once swapped and at most half as many as given,
+    from 20 valid points on (by default)."""
+    from geovario.geo import latlon_swap_message, populated_fraction
+
+    for point, given, swapped in ((PP, 1.0, 1.0), (UP, 0.0, 1.0), (UU, 0.0, 0.0)):
+        assert (populated_fraction([point[0]], [point[1]]), populated_fraction([point[1]], [point[0]])) == (given, swapped)
+    on_both_bounds = latlon_swap_message(*_points((PP, 8), (UP, 8), (UU, 4)), source="g.csv")  # 40 % as given, 80 % swapped
+    assert on_both_bounds == ("g.csv: only 40% of points fall near populated places, but 80% do with lat and lon swapped; "
+                              "are the lat/lon columns swapped?")
+    assert latlon_swap_message(*_points((PP, 12), (UP, 4), (UU, 4))) is None  # 60 % as given: more than half of 80 %
+    assert latlon_swap_message(*_points((PP, 7), (UP, 8), (UU, 5))) is None  # 75 % once swapped
+    lat, lon = _points((UP, 20))
+    assert latlon_swap_message(lat, lon) is not None and latlon_swap_message(lat[:19], lon[:19]) is None
+    with pytest.warns(UserWarning, match="are the lat/lon columns swapped"):
+        assert detect_latlon_swap(lat, lon) is not None
+    assert detect_latlon_swap(lat[:19], lon[:19]) is None
+    assert latlon_swap_message(np.append(lat[:19], np.nan), np.append(lon[:19], 0.0)) is None  # 19 valid points
+
+
+@pytest.mark.parametrize(("lat", "lon", "rows"), [
+    (90.5, 45.0, 1), (100.0, 90.0, 1), (-100.0, -90.0, 1), (90.0, 45.0, 0), (100.0, 90.5, 0), (10.0, 45.0, 0),
+    (np.inf, 45.0, 0), (95.0, np.nan, 0),
+])
+def test_the_swap_check_on_rows_with_a_latitude_out_of_range(lat, lon, rows):
+    from geovario.geo import latlon_swap_message
+
+    message = latlon_swap_message([lat], [lon], source="g.csv")
+    if rows:
+        assert message == ("g.csv: 1 rows have |lat| > 90 but a valid latitude in the lon column; "
+                           "are the lat/lon columns swapped?")
+    else:
+        assert message is None  # one point: too few for the populated-place check
+
+
+def test_the_radians_check_on_its_bounds():
+    """Radians: at least 10 finite points (by default), every |lat| <= pi/2 and |lon| <= pi, and not all one point."""
+    from geovario.geo import radians_message
+
+    rng = np.random.default_rng(0)
+    lat, lon = rng.uniform(-0.4, 0.4, 10), rng.uniform(-0.5, 0.5, 10)
+    assert radians_message(lat, lon, source="g.csv").startswith("g.csv: every one of the 10 points lies within pi of (0, 0)")
+    assert radians_message(lat[:9], lon[:9]) is None
+    assert radians_message(np.append(lat, np.nan), np.append(lon, 0.0)).startswith("coordinates: every one of the 10 points")
+    assert radians_message(np.append(lat[:9], 0.1), np.append(lon[:9], np.nan)) is None  # 9 finite points
+    on_the_limits = radians_message(np.append(lat[:9], np.pi / 2), np.append(lon[:9], -np.pi))
+    assert on_the_limits is not None and "|lat| <= 1.57, |lon| <= 3.14" in on_the_limits
+    for far_lat, far_lon in ((2.0, 0.0), (0.0, 3.5), (-1.6, 0.0)):  # one point past the limits: degrees
+        assert radians_message(np.append(lat[:9], far_lat), np.append(lon[:9], far_lon)) is None, (far_lat, far_lon)
+    assert radians_message(np.full(10, 0.5), np.full(10, 0.5)) is None  # one place, ten times: no spread at all
+    assert radians_message(np.full(10, 0.5), np.append(np.full(9, 0.5), 0.6)) is not None  # a little spread

@@ -199,6 +199,12 @@ def test_thesis_range_rule_on_a_spherical_curve():
     assert found < model.range_km  # the thesis's rule stops before the effective range here
     flat = VariogramModel("spherical", nugget=0.1, psill=1e-6, range_km=2000.0)
     assert slope_range_km(flat) == 0.0  # never rising by 1e-2 per radian: the range is the first lag
+    # A gentle curve whose slope starts at 1.91e-2 per radian: the 1e-2 threshold (the thesis's) decides the answer.
+    gentle = VariogramModel("spherical", nugget=0.0, psill=0.01, range_km=5000.0)
+    x_star = math.sqrt(1 - 1e-2 * 5000.0 / (1.5 * 0.01 * EARTH_RADIUS_KM))  # 0.69: 3,452 km
+    assert x_star * 5000.0 - 2 * step < slope_range_km(gentle) <= x_star * 5000.0
+    steep = VariogramModel("exponential", nugget=0.0, psill=100.0, range_km=1e6)  # rising by > 1 per radian everywhere
+    assert slope_range_km(steep) == pytest.approx(math.pi * EARTH_RADIUS_KM)  # never flat: half the circumference
 
 
 def test_penalty_range_rule_changes_which_negatives_are_penalized():
@@ -386,3 +392,4 @@ def test_triplet_active_fraction_counts_the_violated_pairs():
     out = Triplet(1.0, "cosine")(LossInputs(cos * 4.0, torch.tensor([0]), torch.tensor(4.0, dtype=torch.float64)))
     assert out.stats["active_fraction"] == 2 / 4  # violations 1, 0 (clamped), 0.25 and exactly 0: two active
     assert float(out.loss) == (1.0 + 0.0 + 0.25 + 0.0) / 4
+

@@ -115,22 +115,3 @@ def test_dataset_country_labels_decide_the_continent_breakdown():
     assert set(report["continents"]) == {"Asia", "Europe"} and report["continents"]["Asia"]["n"] == 1
     report = build_report(true, pred, labels=pd.DataFrame({"city": ["Paris", "Paris"]}))
     assert set(report["continents"]) == {"Europe"}
-
-
-def test_library_report_defaults_are_the_commands():
-    """`geovario evaluate`'s defaults (d <= t, admin levels on) are the library's: the same photos give the same
-    report through build_report, frame_report and evaluate_model without options."""
-    import inspect
-
-    from geovario.cli import build_parser
-    from geovario.evaluate import evaluate_model, frame_report, predict_source
-    from geovario.metrics import build_report
-
-    args = build_parser().parse_args(["evaluate", "--model", "m", "--store", "s", "--out", "r.json"])
-    for function in (build_report, frame_report, evaluate_model, by_continent, distance_summary):
-        parameters = inspect.signature(function).parameters
-        assert parameters["strict_less"].default is args.strict_less, function.__name__
-        if "admin" in parameters:
-            assert parameters["admin"].default is (not args.no_admin), function.__name__
-    predict = build_parser().parse_args(["predict", "--model", "m", "--features", "f.npy"])
-    assert inspect.signature(predict_source).parameters["top_k"].default == predict.top_k

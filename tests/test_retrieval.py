@@ -268,3 +268,30 @@ def test_a_faiss_index_that_needs_training_is_trained_on_the_gallery():
     found, _, _ = faiss_topk(index, queries, 10.0, 3)
     expected, _, _ = topk_softmax(queries, gallery, 10.0, 3)
     assert found.tolist() == expected.tolist()
+
+
+def test_faiss_top_k_bounds_probabilities_and_a_gallery_past_the_training_sample():
+    """k from 1 to the gallery size, a softmax over the k candidates' scaled scores by brute force, queries that
+    carry a gradient, and a gallery over 100K rows (training then samples every other row)."""
+    from geovario.retrieval import faiss_index, faiss_topk
+
+    pytest.importorskip("faiss", reason="faiss-cpu is optional (pip install 'geovario[faiss]')")
+    rng = np.random.default_rng(1)
+    gallery = _unit(torch.tensor(rng.normal(size=(50, 8)), dtype=torch.float32))
+    queries = _unit(torch.tensor(rng.normal(size=(3, 8)), dtype=torch.float32)).requires_grad_()
+    index = faiss_index(gallery.numpy(), "Flat")
+    for k in (1, 50):
+        found, probabilities, logits = faiss_topk(index, queries, 7.0, k)
+        scores = queries.detach() @ gallery.T
+        expected = scores.topk(k, dim=1)
+        assert found.tolist() == expected.indices.tolist()
+        torch.testing.assert_close(logits, 7.0 * expected.values)
+        torch.testing.assert_close(probabilities, (7.0 * expected.values).softmax(dim=1))
+    for k in (0, 51):
+        with pytest.raises(GeovarioError, match=f"top_k must be between 1 and the gallery size 50, got {k}"):
+            faiss_topk(index, queries, 7.0, k)
+    large = np.zeros((200_001, 4), np.float32)
+    large[:, 0] = 1.0
+    large[1::2, :2] = [0.0, 1.0]
+    index = faiss_index(large, "IVF2,Flat")
+    assert index.is_trained and index.ntotal == 200_001

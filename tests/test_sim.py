@@ -185,7 +185,7 @@ def test_photos_scatter_around_their_place_by_the_configured_jitter(tmp_path):
 
 def test_the_worlds_defaults_are_the_calibrated_values_on_record():
     """WorldConfig's defaults are what benchmarks/calibrate_world.py found (the last "Calibrated:" line of its log,
-    benchmarks/results/calibration.md): an edit of one would silently move every lab number."""
+    benchmarks/results/calibration.md) and what it held fixed: an edit of one would silently move every lab number."""
     import ast
     from pathlib import Path
 
@@ -197,6 +197,12 @@ def test_the_worlds_defaults_are_the_calibrated_values_on_record():
                           "fine_weight": world.scale_weights[0], "nugget_weight": world.nugget_weight,
                           "lookalike_weight": world.lookalike_weight, "coarse_exponent": world.coarse_exponent,
                           "country_weight": world.region_weights[0], "coarse_weight": world.scale_weights[2]}
+    held = [row for row in log.splitlines() if row.startswith("Held fixed (WorldConfig's other defaults): ")][-1]
+    fixed = ast.literal_eval(held.removeprefix("Held fixed (WorldConfig's other defaults): ").split("}")[0] + "}")
+    assert fixed == {"seed": world.seed, "positions": world.positions, "jitter_km": world.jitter_km, "scales_km": world.scales_km,
+                     "medium_weight": world.scale_weights[1], "admin1_weight": world.region_weights[1],
+                     "content_types": world.content_types, "content_weight": world.content_weight,
+                     "n_frequencies": world.n_frequencies}
 
 
 def test_fields_of_1000_km_are_coarse_cues_and_of_100_km_fine_ones():
@@ -304,28 +310,44 @@ def test_a_world_with_one_region_weight_has_that_term_alone():
 
 
 def test_the_theoretical_variogram_by_hand():
-    """One 100 km field of weight 1, look-alikes of weight 2, a nugget of 1: total variance 6. At lag 0 only the
-    nugget, 1/6; far away the field too, 2/6; uncorrelated look-alikes add 4/6 to the upper bound."""
-    config = WorldConfig(scales_km=[100.0], scale_weights=[1.0], lookalike_weight=2.0, nugget_weight=1.0)
+    """One 100 km field of weight 1, look-alikes of weight 3, a nugget of 0.5: total variance 10.25. At lag 0 only the
+    nugget, 0.25 / 10.25; far away the field too, 1.25 / 10.25; uncorrelated look-alikes add 9 / 10.25 to the upper
+    bound."""
+    config = WorldConfig(scales_km=[100.0], scale_weights=[1.0], lookalike_weight=3.0, nugget_weight=0.5)
     lower, upper = theoretical_variogram(config, np.array([0.0, 100.0, 15000.0]))
     chord = 2 * np.sin(100.0 / (2 * 6371.0088))
-    np.testing.assert_allclose(lower, [1 / 6, (1 + 1 - np.exp(-chord**2 / (2 * (100 / 6371.0088) ** 2))) / 6, 2 / 6], rtol=1e-6)
-    np.testing.assert_allclose(upper - lower, 4 / 6, rtol=1e-9)
+    field_at_100 = 1 - np.exp(-chord**2 / (2 * (100 / 6371.0088) ** 2))
+    np.testing.assert_allclose(lower, [0.25 / 10.25, (0.25 + field_at_100) / 10.25, 1.25 / 10.25], rtol=1e-6)
+    np.testing.assert_allclose(upper - lower, 9 / 10.25, rtol=1e-9)
 
 
-@pytest.mark.parametrize("change, accepted", [
-    (dict(n_train=3, n_test=1, dim=2), True), (dict(locatability_b=0.0), True),
-    (dict(n_train=2), False), (dict(n_test=0), False), (dict(dim=1), False), (dict(locatability_a=0.0), False),
-    (dict(locatability_b=-0.1), False), (dict(region_weights=[0.5, 0.4, 0.1]), False), (dict(content_types=0), False),
+def test_content_is_the_unlocatable_share_of_a_prototype_of_its_weight():
+    """One kind of content, of weight 2: every photo's content term is (1 - locatability) times 2 times the same
+    prototype, a standard normal vector."""
+    config = WorldConfig(dim=512, seed=2, content_types=1, content_weight=2.0)
+    latlon = sample_positions(config, 50, np.random.default_rng(2))
+    _, parts, _, lam = world_features(latlon, config, components=True)
+    per_unit = parts["content"] / (1 - lam)[:, None]
+    np.testing.assert_allclose(per_unit, np.broadcast_to(per_unit[0], per_unit.shape), rtol=1e-4, atol=1e-5)
+    assert np.std(per_unit[0]) == pytest.approx(2.0, rel=0.1)
+
+
+@pytest.mark.parametrize("change, refused", [
+    (dict(n_train=3, n_test=1, dim=2), None), (dict(locatability_b=0.0), None), (dict(content_types=1), None),
+    (dict(coarse_exponent=1.0), None),
+    (dict(n_train=2), "a world needs"), (dict(n_test=0), "a world needs"), (dict(dim=1), "a world needs"),
+    (dict(locatability_a=0.0), "a world needs"), (dict(locatability_b=-0.1), "a world needs"),
+    (dict(region_weights=[0.5, 0.4, 0.1]), "a world needs"), (dict(content_types=0), "a world needs"),
+    (dict(coarse_exponent=0.0), r"coarse_exponent must be in \(0, 1\]"), (dict(coarse_exponent=1.01), r"coarse_exponent must be in \(0, 1\]"),
 ])
-def test_the_smallest_world_is_accepted_and_anything_smaller_refused(tmp_path, change, accepted):
+def test_the_smallest_world_is_accepted_and_anything_smaller_refused(tmp_path, change, refused):
     config = WorldConfig(n_train=20, n_test=5, dim=8) if "n_train" not in change else WorldConfig(dim=8)
     config = replace(config, **change)
-    if accepted:
+    if refused is None:
         simulate(tmp_path / "w", config, progress=False)
         assert FeatureStore(tmp_path / "w" / "train").dim == config.dim and len(FeatureStore(tmp_path / "w" / "test")) == config.n_test
     else:
-        with pytest.raises(GeovarioError, match="a world needs"):
+        with pytest.raises(GeovarioError, match=refused):
             simulate(tmp_path / "w", config, progress=False)
         assert not (tmp_path / "w").exists()
 
@@ -337,3 +359,11 @@ def test_a_world_is_not_replaced_unless_asked(tmp_path):
         simulate(tmp_path / "w", replace(config, seed=1), progress=False)
     simulate(tmp_path / "w", replace(config, seed=1), progress=False, overwrite=True)
     assert json.loads((tmp_path / "w" / "truth.json").read_text())["config"]["seed"] == 1
+
+
+def test_each_part_of_a_world_draws_from_its_own_random_stream():
+    """Positions, fields, noise, regions and content: no two parts of a world replay the same random numbers."""
+    from geovario.sim import STREAMS, _stream
+
+    draws = {part: tuple(_stream(7, part).random(4)) for part in STREAMS}
+    assert len(set(draws.values())) == len(STREAMS) == 6

@@ -18,7 +18,7 @@ from geovario.cli import main
 from geovario.config import load_config
 from geovario.data.store import write_store
 from geovario.errors import GeovarioError
-from geovario.train import train
+from geovario.train import Trainer, train
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 SMALL = ["model.queue_size=64", "model.embed_dim=16", "model.hidden_dim=32", "model.rff_dim=16", "train.batch_size=16",
@@ -113,6 +113,10 @@ def test_logit_scale_is_clamped_at_ln_100(tmp_path, stores):
         trainer.model.logit_scale.fill_(6.0)  # a temperature of 1/403
     trainer.step()
     assert float(trainer.model.logit_scale.detach()) == pytest.approx(math.log(100), abs=1e-6)
+    with torch.no_grad():
+        trainer.model.logit_scale.fill_(0.5)  # a temperature of 0.61: allowed, only a scale below 0 (T > 1) is not
+    trainer.step()
+    assert 0.4 < float(trainer.model.logit_scale.detach()) < 0.6
 
 
 def test_semivariogram_metrics_are_logged(tmp_path, stores):
@@ -121,11 +125,13 @@ def test_semivariogram_metrics_are_logged(tmp_path, stores):
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert {"reweighted_fraction", "mean_hard_weight", "mean_false_weight"} <= set(metrics.columns)
     assert (metrics["reweighted_fraction"] > 0).all()
+    assert metrics["epoch"].tolist() == [0] * 10 and (metrics["samples_per_s"] > 0).all()  # 20 steps an epoch
     frozen = json.loads((tmp_path / "run" / "variogram.json").read_text())
     checkpoint = tmp_path / "run" / "checkpoints" / (tmp_path / "run" / "checkpoints" / "latest").read_text()
     refitted = json.loads((checkpoint / "state.json").read_text())["variogram"]
     assert frozen["n_points"] == refitted["n_points"] == 320
     assert refitted["bins"] != frozen["bins"]  # re-estimated, on the learned embeddings
+    assert [b["n"] for b in refitted["bins"]] == [b["n"] for b in frozen["bins"]]  # over every pair of the same 320 places
 
 
 def test_image_level_training(tmp_path, tiny_clip_dir):
@@ -181,7 +187,7 @@ def test_image_level_reference_features_are_the_plain_centre_crop(tmp_path, tiny
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
     dataset = read_dataset(tmp_path / "data.csv", images=tmp_path / "images")
     backbone = ClipBackbone.load(str(tiny_clip_dir), "cpu")
-    data = ImageData(dataset, backbone, reference=True)
+    data = ImageData(dataset, backbone, reference=True, workers=0)
     index = np.array([4, 1, 5, 0])
     batch = data.batch(index, slice(1, 3), torch.Generator().manual_seed(0), "cpu")
     plain = backbone.encode_paths([dataset.records[i].image for i in (1, 5)], batch_size=2)
@@ -399,3 +405,70 @@ def test_a_gallery_store_of_another_width_is_refused(tmp_path, stores):
     with pytest.raises(GeovarioError, match=rf"config key negatives.gallery: {wide} holds 48-d features, the training data 32-d"):
         Trainer(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_refitted_variogram_reaches_every_loss_that_weighs_by_one():
+    """A refit (or a resume) hands the new variogram to the loss: in a combined loss, to its semivariogram part, and to
+    nothing that has no variogram."""
+    from geovario.config import load_config
+    from geovario.losses import build_loss
+    from geovario.train.build import set_variogram
+    from geovario.variogram import VariogramModel
+
+    config = load_config(None, ["data.train=unused", "loss.name=combined",
+                                "loss.parts=[{name: infonce, weight: 1}, {name: semivariogram, weight: 1}]"])
+    first, refitted = (VariogramModel("spherical", nugget=0.1, psill=0.4, range_km=r) for r in (2000.0, 3500.0))
+    loss = build_loss(config.loss.name, config.loss.__dict__, first)
+    set_variogram(loss, refitted)
+    weighted = [m for m in loss.modules() if type(m).__name__ == "SemivariogramWeightedInfoNCE"]
+    plain = [m for m in loss.modules() if type(m).__name__ == "InfoNCE"]
+    assert len(weighted) == len(plain) == 1
+    assert weighted[0].variogram is refitted and not hasattr(plain[0], "variogram")
+
+
+def test_a_refused_start_leaves_a_folder_the_user_made_and_a_batch_of_every_sample_trains(tmp_path):
+    store = make_store(tmp_path / "store", 16, seed=0).folder
+    mine = tmp_path / "mine"
+    mine.mkdir()  # made by the user, empty: not ours to remove
+    with pytest.raises(GeovarioError, match="config key train.batch_size: 32 is larger than the 16 training samples"):
+        Trainer(load_config(None, SMALL + [f"data.train={store}", "train.batch_size=32"]), mine, progress=False)
+    assert mine.is_dir()
+    trainer = Trainer(load_config(None, SMALL + [f"data.train={store}", "train.batch_size=16"]), tmp_path / "all", progress=False)
+    assert trainer.sampler.steps_per_epoch == 1
+    assert json.loads((tmp_path / "all" / "data.json").read_text())["train"] == str(store)
+    cosine = SMALL + [f"data.train={store}", "train.batch_size=16", "train.max_steps=3", "optim.schedule=cosine"]
+    with pytest.raises(GeovarioError, match="config key optim.warmup_steps: 3 warmup steps in a run of 3 steps"):
+        Trainer(load_config(None, cosine + ["optim.warmup_steps=3"]), tmp_path / "warm", progress=False)
+    assert Trainer(load_config(None, cosine + ["optim.warmup_steps=2"]), tmp_path / "warm", progress=False).total == 3
+
+
+def test_a_resumed_run_weighs_by_its_refitted_variogram(tmp_path):
+    store = make_store(tmp_path / "store", 64, seed=0).folder
+    config = load_config(None, SMALL + [f"data.train={store}", "loss.name=semivariogram", "train.max_steps=4", "loss.refit_every=2"])
+    train(config, tmp_path / "run", progress=False)
+    frozen = json.loads((tmp_path / "run" / "variogram.json").read_text())
+    resumed = Trainer(load_config(None, SMALL + [f"data.train={store}", "loss.name=semivariogram", "train.max_steps=6",
+                                                 "loss.refit_every=2"]), tmp_path / "run", resume=True, progress=False)
+    assert resumed.learned_space and resumed.state.step == 4
+    assert resumed.loss_fn.variogram.to_dict() == resumed.state.variogram != frozen
+
+
+def test_the_loss_takes_each_refit_from_the_step_it_is_made(tmp_path):
+    """loss.refit_every=3: the frozen fit for steps 1-3, the fit on learned embeddings from step 3 on, handed to the loss."""
+    store = make_store(tmp_path / "store", 64, seed=0).folder
+    trainer = Trainer(load_config(None, SMALL + [f"data.train={store}", "loss.name=semivariogram", "loss.refit_every=3"]),
+                      tmp_path / "run", progress=False)
+    frozen = trainer.loss_fn.variogram
+    for _ in range(2):
+        trainer.step()
+        assert not trainer.learned_space and trainer.state.variogram is None and trainer.loss_fn.variogram is frozen
+    trainer.step()
+    assert trainer.learned_space and trainer.loss_fn.variogram is not frozen
+    assert trainer.loss_fn.variogram.to_dict() == trainer.state.variogram
+
+
+def test_a_run_folder_that_is_a_file_is_refused_before_training(tmp_path):
+    store = make_store(tmp_path / "store", 64, seed=0).folder
+    (tmp_path / "run").write_text("not a folder")
+    with pytest.raises(GeovarioError, match="run: cannot create the output folder: a file of that name is in the way"):
+        Trainer(load_config(None, SMALL + [f"data.train={store}"]), tmp_path / "run", progress=False)

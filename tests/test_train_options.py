@@ -205,12 +205,25 @@ def test_wandb_logs_every_metrics_row_and_resumes_the_same_run(tmp_path, stores,
     monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: one line naming the key
     with pytest.raises(GeovarioError, match="train.wandb: the wandb package is not installed"):
         train(load_config(None, overrides), tmp_path / "other", progress=False)
+    assert not (tmp_path / "other").exists()  # refused at the start, before the run folder is written
 
 
 def test_float16_amp_is_accepted_and_inert_on_cpu(tmp_path, stores):
     run = trainer(tmp_path / "run", stores, "train.amp_dtype=float16", "train.device=cpu")
     assert not run.scaler.is_enabled() and not run.amp._enabled  # autocast and loss scaling are CUDA-only here
     run.step()
+
+
+def test_only_float16_autocast_on_cuda_scales_the_loss():
+    """bfloat16 has float32's exponent range and needs no loss scaling; float16 does; CPU runs use no autocast."""
+    from types import SimpleNamespace
+
+    from geovario.train.loop import uses_loss_scaling
+
+    cases = [(True, "float16", "cuda", True), (True, "bfloat16", "cuda", False), (False, "float16", "cuda", False),
+             (True, "float16", "cpu", False)]
+    for amp, dtype, device, expected in cases:
+        assert uses_loss_scaling(SimpleNamespace(amp=amp, amp_dtype=dtype), SimpleNamespace(type=device)) is expected, (amp, dtype, device)
 
 
 def _kept_bytes(model, latlon: torch.Tensor, features: torch.Tensor) -> int:
@@ -324,3 +337,25 @@ def test_an_enabled_loss_scalers_state_survives_a_checkpoint(tmp_path):
     save_checkpoint(run.run_dir, run.model, run.optimizer, run.scheduler, run.negatives, run.state)  # no scaler at all
     latest = run.run_dir / "checkpoints" / (run.run_dir / "checkpoints" / "latest").read_text().strip()
     assert latest.name == f"step-{run.state.step:08d}" and json.loads((latest / "state.json").read_text())["grad_scaler"] is None
+
+
+def test_a_validation_that_only_ties_the_best_keeps_the_earlier_model(tmp_path):
+    from types import SimpleNamespace
+
+    from geovario.train.loop import Trainer
+
+    for metric, values in (("acc_2500km", [50.0, 60.0, 60.0, 55.0]), ("median_km", [900.0, 800.0, 800.0, 850.0])):
+        written = []
+
+        def save(folder, extra, written=written):
+            folder.mkdir()
+            (folder / "step").write_text(str(extra["best"]["step"]))
+            written.append(extra["best"]["step"])
+
+        run_dir = tmp_path / metric
+        run_dir.mkdir()
+        fake = SimpleNamespace(config=SimpleNamespace(train=SimpleNamespace(keep_best=metric)), state=SimpleNamespace(best=None),
+                               run_dir=run_dir, _save_model=save)
+        for step, value in enumerate(values, 1):
+            Trainer._keep_if_best(fake, {f"val_{metric}": value}, step)
+        assert written == [1, 2] and fake.state.best["step"] == 2 and (run_dir / "best" / "step").read_text() == "2", metric

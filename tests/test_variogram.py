@@ -204,6 +204,27 @@ def test_stratified_sampling_is_unbiased_and_fills_short_lags():
     np.testing.assert_array_equal(sampled.n[short], exact.n[short])  # the budget holds every short pair: all are used
 
 
+def test_models_at_half_their_range_by_hand():
+    """structure(h) at h = range / 2 from each model's textbook form with geovario's range convention (the lag where
+    spherical reaches its sill, exponential 1 - e^-3, gaussian 1 - e^-4, stable 1 - e^-3)."""
+    half = {"spherical": 1.5 * 0.5 - 0.5 * 0.5**3, "exponential": 1 - np.exp(-1.5), "gaussian": 1 - np.exp(-1.0),
+            "stable": 1 - np.exp(-3 / 2**1.5)}
+    for name, structure in half.items():
+        model = VariogramModel(name, nugget=0.1, psill=0.5, range_km=1000.0, shape=1.5)
+        assert model(np.array([500.0]))[0] == pytest.approx(0.1 + 0.5 * structure, rel=1e-12), name
+        assert model(torch.tensor([500.0], dtype=torch.float64)).item() == pytest.approx(0.1 + 0.5 * structure, rel=1e-12), name
+    assert str(VariogramModel("stable", 0.1, 0.5, 1000.0, 1.5)) == "stable: nugget 0.1, partial sill 0.5, range 1000 km, shape 1.5"
+    assert str(VariogramModel("spherical", 0.1, 0.5, 1000.0)) == "spherical: nugget 0.1, partial sill 0.5, range 1000 km"
+
+
+def test_a_stable_model_without_its_shape_is_refused(tmp_path):
+    (tmp_path / "v.json").write_text(json.dumps({"model": "stable", "nugget": 0.1, "psill": 0.5, "range_km": 900.0}))
+    with pytest.raises(GeovarioError, match="v.json: not a fitted variogram .*shape"):
+        VariogramModel.load(tmp_path / "v.json")
+    (tmp_path / "s.json").write_text(json.dumps({"model": "spherical", "nugget": 0.1, "psill": 0.5, "range_km": 900.0}))
+    assert VariogramModel.load(tmp_path / "s.json").range_km == 900.0  # no shape to give
+
+
 def test_models_evaluate_in_numpy_and_torch_and_roundtrip(tmp_path):
     for name, at_range in [("spherical", 1.0), ("exponential", 1 - np.exp(-3)), ("gaussian", 1 - np.exp(-4)), ("stable", 1 - np.exp(-3))]:
         model = VariogramModel(name, nugget=0.1, psill=0.5, range_km=1000.0, shape=1.5)
@@ -231,6 +252,14 @@ def test_bad_input_is_refused(tmp_path):
     bad[4, 2] = np.nan
     with pytest.raises(GeovarioError, match="row 4 contains NaN"):
         empirical_variogram(bad, latlon)
+    many = np.ones((70_000, 2), np.float32)  # checked a block of rows at a time: a row past the first block
+    many[65_540, 1] = np.inf
+    with pytest.raises(GeovarioError, match="features row 65540 contains NaN or inf"):
+        empirical_variogram(many, np.tile(latlon, (7_000, 1)))
+    many[65_540, 1] = 1.0
+    many[65_539] = 0.0
+    with pytest.raises(GeovarioError, match="features row 65539 has zero norm"):
+        empirical_variogram(many, np.tile(latlon, (7_000, 1)))
     zero = features.copy()
     zero[6] = 0
     with pytest.raises(GeovarioError, match="row 6 has zero norm"):
@@ -493,7 +522,11 @@ def test_what_the_fit_accepts_and_refuses_at_its_boundaries():
                                   "matheron", "exact", 100)
 
     three = [0.2, 0.5, 0.6]
-    assert fit_variogram(bins(three), "spherical").info["fit"]["bins_used"] == 3  # as many bins as parameters: fitted
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy cannot estimate the covariance of an exact fit: it is not used, nor shown
+        assert fit_variogram(bins(three), "spherical").info["fit"]["bins_used"] == 3  # as many bins as parameters: fitted
     with pytest.raises(VariogramFitError, match="only 3 non-empty bins, fewer than the 4 parameters of the stable model"):
         fit_variogram(bins(three), "stable")
     one_pair = fit_variogram(bins([0.2, 0.4, 0.5, 0.55, 0.6, 0.6], n=[1, 50, 0, 50, 50, 50]), "spherical")
@@ -527,3 +560,67 @@ def test_a_stable_models_shape_stays_at_most_two():
     counts = np.full(24, 100)
     fitted = fit_variogram(EmpiricalVariogram(edges, gamma, counts, counts.astype(float), mean_h, "matheron", "exact", 500), "stable")
     assert fitted.shape == pytest.approx(2.0) and "shape" in fitted.info["fit"]["at_bounds"]
+
+
+def test_each_stratum_weighs_its_pairs_by_the_chance_they_are_drawn():
+    """Bins one short lag wide, so the first holds the short stratum alone. Each short pair is drawn with
+    probability budget / (short pairs there are, counted here with a haversine BallTree), so it weighs the inverse;
+    each random pair weighs n(n - 1) / 2 / draws. And a budget of b random draws, all far apart, bins b pairs."""
+    from sklearn.neighbors import BallTree
+
+    latlon, features = clustered_photos(n=2000, clusters=200, seed=7)
+    short_lag = 50.0
+    tree = BallTree(np.radians(latlon), metric="haversine")
+    short_total = (tree.query_radius(np.radians(latlon), short_lag / EARTH_RADIUS_KM, count_only=True) - 1).sum() // 2
+    budget = int(short_total // 3)
+    kwargs = dict(bins=401, max_lag_km=401 * short_lag, exact_max=1000, short_lag_km=short_lag, seed=4)
+    sampled = empirical_variogram(features, latlon, max_pairs=2 * budget, **kwargs)
+    assert sampled.sampling == "stratified" and 0.2 * budget < sampled.n[0] < 0.8 * short_total  # a part, drawn
+    assert sampled.n_weighted[0] / sampled.n[0] == pytest.approx(short_total / budget, rel=1e-9)
+    far = sampled.n[1:] > 0
+    assert far.sum() > 100
+    np.testing.assert_allclose(sampled.n_weighted[1:][far] / sampled.n[1:][far], 2000 * 1999 / 2 / budget, rtol=1e-9)
+
+    spread, features = sphere_points(40, seed=9), np.random.default_rng(9).normal(size=(40, 4))
+    for draws in (1, 2, (1 << 20) + 5):  # the last one more than a chunk of 2^20 draws
+        every_pair_far = empirical_variogram(features, spread, bins=4, max_lag_km=20016.0, exact_max=10, max_pairs=2 * draws,
+                                             short_lag_km=1e-3)
+        assert every_pair_far.n.sum() == draws, draws
+
+
+@pytest.mark.parametrize("weights", ["cressie", "pairs", "none"])
+def test_a_fit_scales_with_its_semivariances(weights):
+    """Raw features (normalize=False) have semivariances of any size: bins ten times as high fit a nugget and sill ten
+    times as high at the same range (the bounds scale with the data)."""
+    from dataclasses import replace
+
+    empirical = uneven_bins()
+    base = fit_variogram(empirical, "spherical", weights=weights)
+    scaled = fit_variogram(replace(empirical, gamma=10 * empirical.gamma), "spherical", weights=weights)
+    np.testing.assert_allclose([scaled.nugget, scaled.psill, scaled.range_km], [10 * base.nugget, 10 * base.psill, base.range_km],
+                               rtol=1e-3, atol=1e-6)
+
+
+def test_the_losses_bins_count_every_pair_over_several_row_blocks():
+    latlon, features = sphere_points(2100, seed=2), np.random.default_rng(2).normal(size=(2100, 4))  # two row blocks
+    assert empirical_for_loss(features, latlon).n.sum() == 2100 * 2099 // 2
+
+
+def test_an_estimate_reads_float32_features_up_to_exact_max_and_reports_the_others_under_compare(tmp_path):
+    import pandas as pd
+
+    from geovario.data.store import ArrayFeatures
+    from geovario.variogram.estimate import EstimateSettings, estimate, estimates_report
+
+    latlon, features = sphere_points(60, seed=3), np.random.default_rng(3).normal(size=(60, 8)).astype(np.float32)
+    np.save(tmp_path / "f.npy", features)
+    pd.DataFrame({"LAT": latlon[:, 0], "LON": latlon[:, 1]}).to_csv(tmp_path / "g.csv", index=False)
+    source = ArrayFeatures(tmp_path / "f.npy", tmp_path / "g.csv")
+    settings = EstimateSettings(bins=6, log_bins=False, exact_max=60)
+    result = estimate(source, "a", settings, progress=False)
+    direct = empirical_variogram(features, latlon, bins=6, exact_max=60)
+    np.testing.assert_allclose(result.empirical.gamma, direct.gamma, rtol=1e-7)  # float16 would be off by ~1e-4
+    others = [estimate(source, label, settings, progress=False) for label in ("b", "c")]
+    assert "compare" not in estimates_report([result], "spherical")
+    assert [e["label"] for e in estimates_report([result, others[0]], "spherical")["compare"]] == ["b"]
+    assert [e["label"] for e in estimates_report([result, *others], "spherical")["compare"]] == ["b", "c"]

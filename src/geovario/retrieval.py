@@ -221,8 +221,9 @@ def faiss_index(gallery_embeddings: np.ndarray, factory: str = "Flat"):
         except RuntimeError as e:  # e.g. IVF4096 on a gallery of a few thousand: fewer points than clusters
             raise GeovarioError(f"FAISS index {factory!r} cannot be trained on this gallery of {len(gallery_embeddings):,} "
                                 f"locations ({str(e).strip().splitlines()[0][:200]}); use Flat or fewer clusters") from None
-    for start in range(0, len(gallery_embeddings), 65536):
-        index.add(np.ascontiguousarray(gallery_embeddings[start : start + 65536], dtype=np.float32))
+    rows = 65536  # added at a time (the gallery may be a memory map)
+    for start in range(0, len(gallery_embeddings), rows):
+        index.add(np.ascontiguousarray(gallery_embeddings[start : start + rows], dtype=np.float32))
     return index
 
 

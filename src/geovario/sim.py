@@ -143,6 +143,14 @@ def regions(latlon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cc, np.char.add(np.char.add(cc, "/"), places["admin1"].to_numpy(str)[nearest])
 
 
+# Each part of a world draws from its own random stream, [seed, stream], so that changing one part leaves the others.
+STREAMS = {"positions": 0, "fields": 1, "noise": 2, "country": 3, "admin1": 4, "content": 5}
+
+
+def _stream(seed: int, part: str) -> np.random.Generator:
+    return np.random.default_rng([seed, STREAMS[part]])
+
+
 def _region_vectors(keys: np.ndarray, dim: int, seed: int, stream: int) -> np.ndarray:
     """One N(0, I) vector per distinct key, the same for a key wherever and whenever it is drawn."""
     distinct, inverse = np.unique(keys, return_inverse=True)
@@ -156,7 +164,7 @@ def world_features(latlon: np.ndarray, config: WorldConfig, components: bool = F
     Per-photo draws (the nugget, which photos carry little signal, their content) follow the rows'
     order, so they come from one call for the whole world.
     """
-    field_rng = np.random.default_rng([config.seed, 1])
+    field_rng = _stream(config.seed, "fields")
     points = _unit_vectors(latlon)
     parts = {}
     for scale, weight in zip(config.scales_km, config.scale_weights):
@@ -166,15 +174,15 @@ def world_features(latlon: np.ndarray, config: WorldConfig, components: bool = F
     parts["lookalike"] = config.lookalike_weight * _rff_field(descriptor, 0.3, config.dim, config.n_frequencies, field_rng)
     if any(config.region_weights):
         country, admin1 = regions(latlon)
-        parts["country"] = config.region_weights[0] * _region_vectors(country, config.dim, config.seed, 3)
-        parts["admin1"] = config.region_weights[1] * _region_vectors(admin1, config.dim, config.seed, 4)
-    noise_rng = np.random.default_rng([config.seed, 2])
+        parts["country"] = config.region_weights[0] * _region_vectors(country, config.dim, config.seed, STREAMS["country"])
+        parts["admin1"] = config.region_weights[1] * _region_vectors(admin1, config.dim, config.seed, STREAMS["admin1"])
+    noise_rng = _stream(config.seed, "noise")
     parts["nugget"] = config.nugget_weight * noise_rng.normal(size=(len(latlon), config.dim)).astype(np.float32)
     coarse = [k for k in parts if k in ("lookalike", "country") or (k.startswith("field_") and float(k[6:-2]) >= COARSE_KM)]
     fine = sum(v for k, v in parts.items() if k not in coarse and k != "nugget")
     coarse_part = sum(parts[k] for k in coarse)
     locatability = photo_locatability(config, noise_rng, len(latlon))
-    prototypes = np.random.default_rng([config.seed, 5]).normal(size=(config.content_types, config.dim)).astype(np.float32)
+    prototypes = _stream(config.seed, "content").normal(size=(config.content_types, config.dim)).astype(np.float32)
     kind = noise_rng.integers(0, config.content_types, len(latlon))
     parts["content"] = ((1 - locatability)[:, None] * config.content_weight * prototypes[kind]).astype(np.float32)
     coarse_share = locatability ** config.coarse_exponent  # >= locatability: coarse cues outlast street-level ones
@@ -229,7 +237,7 @@ def simulate(out: str | Path, config: WorldConfig, progress: bool = True, overwr
         raise GeovarioError(f"{out}: holds a world already ({', '.join(existing)}); add --overwrite to replace it")
     for part in existing:
         shutil.rmtree(out / part) if (out / part).is_dir() else (out / part).unlink()
-    rng = np.random.default_rng([config.seed, 0])
+    rng = _stream(config.seed, "positions")
     latlon = sample_positions(config, config.n_train + config.n_test, rng)
     features, _, _, locatability = world_features(latlon, config, components=True)
     for name, rows in (("train", slice(0, config.n_train)), ("test", slice(config.n_train, None))):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from geovario.cli.options import add_feature_source_args, figure_path, non_negative_int, positive_float, positive_int
-from geovario.variogram.choices import ESTIMATORS, EXACT_MAX, MAX_LAG_KM, MAX_PAIRS, MODELS, SHORT_LAG_KM, WEIGHTS
+from geovario.variogram.choices import ESTIMATORS, MODELS, WEIGHTS, EstimateSettings
 
 
 def register(commands) -> None:
@@ -24,29 +24,32 @@ def register(commands) -> None:
         ),
     )
     add_feature_source_args(vario)
+    d = EstimateSettings()  # the library's defaults are the command's
     vario.add_argument("--out", required=True, type=Path, help="JSON file for the fitted model and bins")
     vario.add_argument("--plot", type=figure_path, metavar="PNG",
                        help="also draw the bins and the fit (.png, .pdf, .svg, ...; .png added to a name without a suffix)")
-    vario.add_argument("--bins", type=positive_int, default=40, help="number of lag bins (default 40, as the loss's fit)")
+    vario.add_argument("--bins", type=positive_int, default=d.bins, help=f"number of lag bins (default {d.bins}, as the loss's fit)")
     spacing = vario.add_mutually_exclusive_group()
-    spacing.add_argument("--log-bins", action="store_true", default=True,
+    spacing.add_argument("--log-bins", action="store_true", default=d.log_bins,
                          help="log-spaced bins from --min-lag-km, as the semivariogram loss fits them (the default): the lags "
                               "under 25 km where false negatives live get bins of their own")
     spacing.add_argument("--linear-bins", dest="log_bins", action="store_false",
                          help="equal-width bins instead (with 40 bins each is 500 km wide, so every lag under 500 km shares one)")
-    vario.add_argument("--min-lag-km", type=positive_float, default=1.0, help="first log-bin edge (default 1 km; the first bin starts at 0)")
-    vario.add_argument("--max-lag-km", type=positive_float, default=MAX_LAG_KM,
-                       help=f"largest lag (default {MAX_LAG_KM:g}, half the Earth's circumference)")
-    vario.add_argument("--model", choices=MODELS, default="spherical", help="variogram model (default spherical)")
-    vario.add_argument("--estimator", choices=ESTIMATORS, default="matheron",
+    vario.add_argument("--min-lag-km", type=positive_float, default=d.min_lag_km,
+                       help=f"first log-bin edge (default {d.min_lag_km:g} km; the first bin starts at 0)")
+    vario.add_argument("--max-lag-km", type=positive_float, default=d.max_lag_km,
+                       help=f"largest lag (default {d.max_lag_km:g}, half the Earth's circumference)")
+    vario.add_argument("--model", choices=MODELS, default=d.model, help=f"variogram model (default {d.model})")
+    vario.add_argument("--estimator", choices=ESTIMATORS, default=d.estimator,
                        help="matheron: the mean of 1 - cos per bin (default; the only one the loss accepts); cressie: "
                             "Cressie-Hawkins' robust estimator, with its constants derived for D-dimensional isotropic Gaussian increments")
-    vario.add_argument("--weights", choices=WEIGHTS, default="cressie", help="fit weights: N_k/γ_k² (Cressie 1985), N_k, or none (default cressie)")
-    vario.add_argument("--exact-max", type=positive_int, default=EXACT_MAX, help=f"use every pair up to this many points (default {EXACT_MAX})")
-    vario.add_argument("--max-pairs", type=positive_int, default=MAX_PAIRS, help=f"pairs sampled above --exact-max (default {MAX_PAIRS:,})")
-    vario.add_argument("--short-lag-km", type=positive_float, default=SHORT_LAG_KM,
-                       help=f"short-lag stratum radius when sampling (default {SHORT_LAG_KM:g} km)")
-    vario.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0)")
+    vario.add_argument("--weights", choices=WEIGHTS, default=d.weights,
+                       help=f"fit weights: N_k/γ_k² (Cressie 1985), N_k, or none (default {d.weights})")
+    vario.add_argument("--exact-max", type=positive_int, default=d.exact_max, help=f"use every pair up to this many points (default {d.exact_max})")
+    vario.add_argument("--max-pairs", type=positive_int, default=d.max_pairs, help=f"pairs sampled above --exact-max (default {d.max_pairs:,})")
+    vario.add_argument("--short-lag-km", type=positive_float, default=d.short_lag_km,
+                       help=f"short-lag stratum radius when sampling (default {d.short_lag_km:g} km)")
+    vario.add_argument("--seed", type=non_negative_int, default=d.seed, help=f"sampling seed (default {d.seed})")
     vario.add_argument("--compare", type=Path, nargs="+", metavar="STORE", help="more stores to estimate the same way and overlay in --plot")
     vario.add_argument("--json", action="store_true", help="print the result JSON to stdout too")
     vario.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -106,7 +106,7 @@ class ImageData:
     own generator exactly as without workers, so the run and its resume are the same either way.
     """
 
-    def __init__(self, dataset, backbone, reference: bool = False, workers: int = 0):
+    def __init__(self, dataset, backbone, *, reference: bool, workers: int):
         self.records, self.backbone, self.reference, self.workers = dataset.records, backbone, reference, workers
         self.source = dataset.source
         self.gps = torch.tensor([[r.lat, r.lon] for r in self.records], dtype=torch.float32)
@@ -158,7 +158,7 @@ class ImageData:
         return None  # no stored features to draw gallery negatives' images from
 
 
-def open_training_data(config: Config, device: torch.device, reference: bool = False):
+def open_training_data(config: Config, device: torch.device, *, reference: bool):
     """The store (``data.train``) or the images (``data.images``) the config names."""
     if config.data.images:
         from geovario.backbones import ClipBackbone
@@ -168,7 +168,7 @@ def open_training_data(config: Config, device: torch.device, reference: bool = F
 
         dataset = read_dataset(config.data.images, images=config.data.images_dir)
         workers = cores_per_process() if config.data.workers is None else config.data.workers
-        return ImageData(dataset, ClipBackbone.load(config.data.backbone, device), reference, workers)
+        return ImageData(dataset, ClipBackbone.load(config.data.backbone, device), reference=reference, workers=workers)
     path = Path(config.data.train)
     if not path.is_dir():
         raise GeovarioError(f"config key data.train: feature store {path} not found")

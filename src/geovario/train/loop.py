@@ -73,6 +73,11 @@ def validation_row(summary: dict) -> dict:
             | {"val_median_km": summary["median_km"], "val_mean_km": summary["mean_km"], "val_geoscore": summary["geoscore"]})
 
 
+def uses_loss_scaling(train, device) -> bool:
+    """float16 autocast (CUDA only) needs loss scaling for its narrow range; bfloat16 has float32's exponent and does not."""
+    return bool(train.amp and device.type == "cuda" and train.amp_dtype == "float16")
+
+
 class Trainer:
     """One training run, on one process or as one rank of a torchrun job (see geovario.distributed).
 
@@ -134,8 +139,7 @@ class Trainer:
         self.scheduler = Schedule(self.optimizer, config.optim, self.total)
         on_cuda = t.amp and self.device.type == "cuda"
         self.amp = torch.autocast(self.device.type, dtype=getattr(torch, t.amp_dtype), enabled=on_cuda)
-        # float16's narrow range needs loss scaling (bfloat16 has float32's exponent and does not)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=on_cuda and t.amp_dtype == "float16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=uses_loss_scaling(t, self.device))
         self.state = TrainState()
         self.learned_space = False
         if resume:

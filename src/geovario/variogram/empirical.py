@@ -94,7 +94,7 @@ class _Bins:
             return (h * self.inverse_width).long().clamp_(max=self.k)
         return torch.clamp(torch.bucketize(h, self.edges, right=True) - 1, 0, self.k)
 
-    def add(self, h: torch.Tensor, d: torch.Tensor, weight: float = 1.0, robust: bool = False) -> None:
+    def add(self, h: torch.Tensor, d: torch.Tensor, *, robust: bool, weight: float = 1.0) -> None:
         idx = self.index(h)
         n = self.k + 1
         counts = torch.bincount(idx, minlength=n).double().numpy()
@@ -155,7 +155,7 @@ def _lag_km(cos_angle: torch.Tensor) -> torch.Tensor:
     return EARTH_RADIUS_KM * torch.acos(torch.clamp(cos_angle, -1.0, 1.0))
 
 
-def _validate(features, latlon, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def _validate(features, latlon, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
     """Row norms (float32) and float64 coordinates, or a one-line error for unusable input."""
     if features.ndim != 2:
         raise GeovarioError(f"features must be an (N, D) array, got shape {features.shape}")
@@ -169,8 +169,9 @@ def _validate(features, latlon, normalize: bool = True) -> tuple[np.ndarray, np.
     if problems:
         raise GeovarioError(f"coordinates row {problems[0][0]}: {problems[0][1]}")
     norms = np.empty(n, np.float32)
-    for start in range(0, n, 65536):
-        block = np.asarray(features[start : start + 65536], dtype=np.float32)
+    rows = 65536  # checked at a time (features may be a memory map)
+    for start in range(0, n, rows):
+        block = np.asarray(features[start : start + rows], dtype=np.float32)
         finite = np.isfinite(block).all(axis=1)
         if not finite.all():
             raise GeovarioError(f"features row {start + int(np.argmin(finite))} contains NaN or inf")
@@ -229,7 +230,7 @@ def empirical_variogram(
     return accumulator.result(edges, estimator, sampling, len(features), features.shape[1])
 
 
-def _exact_pairs(features, norms, latlon, acc: _Bins, robust: bool, progress: bool, shard=(0, 1)) -> None:
+def _exact_pairs(features, norms, latlon, acc: _Bins, robust: bool, progress: bool, shard: tuple[int, int]) -> None:
     n = len(features)
     if norms is not None:  # d = 1 - cos
         unit = torch.from_numpy(np.asarray(features, dtype=np.float32) / norms[:, None])
@@ -269,7 +270,7 @@ def _pair_dissimilarity(features, norms, i: np.ndarray, j: np.ndarray, chunk: in
             out.append(0.5 * ((fa - fb) ** 2).sum(1))
         else:
             out.append(1 - (fa * fb).sum(1) / torch.from_numpy(norms[a] * norms[b]))
-    return torch.cat(out) if out else torch.zeros(0)
+    return torch.cat(out)  # callers pass at least one pair
 
 
 def _pair_lag(sphere: torch.Tensor, i: np.ndarray, j: np.ndarray) -> torch.Tensor:
@@ -301,11 +302,12 @@ def _stratified_pairs(features, norms, latlon, acc: _Bins, robust, max_pairs, sh
     anchors = np.flatnonzero(anchor)
     weight = 1.0 / (1 - (1 - q) ** 2)
     with tqdm(total=len(anchors), unit="pt", unit_scale=True, desc="short-lag pairs", disable=None if progress else True) as bar:
-        for s in range(0, len(anchors), 20_000):
-            block = anchors[s : s + 20_000]
+        chunk = 20_000  # anchors queried at a time
+        for s in range(0, len(anchors), chunk):
+            block = anchors[s : s + chunk]
             found = tree.query_radius(points[block], radius)
             i = np.repeat(block, [len(x) for x in found])
-            j = np.concatenate(found) if len(found) else np.zeros(0, np.int64)
+            j = np.concatenate(found)  # one array per anchor of the block, which is never empty
             once = (j != i) & (~anchor[j] | (j > i))  # a pair of two anchors is taken from the smaller
             i, j = i[once], j[once]
             if len(i):
@@ -316,8 +318,9 @@ def _stratified_pairs(features, norms, latlon, acc: _Bins, robust, max_pairs, sh
     # from all n (n - 1) / 2 pairs, each stands for total / long_budget of the population.
     weight = n * (n - 1) / 2 / long_budget
     with tqdm(total=long_budget, unit="pair", unit_scale=True, desc="random pairs", disable=None if progress else True) as bar:
-        for s in range(0, long_budget, 1 << 20):
-            m = min(1 << 20, long_budget - s)
+        chunk = 1 << 20  # pairs drawn at a time
+        for s in range(0, long_budget, chunk):
+            m = min(chunk, long_budget - s)
             i = rng.integers(0, n, m)
             j = (i + rng.integers(1, n, m)) % n  # j != i, uniform over the others
             h = _pair_lag(sphere, i, j)

@@ -10,25 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geovario.variogram.choices import EXACT_MAX, MAX_LAG_KM, MAX_PAIRS, SHORT_LAG_KM
+from geovario.variogram.choices import EstimateSettings  # noqa: F401 (re-exported: its home is importable without torch)
 from geovario.variogram.empirical import EmpiricalVariogram, empirical_variogram
 from geovario.variogram.fit import VariogramFitError, fit_variogram
 from geovario.variogram.models import VariogramModel
-
-
-@dataclass
-class EstimateSettings:
-    bins: int = 40
-    max_lag_km: float = MAX_LAG_KM
-    log_bins: bool = True
-    min_lag_km: float = 1.0
-    model: str = "spherical"
-    estimator: str = "matheron"
-    weights: str = "cressie"
-    exact_max: int = EXACT_MAX
-    max_pairs: int = MAX_PAIRS
-    short_lag_km: float = SHORT_LAG_KM
-    seed: int = 0
 
 
 @dataclass

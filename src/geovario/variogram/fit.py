@@ -73,8 +73,8 @@ def fit_variogram(
     # range between a hundredth of the first bin and the max lag.
     lower = [0.0, 0.0, float(empirical.edges_km[1]) / 100]
     upper = [top, 2 * top, max_lag]
-    reached = np.flatnonzero(gamma >= gamma[0] + 0.95 * (top - gamma[0]))
-    guess = [min(max(float(gamma[0]), 0.0), top), max(top - float(gamma[0]), top * 0.1), float(lags[reached[0]]) if len(reached) else max_lag / 2]
+    reached = np.flatnonzero(gamma >= gamma[0] + 0.95 * (top - gamma[0]))  # never empty: the top bin is in it
+    guess = [min(max(float(gamma[0]), 0.0), top), max(top - float(gamma[0]), top * 0.1), float(lags[reached[0]])]
     if model == "stable":  # its shape lies in (0, 2]: beyond 2 the curve is no valid variogram (Chiles & Delfiner 2012)
         lower.append(0.05)
         upper.append(2.0)

@@ -86,7 +86,7 @@ class VariogramModel:
                 raise GeovarioError(f"unknown variogram model {model!r}")
             core = {"model", "nugget", "psill", "range_km", "shape", "sill"}
             return cls(model, float(data["nugget"]), float(data["psill"]), float(data["range_km"]),
-                       float(data.get("shape", 1.0)), {k: v for k, v in data.items() if k not in core})
+                       float(data["shape"]) if model == "stable" else 1.0, {k: v for k, v in data.items() if k not in core})
         except (KeyError, TypeError, ValueError) as e:
             raise GeovarioError(f"not a fitted variogram ({type(e).__name__}: {e})") from None
 
