@@ -9,9 +9,9 @@ Free parameters: ``locatability_a`` and ``locatability_b`` (each photo's share o
 Beta(a, b)), the weight of the 10 km field (``scale_weights[0]``: how strongly a street shows its
 neighbourhood), ``nugget_weight``, ``lookalike_weight`` (the climate term, which also carries
 |latitude|) and ``coarse_exponent`` (how much longer coarse cues outlast fine ones as a photo's
-locatability falls). Everything else in WorldConfig is set by the physical reasoning in geovario/sim.py. The
+locatability falls). Everything else in WorldConfig is set by the physical reasoning in geovario/lab/world.py. The
 baseline is configs/geoclip_baseline.yaml's loss and negatives (InfoNCE over batch + GPS queue, GPS
-noise) at the lab budget of geovario/experiments.py; no other loss is ever run here.
+noise) at the lab budget of geovario/lab/experiments.py; no other loss is ever run here.
 
 Procedure: a 2^(6-3) fractional factorial design (8 runs, seed 0) of +-25 % around START, plus START
 itself; then a linear model per threshold, fitted to every run so far; the point of a fine grid, within
@@ -48,9 +48,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geovario.bench import config_runs
-from geovario.experiments import LAB, LAB_EPOCHS, train_and_evaluate
-from geovario.sim import WorldConfig, simulate
+from geovario.lab.bench import config_runs
+from geovario.lab.experiments import LAB, LAB_EPOCHS, train_and_evaluate
+from geovario.lab.world import WorldConfig, simulate
 
 TARGET = {"25": 34.5, "200": 50.7, "750": 69.7, "2500": 83.8}  # GeoCLIP on im2gps3k (NeurIPS 2023, Table 1)
 TOLERANCE = 3.0

@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 
 from geovario.geo import haversine_km
-from geovario.sim import WorldConfig, mp16_positions, sample_positions
+from geovario.lab.world import WorldConfig, mp16_positions, sample_positions
 
 THRESHOLDS_KM = (1, 25, 200)
 

@@ -61,7 +61,8 @@ MODULES = {
     "geo": ["geo.py", "geo_tensors.py"],
     "retrieval": ["retrieval.py"],
     "train": ["train/*.py"],
-    "sim": ["sim.py"],
+    "sim": ["lab/world.py"],
+    "study": ["lab/study.py"],
 }
 # Tests that run geovario in subprocesses (torchrun's ranks): no coverage reaches them, so they run for a group's
 # survivors only, as a second stage. They catch what only a job of several processes exercises (local_loss, DDP).
@@ -78,6 +79,7 @@ TEST_FILES = {
     "train": ["test_train.py", "test_train_options.py", "test_checkpoints.py", "test_store_data.py", "test_negatives.py", "test_progress.py",
               "test_bad_input.py"],
     "sim": ["test_sim.py"],
+    "study": ["test_study.py"],
 }
 
 # Calls that only report (progress bars, warnings): deleting them or changing their arguments is not a bug in a number.

@@ -624,8 +624,8 @@ CASES = [
       1, "cannot read config"),
     C("bench-out-under-file", lambda f: s("bench", "losses", "--world", f.world, "--out", f.a_file / "b", "--seeds", "1"), 1, "cannot create the output folder"),
     C("study-seeds", lambda f: s("bench", "study", "--seeds", "2", "--gallery-seeds", "3", "--out", f.root / "st"), 1, "must not exceed --seeds"),
-    C("study-world-missing", lambda f: s("bench", "study", "--world", f.root / "none", "--out", f.root / "st2"), 1, "not a simulated world"),
-    C("study-world-not-world", lambda f: s("bench", "study", "--world", f.images, "--out", f.root / "st3"), 1, "not a simulated world"),
+    C("study-world-missing", lambda f: s("bench", "study", "--presets", "mp16", "--world", f"mp16={f.root / 'none'}", "--out", f.root / "st2"), 1, "not a simulated world"),
+    C("study-world-not-world", lambda f: s("bench", "study", "--presets", "mp16", "--world", f"mp16={f.images}", "--out", f.root / "st3"), 1, "not a simulated world"),
     C("demo-out-under-file", lambda f: s("demo", "--quick", "--out", f.a_file / "demo"), 1, "cannot create the output folder"),
 
     # --- serve (refused before it listens) ---

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from geovario.cli import main
-from geovario.probe import BLOCK_DEG, plain_rff, position_labels, probe_scores, splits, unit_vectors
+from geovario.lab.probe import BLOCK_DEG, plain_rff, position_labels, probe_scores, splits, unit_vectors
 
 
 def test_labels_of_known_places():

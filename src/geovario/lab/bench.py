@@ -14,9 +14,9 @@ import numpy as np
 
 from geovario.atomic import atomic_write_bytes, output_dir
 from geovario.errors import GeovarioError
-from geovario.experiments import LAB_EPOCHS, train_and_evaluate
+from geovario.lab.experiments import LAB_EPOCHS, train_and_evaluate
 from geovario.jsonio import write_json
-from geovario.sim import WorldConfig, simulate
+from geovario.lab.world import WorldConfig, simulate
 from geovario.variogram import empirical_for_loss, fit_for_loss
 
 QUEUE_SV = ["loss.name=semivariogram", "negatives.source=queue"]

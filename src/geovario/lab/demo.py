@@ -1,6 +1,6 @@
 """`geovario demo`: the whole method on a simulated world, in minutes on a laptop CPU.
 
-1. Simulate a world (geovario.sim). 2. Estimate and plot its semivariogram. 3. Train GeoCLIP's
+1. Simulate a world (geovario.lab.world). 2. Estimate and plot its semivariogram. 3. Train GeoCLIP's
 InfoNCE and the semivariogram-weighted loss on it, same model, seed and schedule. 4. Evaluate both
 on the test photos with the train positions as the gallery. 5. Print and save the comparison.
 """
@@ -12,10 +12,10 @@ from pathlib import Path
 
 from geovario.atomic import atomic_write_bytes, output_dir
 from geovario.data.store import FeatureStore
-from geovario.experiments import LAB_EPOCHS, train_and_evaluate
+from geovario.lab.experiments import LAB_EPOCHS, train_and_evaluate
 from geovario.jsonio import write_json
 from geovario.report import markdown_table, plot_cumulative_error, plot_error_map
-from geovario.sim import WorldConfig, simulate
+from geovario.lab.world import WorldConfig, simulate
 from geovario.variogram import empirical_for_loss, fit_for_loss
 from geovario.variogram.plot import plot_variograms
 
@@ -23,8 +23,8 @@ from geovario.variogram.plot import plot_variograms
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool = True) -> dict:
     out = Path(out)
     output_dir(out)
-    # The calibrated world (geovario.sim), smaller than the default's 50,000 photos so that it runs in minutes.
-    world_config = WorldConfig(n_train=4000, n_test=500, dim=64, seed=seed) if quick else WorldConfig(n_train=20_000, n_test=2000, dim=128, seed=seed)
+    # The calibrated world (geovario.lab.world), smaller than the default's 50,000 photos so that it runs in minutes.
+    world_config = WorldConfig(n_train=4000, n_val=500, n_test=500, dim=64, seed=seed) if quick else WorldConfig(n_train=20_000, n_val=1000, n_test=2000, dim=128, seed=seed)
     epochs = 3 if quick else LAB_EPOCHS
     start = time.perf_counter()
 
