@@ -170,7 +170,14 @@ def test_variance_components_predict_the_spread_of_repeated_studies():
             method, anchor = study(seeds, photos, rng.normal(0, 0.1, photos))
             means.append(100 * ((method <= 25).mean() - (anchor <= 25).mean()))
         observed = 1.96 * np.std(means)
-        assert half_width(components, seeds, photos) == pytest.approx(observed, rel=0.25)
+        assert half_width(components, seeds, photos, bootstrap=False) == pytest.approx(observed, rel=0.25)
+    # The study's own bootstrap interval is wider (the residual counted three times): the prediction follows it.
+    for seeds, photos in ((8, 3000), (4, 6000)):
+        method, anchor = study(seeds, photos, rng.normal(0, 0.1, photos))
+        own = variance_components(method, anchor, 25)
+        interval = paired_bootstrap(method, anchor, rng)["acc_25km"]
+        assert half_width(own, seeds, photos) == pytest.approx((interval["high"] - interval["low"]) / 2, rel=0.15)
+        assert half_width(own, seeds, photos) > 1.3 * half_width(own, seeds, photos, bootstrap=False)
     with pytest.raises(GeovarioError, match="two seeds"):
         variance_components(np.zeros((1, 5)), np.zeros((1, 5)), 25)
 
@@ -228,3 +235,25 @@ def test_verdicts_compare_each_claim_with_the_sign_of_its_interval():
     first = rows[("… and faster convergence (loss after the first epoch)", "test")]
     assert first["difference"]["mean"] == 0.0 and first["agreement"] == "cannot tell"
     assert not any(r["method"] == "hcl_debiased (thesis Weighted2)" for r in rows.values())  # arms not run are left out
+
+
+def test_a_study_under_way_is_summarised_on_its_finished_runs_without_training(tmp_path, tiny_worlds, capsys):
+    full = run_study(tmp_path / "s", tiny_worlds, epochs=1, arms=ARMS[:2])
+    text = (tmp_path / "s" / "variogram-osv5m.json").read_text()
+    key = run_key(Datasets.open(tiny_worlds), "osv5m", SV, 1, 1, text)
+    shutil.rmtree(tmp_path / "s" / "runs" / key)  # the paper's seed 1 on osv5m has not finished
+    capsys.readouterr()
+    partial = run_study(tmp_path / "s", tiny_worlds, epochs=1, arms=ARMS[:2], cached_only=True)
+    assert ": training" not in capsys.readouterr().out and not (tmp_path / "s" / "runs" / key).exists()
+    assert (partial["record"]["runs_finished"], partial["record"]["runs_planned"]) == (7, 8)
+    assert "A study under way" in partial["markdown"] and "7 of its 8 runs" in partial["markdown"]
+    paper = next(r for r in partial["results"]["osv5m"]["test"] if r["name"] == PAPER)
+    assert paper["seeds"] == [0] and [s["seed"] for s in paper["per_seed"]] == [0]
+    before = next(r for r in full["results"]["osv5m"]["test"] if r["name"] == PAPER)
+    assert paper["per_seed"][0] == before["per_seed"][0]  # seed 0 is the same run
+    assert partial["results"]["mp16"] == full["results"]["mp16"]  # mp16's runs all finished
+    for folder in (tmp_path / "s" / "runs").iterdir():
+        if "loss.name=infonce" in (folder / "result.json").read_text() and '"test:mp16"' in (folder / "result.json").read_text():
+            shutil.rmtree(folder)  # no InfoNCE run on osv5m has finished: nothing to pair with
+    with pytest.raises(GeovarioError, match="no finished run of infonce"):
+        run_study(tmp_path / "s", tiny_worlds, epochs=1, arms=ARMS[:2], cached_only=True)

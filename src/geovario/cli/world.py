@@ -95,6 +95,8 @@ def register(commands) -> None:
     study.add_argument("--jobs", type=positive_int, default=1,
                        help="train this many runs at once, each in its own process on its share of the cores (default 1)")
     study.add_argument("--epochs", type=positive_int, help="training epochs per run (default: the lab budget of geovario/lab/experiments.py)")
+    study.add_argument("--cached-only", action="store_true",
+                       help="train nothing: summarise the runs that have finished (a study still under way)")
     study.set_defaults(run=run_bench_study)
 
     probe = bench_of.add_parser(
@@ -174,7 +176,8 @@ def run_bench_study(args: argparse.Namespace) -> int:
     if worlds and set(worlds) != set(presets):
         raise GeovarioError(f"--world names {', '.join(sorted(worlds))} but --presets is {', '.join(presets)}: give one world per preset")
     result = run_study(args.out, worlds or None, args.seeds, args.other_seeds, args.gallery_seeds, args.sweep_seeds,
-                       args.epochs or LAB_EPOCHS, jobs=args.jobs, runs_dir=args.runs, presets=presets)
+                       args.epochs or LAB_EPOCHS, jobs=args.jobs, runs_dir=args.runs, presets=presets,
+                       cached_only=args.cached_only)
     print(result["markdown"])
     print(f"wrote {args.out / 'study.md'}, study.json and the plots")
     return 0

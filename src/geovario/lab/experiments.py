@@ -3,9 +3,9 @@ the world's calibration.
 
 The lab's training budget: a small GeoCLIP-shaped model (embed 64, hidden 128, 32 Fourier features per
 scale, a 1,024-entry queue), batch 128, Adam at lr 1e-3 halved every epoch, 5 epochs. The loss,
-negatives and optimiser otherwise follow the named config. At this budget GeoCLIP's recipe has converged
-in test accuracy (10 epochs change every threshold by 0.4 points or less; the README shows the numbers),
-while its training loss still falls. The default study's 81 runs take about 4.4 core-hours of training.
+negatives and optimiser otherwise follow the named config. On an earlier draw of the default world, 10 epochs
+instead of 5 changed GeoCLIP's recipe by 0.4 points or less at every threshold while its training loss still
+fell (README at commit 5054e9d). A run takes about a minute on one core (the study's runs record their time).
 The learning rate is higher than GeoCLIP's 3e-5 because these runs start from random weights and last a
 few epochs.
 """

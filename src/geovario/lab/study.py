@@ -207,8 +207,8 @@ def variance_components(method: np.ndarray, anchor: np.ndarray, threshold: float
 
     A two-way random-effects model of each photo's difference d_si = mu + a_s + b_i + e_si (in points):
     seed-to-seed variance of a_s (training noise), photo variance of b_i (photos on which one loss is
-    consistently better) and the residual e_si, from the ANOVA mean squares. ``half_width(s, n)`` is then
-    the predicted 95% interval half-width of the mean difference with s seeds and n test photos.
+    consistently better) and the residual e_si (a photo flipping between right and wrong from one seed to
+    the next), from the ANOVA mean squares.
     """
     d = 100.0 * ((method <= threshold).astype(float) - (anchor <= threshold).astype(float))
     s, n = d.shape
@@ -222,9 +222,18 @@ def variance_components(method: np.ndarray, anchor: np.ndarray, threshold: float
             "mean": float(d.mean()), "seeds": s, "photos": n}
 
 
-def half_width(components: dict, seeds: int, photos: int) -> float:
-    """Predicted 95% half-width (points) of a paired difference with ``seeds`` seeds and ``photos`` test photos."""
-    variance = components["seed"] / seeds + components["photo"] / photos + components["residual"] / (seeds * photos)
+# The paired bootstrap resamples seeds and photos at once (the "pigeonhole" bootstrap, Owen 2007, Ann. Appl. Stat.
+# 1(2)). It counts the residual three times: in each seed's mean, in the photos' means, and again in how a photo
+# resample moves each seed's mean differently. Its intervals are therefore wider than the spread of repeated
+# studies, most where the residual dominates, as it does here (benchmarks/results/study-power.md).
+BOOTSTRAP_RESIDUAL_COUNT = 3
+
+
+def half_width(components: dict, seeds: int, photos: int, bootstrap: bool = True) -> float:
+    """Predicted 95% half-width (points) of a paired difference with ``seeds`` seeds and ``photos`` test photos:
+    of the study's bootstrap interval, or (``bootstrap=False``) of the spread of the mean over repeated studies."""
+    count = BOOTSTRAP_RESIDUAL_COUNT if bootstrap else 1
+    variance = components["seed"] / seeds + components["photo"] / photos + count * components["residual"] / (seeds * photos)
     return float(1.96 * np.sqrt(variance))
 
 
@@ -272,12 +281,13 @@ def prepare_worlds(out: Path, presets: tuple[str, ...], world_configs: dict | No
 
 def run_study(out: str | Path, worlds: dict[str, Path] | None = None, seeds: int = 10, other_seeds: int = 3, gallery_seeds: int = 2,
               sweep_seeds: int = 1, epochs: int = LAB_EPOCHS, world_configs: dict | None = None, arms: list[Arm] | None = None,
-              jobs: int = 1, runs_dir: Path | None = None, presets: tuple[str, ...] = PRESETS) -> dict:
+              jobs: int = 1, runs_dir: Path | None = None, presets: tuple[str, ...] = PRESETS, cached_only: bool = False) -> dict:
     """Run (or resume) the study into ``out``; writes study.json, study.md and the plots.
 
     ``worlds`` maps each preset to a world from ``geovario simulate`` (default: simulate them into
     ``out/worlds``); they must share one Earth. ``runs_dir`` is the run cache (default ``out/runs``).
     ``jobs`` > 1 trains the missing runs in that many processes at once (the cores shared among them).
+    ``cached_only`` trains nothing and summarises the finished runs (a study still under way).
     Returns the summary, study.md's text, study.json's record and ``runs``: per dataset, arm and seed, each
     run's figures and per-photo errors.
     """
@@ -314,6 +324,20 @@ def run_study(out: str | Path, worlds: dict[str, Path] | None = None, seeds: int
     # short has the powered comparison on every dataset first.
     missing = [tasks[k] for k in sorted(tasks, key=order.get) if not (runs_dir / k[1] / "result.json").is_file()]
     log(f"{len(tasks)} runs, {len(tasks) - len(missing)} cached")
+    total = len(tasks)
+    if cached_only:  # summarise what has finished: each arm on its finished seeds, paired on the seeds both arms have
+        finished = {k for k in tasks if (runs_dir / k[1] / "result.json").is_file()}
+        tasks = {k: v for k, v in tasks.items() if k in finished}
+        for trained_on, arms_here in plans.items():
+            text = variograms[trained_on].read_text()
+            kept = [Arm(a.group, a.name, a.overrides, [s for s in a.seeds if (trained_on, run_key(datasets, trained_on, a.overrides, s, epochs, text)) in finished],
+                        a.params) for a in arms_here]
+            anchor_seeds = set(kept[0].seeds)
+            plans[trained_on] = [kept[0]] + [Arm(a.group, a.name, a.overrides, [s for s in a.seeds if s in anchor_seeds], a.params)
+                                             for a in kept[1:] if any(s in anchor_seeds for s in a.seeds)]
+            if not kept[0].seeds:
+                raise GeovarioError(f"no finished run of {kept[0].name} on {trained_on} in {runs_dir}: nothing to summarise")
+        missing = []
     if jobs > 1 and missing:
         _train_in_parallel(missing, jobs, log)
     results: dict[str, dict[str, dict[int, dict]]] = {}
@@ -329,7 +353,7 @@ def run_study(out: str | Path, worlds: dict[str, Path] | None = None, seeds: int
                                        for seed in arm.seeds} for arm in arms_here}
         summary[trained_on] = summarize(arms_here, runs[trained_on], ANCHOR if arms is None else arms_here[0].name)
     commits = sorted({r["commit"] for per in results.values() for r in per.values()})
-    record = {"commit": current_commit(), "run_commits": commits, "lab_version": LAB_VERSION, "epochs": epochs, "lab": LAB,
+    record = {"commit": current_commit(), "runs_finished": len(tasks), "runs_planned": total, "run_commits": commits, "lab_version": LAB_VERSION, "epochs": epochs, "lab": LAB,
               "worlds": {name: {"path": str(w), "fingerprint": datasets.fingerprints[name],
                                 "config": json.loads((w / "truth.json").read_text())["config"],
                                 "variogram": json.loads(variograms[name].read_text())} for name, w in datasets.worlds.items()},
@@ -361,8 +385,11 @@ def summarize(arms: list[Arm], by_arm: dict[str, dict[int, dict]], anchor_name: 
                    "accuracy_std": {t: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for t, v in accuracy.items()},
                    "median_km": float(np.mean([r["sets"][name]["median_km"] for r in runs])),
                    "geoscore": float(np.mean([r["sets"][name]["geoscore"] for r in runs]))}
-            def paired(other: str) -> dict:
-                return paired_bootstrap(errors, np.stack([by_arm[other][s]["errors_km"][name] for s in arm.seeds]), rng)
+            def paired(other: str) -> dict | None:
+                """On the seeds both arms have (all of them, once a study is complete)."""
+                both = [i for i, s in enumerate(arm.seeds) if s in by_arm[other]]
+                base = [by_arm[other][arm.seeds[i]]["errors_km"][name] for i in both]
+                return paired_bootstrap(errors[both], np.stack(base), rng) if both else None
 
             row["vs_anchor"] = paired(anchor_name) if arm.name != anchor_name else None
             row["vs_paper"] = paired(PAPER) if arm.group == "losses" and arm.name not in (anchor_name, PAPER) and PAPER in by_arm else None
@@ -404,6 +431,9 @@ def study_markdown(record: dict) -> str:
     """study.md: per training dataset, its own test photos and the other datasets' ones."""
     parts = [f"Commit of this summary: {record['commit']}; runs trained at: {', '.join(record['run_commits'])}; "
              f"lab version {record['lab_version']}, {record['epochs']} epochs per run."]
+    if record["runs_finished"] < record["runs_planned"]:
+        parts.append(f"**A study under way**: {record['runs_finished']} of its {record['runs_planned']} runs have finished; each arm is "
+                     "summarised on its finished seeds, and paired with InfoNCE and the paper's loss on the seeds they share.")
     if record.get("verdicts"):
         parts.append("## What the paper and the thesis report, and what the lab finds\n\n" + verdict_markdown(record["verdicts"]))
     for trained_on, sets in record["results"].items():
