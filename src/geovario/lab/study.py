@@ -302,58 +302,51 @@ def run_study(out: str | Path, worlds: dict[str, Path] | None = None, seeds: int
 
     datasets = Datasets.open(worlds or prepare_worlds(out, presets, world_configs, log))
     runs_dir = Path(runs_dir) if runs_dir is not None else out / "runs"
-    variograms, plans, tasks, order = {}, {}, {}, {}
+    variograms, plans = {}, {}
+    keys = {}  # (dataset, arm name, seed) -> run key; arms that share settings share a run
+    tasks, order = {}, {}  # run key -> (label, seed, cached_run arguments), and the order it trains in
     for trained_on, world in datasets.worlds.items():
         store = FeatureStore(world / "train")
-        variogram_path = out / f"variogram-{trained_on}.json"
-        if not variogram_path.is_file():
+        variograms[trained_on] = out / f"variogram-{trained_on}.json"
+        if not variograms[trained_on].is_file():
             features = store.features(dtype=np.float16) if len(store) > 20_000 else store.features()
-            fit_for_loss(empirical_for_loss(features, store.gps)).save(variogram_path)
-        variograms[trained_on] = variogram_path
+            fit_for_loss(empirical_for_loss(features, store.gps)).save(variograms[trained_on])
+        text = variograms[trained_on].read_text()
         chosen = arms if arms is not None else plan(seeds, other_seeds, gallery_seeds, sweep_seeds, len(store) // 128)
-        needed = sorted({s for arm in chosen for s in arm.seeds})
-        anchor = Arm(chosen[0].group, chosen[0].name, chosen[0].overrides, needed)  # every seed any arm uses
-        plans[trained_on] = [anchor, *chosen[1:]]
-        for arm in plans[trained_on]:
+        anchor = Arm(chosen[0].group, chosen[0].name, chosen[0].overrides, sorted({s for arm in chosen for s in arm.seeds}))
+        plans[trained_on] = [anchor, *chosen[1:]]  # the anchor trains every seed any arm uses
+        for index, arm in enumerate(plans[trained_on]):
             for seed in arm.seeds:
-                key = run_key(datasets, trained_on, arm.overrides, seed, epochs, variogram_path.read_text())
-                tasks.setdefault((trained_on, key), (f"{arm.name} on {trained_on}", seed, (world, datasets.eval_stores(trained_on),
-                                 runs_dir, key, arm.overrides, seed, epochs, variogram_path)))
-                order.setdefault((trained_on, key), (len(order) if arm.group.startswith("sweep") else 0, plans[trained_on].index(arm), seed))
-    # Missing runs train arm by arm and seed by seed across the datasets (the sweep last), so that a study cut
-    # short has the powered comparison on every dataset first.
-    missing = [tasks[k] for k in sorted(tasks, key=order.get) if not (runs_dir / k[1] / "result.json").is_file()]
-    log(f"{len(tasks)} runs, {len(tasks) - len(missing)} cached")
-    total = len(tasks)
-    if cached_only:  # summarise what has finished: each arm on its finished seeds, paired on the seeds both arms have
-        finished = {k for k in tasks if (runs_dir / k[1] / "result.json").is_file()}
-        tasks = {k: v for k, v in tasks.items() if k in finished}
+                key = keys[(trained_on, arm.name, seed)] = run_key(datasets, trained_on, arm.overrides, seed, epochs, text)
+                tasks.setdefault(key, (f"{arm.name} on {trained_on}", seed, (world, datasets.eval_stores(trained_on), runs_dir, key,
+                                                                             arm.overrides, seed, epochs, variograms[trained_on])))
+                # Arm by arm and seed by seed across the datasets, the sweep last: a study cut short has the
+                # powered comparison on every dataset first.
+                order.setdefault(key, (len(order) if arm.group.startswith("sweep") else 0, index, seed))
+    finished = {key for key in tasks if (runs_dir / key / "result.json").is_file()}
+    log(f"{len(tasks)} runs, {len(finished)} cached")
+    planned = len(tasks)
+    if cached_only:
+        plans = {trained_on: _finished_seeds(arms_here, lambda arm, seed: keys[(trained_on, arm.name, seed)] in finished)
+                 for trained_on, arms_here in plans.items()}
         for trained_on, arms_here in plans.items():
-            text = variograms[trained_on].read_text()
-            kept = [Arm(a.group, a.name, a.overrides, [s for s in a.seeds if (trained_on, run_key(datasets, trained_on, a.overrides, s, epochs, text)) in finished],
-                        a.params) for a in arms_here]
-            anchor_seeds = set(kept[0].seeds)
-            plans[trained_on] = [kept[0]] + [Arm(a.group, a.name, a.overrides, [s for s in a.seeds if s in anchor_seeds], a.params)
-                                             for a in kept[1:] if any(s in anchor_seeds for s in a.seeds)]
-            if not kept[0].seeds:
-                raise GeovarioError(f"no finished run of {kept[0].name} on {trained_on} in {runs_dir}: nothing to summarise")
-        missing = []
-    if jobs > 1 and missing:
-        _train_in_parallel(missing, jobs, log)
-    results: dict[str, dict[str, dict[int, dict]]] = {}
-    for count, (trained_on, key) in enumerate(sorted(tasks, key=order.get), 1):
-        name, seed, arguments = tasks[(trained_on, key)]
-        state = "cached" if (runs_dir / key / "result.json").is_file() else "training"
-        log(f"[{count}/{len(tasks)}] {name}, seed {seed}: {state}")
-        results.setdefault(trained_on, {})[key] = cached_run(*arguments, log=log)
+            if not arms_here[0].seeds:
+                raise GeovarioError(f"no finished run of {arms_here[0].name} on {trained_on} in {runs_dir}: nothing to summarise")
+        tasks = {key: task for key, task in tasks.items() if key in finished}
+    elif jobs > 1 and len(finished) < len(tasks):
+        _train_in_parallel([tasks[key] for key in sorted(tasks, key=order.get) if key not in finished], jobs, log)
+    results = {}
+    for count, key in enumerate(sorted(tasks, key=order.get), 1):
+        name, seed, arguments = tasks[key]
+        log(f"[{count}/{len(tasks)}] {name}, seed {seed}: {'cached' if (runs_dir / key / 'result.json').is_file() else 'training'}")
+        results[key] = cached_run(*arguments, log=log)
     summary, runs = {}, {}
     for trained_on, arms_here in plans.items():
-        text = variograms[trained_on].read_text()
-        runs[trained_on] = {arm.name: {seed: results[trained_on][run_key(datasets, trained_on, arm.overrides, seed, epochs, text)]
-                                       for seed in arm.seeds} for arm in arms_here}
-        summary[trained_on] = summarize(arms_here, runs[trained_on], ANCHOR if arms is None else arms_here[0].name)
-    commits = sorted({r["commit"] for per in results.values() for r in per.values()})
-    record = {"commit": current_commit(), "runs_finished": len(tasks), "runs_planned": total, "run_commits": commits, "lab_version": LAB_VERSION, "epochs": epochs, "lab": LAB,
+        runs[trained_on] = {arm.name: {seed: results[keys[(trained_on, arm.name, seed)]] for seed in arm.seeds} for arm in arms_here}
+        summary[trained_on] = summarize(arms_here, runs[trained_on], arms_here[0].name)
+    commits = sorted({r["commit"] for r in results.values()})
+    record = {"commit": current_commit(), "runs_finished": len(tasks), "runs_planned": planned, "run_commits": commits,
+              "lab_version": LAB_VERSION, "epochs": epochs, "lab": LAB,
               "worlds": {name: {"path": str(w), "fingerprint": datasets.fingerprints[name],
                                 "config": json.loads((w / "truth.json").read_text())["config"],
                                 "variogram": json.loads(variograms[name].read_text())} for name, w in datasets.worlds.items()},
@@ -364,6 +357,14 @@ def run_study(out: str | Path, worlds: dict[str, Path] | None = None, seeds: int
     plot_sweeps(summary, out)
     plot_differences(summary, out)
     return {"results": summary, "markdown": markdown, "record": record, "runs": runs}
+
+
+def _finished_seeds(arms: list[Arm], finished) -> list[Arm]:
+    """For a study under way: each arm on its finished seeds that the anchor (the first arm) has too; arms with none
+    are left out."""
+    anchor_seeds = {s for s in arms[0].seeds if finished(arms[0], s)}
+    kept = [Arm(a.group, a.name, a.overrides, [s for s in a.seeds if finished(a, s) and s in anchor_seeds], a.params) for a in arms]
+    return [kept[0]] + [arm for arm in kept[1:] if arm.seeds]
 
 
 def summarize(arms: list[Arm], by_arm: dict[str, dict[int, dict]], anchor_name: str) -> dict[str, list[dict]]:
