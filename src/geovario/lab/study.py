@@ -320,9 +320,10 @@ def run_study(out: str | Path, worlds: dict[str, Path] | None = None, seeds: int
                 key = keys[(trained_on, arm.name, seed)] = run_key(datasets, trained_on, arm.overrides, seed, epochs, text)
                 tasks.setdefault(key, (f"{arm.name} on {trained_on}", seed, (world, datasets.eval_stores(trained_on), runs_dir, key,
                                                                              arm.overrides, seed, epochs, variograms[trained_on])))
-                # Arm by arm and seed by seed across the datasets, the sweep last: a study cut short has the
-                # powered comparison on every dataset first.
-                order.setdefault(key, (len(order) if arm.group.startswith("sweep") else 0, index, seed))
+                # Arm by arm and seed by seed across the datasets, the slow gallery-negative arms after the others
+                # and the sweep last: a study cut short has the powered comparison on every dataset first.
+                stage = 2 if arm.group.startswith("sweep") else 1 if "negatives.source=gallery" in arm.overrides else 0
+                order.setdefault(key, (stage, index, seed))
     finished = {key for key in tasks if (runs_dir / key / "result.json").is_file()}
     log(f"{len(tasks)} runs, {len(finished)} cached")
     planned = len(tasks)
