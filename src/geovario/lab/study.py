@@ -448,7 +448,9 @@ def study_markdown(record: dict) -> str:
         chosen = chosen_on_validation(sets["val"]) if "val" in sets else None
         if chosen:
             row = next(r for r in sets["test"] if r["name"] == chosen)
-            parts.append(f"Sweep point chosen on the validation photos (best Δ at 25 km): {chosen}; on test: "
+            points = sum(r["group"].startswith("sweep") and r["vs_anchor"] is not None for r in sets["val"])
+            parts.append(f"Sweep point chosen on the validation photos (best Δ at 25 km, among the {points} sweep points with "
+                         f"finished runs): {chosen}; on test: "
                          f"{_cell(row['vs_anchor']['acc_25km'])} at 25 km, {_cell(row['vs_anchor']['acc_200km'])} at 200 km.")
         for name, rows in sets.items():
             if name == "val":
