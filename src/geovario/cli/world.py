@@ -86,7 +86,7 @@ def register(commands) -> None:
     study.add_argument("--world", action="append", metavar="PRESET=DIR",
                        help="an existing world from `geovario simulate --preset PRESET` (repeatable; default: simulate each)")
     study.add_argument("--presets", default="mp16,osv5m", help="the datasets to train on, comma-separated (default mp16,osv5m)")
-    study.add_argument("--seeds", type=positive_int, default=10, help="seeds for InfoNCE and the paper's loss (default 10)")
+    study.add_argument("--seeds", type=positive_int, default=14, help="seeds for InfoNCE and the paper's loss (default 14: benchmarks/results/study-power.md)")
     study.add_argument("--other-seeds", type=positive_int, default=3,
                        help="seeds for the other losses, the ablation, the range rule and refits (default 3)")
     study.add_argument("--gallery-seeds", type=positive_int, default=2,

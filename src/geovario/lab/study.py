@@ -66,7 +66,7 @@ class Arm:
     params: dict = field(default_factory=dict)  # for the sweep's tables
 
 
-def plan(seeds: int = 10, other_seeds: int = 3, gallery_seeds: int = 2, sweep_seeds: int = 1, steps_per_epoch: int = 390) -> list[Arm]:
+def plan(seeds: int = 14, other_seeds: int = 3, gallery_seeds: int = 2, sweep_seeds: int = 1, steps_per_epoch: int = 390) -> list[Arm]:
     power, other, few, sweep = (list(range(n)) for n in (seeds, other_seeds, gallery_seeds, sweep_seeds))
     arms = [
         Arm("losses", ANCHOR, ["loss.name=infonce"], power),
@@ -279,7 +279,7 @@ def prepare_worlds(out: Path, presets: tuple[str, ...], world_configs: dict | No
     return worlds
 
 
-def run_study(out: str | Path, worlds: dict[str, Path] | None = None, seeds: int = 10, other_seeds: int = 3, gallery_seeds: int = 2,
+def run_study(out: str | Path, worlds: dict[str, Path] | None = None, seeds: int = 14, other_seeds: int = 3, gallery_seeds: int = 2,
               sweep_seeds: int = 1, epochs: int = LAB_EPOCHS, world_configs: dict | None = None, arms: list[Arm] | None = None,
               jobs: int = 1, runs_dir: Path | None = None, presets: tuple[str, ...] = PRESETS, cached_only: bool = False) -> dict:
     """Run (or resume) the study into ``out``; writes study.json, study.md and the plots.
