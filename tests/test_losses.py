@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from geovario.errors import GeovarioError
-from geovario.losses import HCLDebiased, HCLWeighted, InfoNCE, LossInputs, SemivariogramWeightedInfoNCE, Triplet, WeightedSum
+from geovario.losses import (HaversineSmoothing, HCLDebiased, HCLWeighted, InfoNCE, LossInputs, SemivariogramWeightedInfoNCE, Triplet,
+                             WeightedSum)
 from geovario.variogram import VariogramModel
 
 VARIOGRAM = VariogramModel("spherical", nugget=0.1, psill=0.4, range_km=2000.0)
@@ -248,6 +249,10 @@ EVERY_LOSS = {
     "infonce": InfoNCE(),
     "semivariogram": SemivariogramWeightedInfoNCE(VARIOGRAM, theta1_km=1500, theta2_km=800, s1=3.0, s2=2.0, mask_km=300),
     "semivariogram-penalty": SemivariogramWeightedInfoNCE(VARIOGRAM, "penalty"),
+    "semivariogram-beta_abs": SemivariogramWeightedInfoNCE(VARIOGRAM, "beta_abs"),
+    "semivariogram-beta_excess": SemivariogramWeightedInfoNCE(VARIOGRAM, "beta_excess"),
+    "semivariogram-soft_positives": SemivariogramWeightedInfoNCE(VARIOGRAM, "soft_positives", theta1_km=1500, theta2_km=800, s1=3.0),
+    "haversine_smoothing": HaversineSmoothing(900.0),
     "hcl_weighted": HCLWeighted(1.0),
     "hcl_debiased": HCLDebiased(0.1, 1.0),
     "triplet": Triplet(1.0, "cosine"),
@@ -318,7 +323,8 @@ def test_a_losss_own_defaults_are_the_configs():
 
     section = LossSection().__dict__
     for cls, name, attributes in [(HCLWeighted, "hcl_weighted", ["beta"]), (HCLDebiased, "hcl_debiased", ["tau_plus", "beta"]),
-                                  (Triplet, "triplet", ["margin", "distance"])]:
+                                  (Triplet, "triplet", ["margin", "distance"]),
+                                  (HaversineSmoothing, "haversine_smoothing", ["tau_km"])]:
         own, configured = cls(), build_loss(name, section)
         assert [getattr(own, a) for a in attributes] == [getattr(configured, a) for a in attributes], name
     own, configured = SemivariogramWeightedInfoNCE(VARIOGRAM), build_loss("semivariogram", section, VARIOGRAM)

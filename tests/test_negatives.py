@@ -506,3 +506,73 @@ def test_a_queue_source_moves_its_buffers_to_the_device():
 
     source = QueueNegatives(8, feature_dim=3).to(torch.device("meta"))  # any device but the CPU shows the move
     assert {source.queue.gps.device.type, source.queue.features.device.type, source.queue.ids.device.type} == {"meta"}
+
+
+# --- the thesis's neighbourhood negatives (get_neg) ---
+
+def brute_force_neighbourhoods(gallery: np.ndarray, latlon: np.ndarray, k: int) -> tuple[set, set]:
+    """The thesis's near set (each location's k nearest gallery points, those at a batch location's exact coordinates
+    dropped) and far set (each location's 2k nearest without any near point), from every distance."""
+    near, wider = set(), set()
+    for lat, lon in latlon:
+        order = np.argsort(haversine_km(lat, lon, gallery[:, 0], gallery[:, 1]), kind="stable")
+        near |= set(order[:k].tolist())
+        wider |= set(order[: 2 * k].tolist())
+    batch = {(round(a, 6), round(b, 6)) for a, b in latlon}
+    far = wider - near
+    near = {i for i in near if (round(gallery[i, 0], 6), round(gallery[i, 1], 6)) not in batch}
+    return near, far
+
+
+@pytest.mark.parametrize("count", [40, 4000])
+def test_neighbourhood_negatives_follow_the_thesis_rule(count):
+    from geovario.negatives import NeighbourhoodNegatives
+
+    rng = np.random.default_rng(0)
+    gallery = np.stack([rng.uniform(-60, 60, 3000), rng.uniform(-180, 180, 3000)], 1)
+    latlon = np.concatenate([gallery[:5], np.stack([rng.uniform(-60, 60, 7), rng.uniform(-180, 180, 7)], 1)])  # 5 at gallery points
+    source = NeighbourhoodNegatives(gallery, count=count, neighbours=8)
+    picked = source.select(latlon, np.random.default_rng(1))
+    near, far = brute_force_neighbourhoods(gallery, latlon, 8)
+    assert not set(range(5)) & near  # the batch's own places are never its negatives
+    n_near = min(count // 2, len(near))
+    assert len(picked) == len(set(picked.tolist())) == n_near + min(count - count // 2, len(far))
+    assert set(picked[:n_near].tolist()) <= near and set(picked[n_near:].tolist()) <= far
+    if count == 4000:  # more wanted than there are: every near and far point, once
+        assert set(picked.tolist()) == near | far
+    else:
+        assert n_near == 20 and len(picked) == 40
+
+
+def test_neighbourhood_columns_carry_their_own_geometry(tmp_path, view_store):
+    """Columns: the global batch, then the drawn gallery points (the training store, so each is a sample), each with
+    its own lag and dissimilarity; noise of 150 m on the batch and 1,000 m on the negatives."""
+    config = load_config(None, SMALL + [f"data.train={view_store.folder}", "loss.name=semivariogram", "negatives.source=neighbourhood",
+                                        "negatives.neighbours=4", f"train.batch_size={BATCH}", "model.queue_size=200"])
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.step()
+    record = record_of(trainer, 0)
+    index, _ = trainer.sampler.batch(0)
+    gps = view_store.gps.astype(np.float32).astype(np.float64)
+    place = {(a, b): i for i, (a, b) in enumerate(gps)}
+    negatives = np.array([place[tuple(p)] for p in record["column_gps"][BATCH:].numpy()])
+    near, far = brute_force_neighbourhoods(gps, gps[index], 4)
+    assert set(negatives.tolist()) == near | far  # 200 wanted: all of them
+    columns = np.concatenate([index, negatives])
+    np.testing.assert_array_equal(record["column_gps"].numpy(), gps[columns])
+    lags, dissimilarity = reference_geometry(view_store, index, columns)
+    np.testing.assert_allclose(record["lags_km"].numpy(), lags, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(record["dissimilarity"].numpy(), dissimilarity, rtol=0, atol=2e-5)
+    encoded = record["column_locations"].double().numpy()
+    moved = haversine_km(encoded[:, 0], encoded[:, 1], gps[columns, 0], gps[columns, 1]) / np.sqrt(2)  # km per axis, roughly
+    assert 0.05 < moved[:BATCH].mean() < 0.4 and 0.5 < moved[BATCH:].mean() < 2.0
+    assert record["targets"].tolist() == list(range(BATCH))
+
+
+def test_haversine_smoothing_gets_lags_and_no_variogram(tmp_path, view_store):
+    config = load_config(None, SMALL + [f"data.train={view_store.folder}", "loss.name=haversine_smoothing", f"model.queue_size={QUEUE}",
+                                        f"train.batch_size={BATCH}"])
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    out = trainer.step()
+    assert trainer.last_candidates.lags_km is not None and not (tmp_path / "run" / "variogram.json").is_file()
+    assert 0 < out.stats["neighbour_target_share"] < 1

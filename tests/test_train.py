@@ -45,6 +45,12 @@ def stores(tmp_path_factory):
     return make_store(root / "train", 320, seed=0).folder, make_store(root / "val", 64, seed=1).folder
 
 
+# The thesis's get_penalty and get_penalty3 replace the negative logits by constants clamped to the step's logit range:
+# nothing pushes a negative down, every logit can rise together and the clamp's floor rises with them, so the loss need
+# not fall (here it climbs towards log(columns)). They must train, finitely; the study measures what they do.
+LOSS_NEED_NOT_FALL = {"semivariogram_penalty_logit_abs", "semivariogram_penalty_logit_excess"}
+
+
 @pytest.mark.parametrize("config_path", [c for c in CONFIGS if "geoclip" not in c.stem or c.stem == "geoclip_baseline"], ids=lambda p: p.stem)
 def test_every_config_trains_and_the_loss_falls(tmp_path, stores, config_path):
     train_store, val_store = stores
@@ -52,7 +58,9 @@ def test_every_config_trains_and_the_loss_falls(tmp_path, stores, config_path):
     final = train(config, tmp_path / "run", progress=False)
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert len(metrics) == 60 and metrics["step"].tolist() == list(range(1, 61))
-    assert metrics["loss"].tail(10).mean() < metrics["loss"].head(10).mean()
+    assert np.isfinite(metrics["loss"]).all()
+    if config_path.stem not in LOSS_NEED_NOT_FALL:
+        assert metrics["loss"].tail(10).mean() < metrics["loss"].head(10).mean()
     assert "val_acc_2500km" in metrics.columns and metrics["val_acc_2500km"].notna().sum() == 3
     assert (final / "model.safetensors").is_file() and (final / "gallery.csv").is_file()
     assert main(["evaluate", "--model", str(final), "--store", str(val_store), "--out", str(tmp_path / "r.json"), "--no-admin", "--no-progress"]) == 0

@@ -48,15 +48,15 @@ class ModelSection:
 
 @dataclass
 class LossSection:
-    name: str = "infonce"  # infonce | semivariogram | hcl_weighted | hcl_debiased | triplet | combined
+    name: str = "infonce"  # infonce | semivariogram | hcl_weighted | hcl_debiased | triplet | haversine_smoothing | combined
     # semivariogram (DESIGN.md §4; defaults documented in geovario/losses/semivariogram.py)
-    mode: str = "paper"  # paper | penalty
+    mode: str = "paper"  # paper | soft_positives | penalty | logit_abs | logit_excess | beta_abs | beta_excess (thesis variants)
     theta1_km: float | None = None  # hard negatives at h >= theta1 (default: the variogram's range)
     theta2_km: float = 25.0  # false negatives at h <= theta2
     s1: float = 5.0
     s2: float = 5.0
     mask_km: float | None = None
-    penalty_range: str = "effective"  # where penalty mode stops: the variogram's range, or the thesis's slope rule ("thesis")
+    penalty_range: str = "effective"  # where the thesis modes' excess stops: the variogram's range, or the thesis function's own rule
     variogram: str | None = None  # fitted variogram JSON; default: fit on the train store before training
     variogram_model: str = "stable"  # fitted on log lags with equal bin weights (variogram.fit_for_loss)
     variogram_bins: int = 40
@@ -67,6 +67,8 @@ class LossSection:
     # triplet (thesis: margin 1)
     margin: float = 1.0
     distance: str = "cosine"  # cosine | l2
+    # haversine_smoothing: targets decay as exp(-km / tau) (PIGEON's 75 km)
+    tau_km: float = 75.0
     # combined: [{name: infonce, weight: 0.5}, ...]
     parts: list[dict] = field(default_factory=list)
 
@@ -74,6 +76,7 @@ class LossSection:
 @dataclass
 class NegativesSection:
     source: str = "queue"  # queue (GeoCLIP: batch + GPS queue) | gallery (per-sample gallery negatives)
+    #                        | neighbourhood (the thesis's get_neg: model.queue_size negatives from the batch's neighbourhoods)
     batch_noise_m: float = 150.0  # thesis: 150 m on batch GPS
     queue_noise_m: float = 1000.0  # and 1000 m on queue GPS
     selection: str = "mixed"  # gallery negatives: random | far | near | mixed (half near, half far)
@@ -81,6 +84,7 @@ class NegativesSection:
     far_km: float = 2500.0  # "far" means at least this far from the true location
     exclude_km: float = 1.0  # a negative lies at least this far from the true location (closer neighbours are left out)
     gallery: str | None = None  # CSV or store to draw from (default: train positions)
+    neighbours: int = 8  # neighbourhood: each batch location's k nearest are "near", its next k "far" (thesis: 8)
 
 
 @dataclass
@@ -142,12 +146,12 @@ class Config:
 
 
 CHOICES = {
-    "loss.name": ("infonce", "semivariogram", "hcl_weighted", "hcl_debiased", "triplet", "combined"),
-    "loss.mode": ("paper", "penalty"),
+    "loss.name": ("infonce", "semivariogram", "hcl_weighted", "hcl_debiased", "triplet", "haversine_smoothing", "combined"),
+    "loss.mode": ("paper", "soft_positives", "penalty", "logit_abs", "logit_excess", "beta_abs", "beta_excess"),
     "loss.penalty_range": ("effective", "thesis"),
     "loss.distance": ("cosine", "l2"),
     "loss.variogram_model": ("spherical", "exponential", "gaussian", "stable"),
-    "negatives.source": ("queue", "gallery"),
+    "negatives.source": ("queue", "gallery", "neighbourhood"),
     "negatives.selection": ("random", "far", "near", "mixed"),
     "model.init": None,  # free-form: checked when loading
     "optim.schedule": ("step", "cosine"),
@@ -251,7 +255,7 @@ def validate(config: Config) -> None:
     """Checks across keys: every message names the key to change."""
     t, loss, neg = config.train, config.loss, config.negatives
     for key, value in (("train.batch_size", t.batch_size), ("train.epochs", t.epochs), ("train.checkpoint_every", t.checkpoint_every),
-                       ("train.log_every", t.log_every), ("negatives.k", neg.k), ("loss.variogram_bins", loss.variogram_bins),
+                       ("train.log_every", t.log_every), ("negatives.k", neg.k), ("negatives.neighbours", neg.neighbours), ("loss.variogram_bins", loss.variogram_bins),
                        ("train.max_steps", t.max_steps), ("loss.refit_every", loss.refit_every), ("model.queue_size", config.model.queue_size),
                        ("data.gallery_max", config.data.gallery_max), ("train.accumulate", t.accumulate),
                        ("train.val_every", t.val_every), ("model.embed_dim", config.model.embed_dim),
@@ -264,7 +268,8 @@ def validate(config: Config) -> None:
                        ("loss.theta2_km", loss.theta2_km), ("loss.beta", loss.beta), ("loss.margin", loss.margin)):
         if value < 0:
             raise GeovarioError(f"config key {key}: must not be negative, got {value}")
-    for key, value in (("loss.theta1_km", loss.theta1_km), ("loss.mask_km", loss.mask_km), ("optim.grad_clip", config.optim.grad_clip)):
+    for key, value in (("loss.theta1_km", loss.theta1_km), ("loss.mask_km", loss.mask_km), ("optim.grad_clip", config.optim.grad_clip),
+                       ("loss.tau_km", loss.tau_km)):
         if value is not None and value <= 0:
             raise GeovarioError(f"config key {key}: must be positive (or null), got {value}")
     sigmas = config.model.sigmas
@@ -290,6 +295,12 @@ def validate(config: Config) -> None:
         raise GeovarioError(f"config key data.workers: must not be negative (0 decodes in the training process), got {config.data.workers}")
     if t.batch_size < 2 and neg.source == "queue":
         raise GeovarioError("config key train.batch_size: batch negatives need at least 2 samples per batch")
+    if loss.mode == "soft_positives" and loss.mask_km is not None:
+        raise GeovarioError("config key loss.mask_km: it would mask the near look-alikes that mode soft_positives counts as partial "
+                            "positives; unset it, or use mode: paper")
+    if t.local_loss and neg.source == "neighbourhood":
+        raise GeovarioError("config key train.local_loss: the neighbourhood negatives are drawn for the whole batch and every row "
+                            "meets all of them; use negatives.source: queue for open_clip's local loss")
     if neg.source == "queue" and config.model.queue_size < t.batch_size:
         raise GeovarioError(f"config key model.queue_size: {config.model.queue_size} is smaller than train.batch_size "
                             f"{t.batch_size}; the queue must hold at least one batch")

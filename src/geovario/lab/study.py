@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from geovario.atomic import atomic_path, atomic_write_bytes, output_dir, save_figure
-from geovario.config import load_config
+from geovario.config import Config, load_config
 from geovario.errors import GeovarioError
 from geovario.jsonio import write_json
 from geovario.lab.experiments import LAB, LAB_EPOCHS, LAB_VERSION, train_and_evaluate
@@ -146,11 +146,30 @@ class Datasets:
 
 
 def run_key(datasets: Datasets, trained_on: str, overrides: list[str], seed: int, epochs: int, variogram: str) -> str:
-    """A hash of the whole training config a run would use, so equal settings share one run however spelled."""
+    """A hash of the training config a run would use, so equal settings share one run however spelled.
+
+    The config enters as its settings that differ from the defaults: a new option, at its default, leaves
+    the finished runs' keys (and so the committed cache) valid. A changed default is a change to the code
+    that can move a run's numbers, as any other: raise ``LAB_VERSION``.
+    """
     config = load_config(None, LAB + ["data.train=WORLD", f"train.epochs={epochs}", f"train.seed={seed}", *overrides]).to_dict()
     spec = {"world": datasets.fingerprints[trained_on], "tested_on": {name: datasets.fingerprints[name] for name in datasets.worlds},
-            "config": config, "variogram": variogram, "lab_version": LAB_VERSION}
+            "config": changed_settings(config, Config().to_dict()), "variogram": variogram, "lab_version": LAB_VERSION}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def changed_settings(config: dict, defaults: dict) -> dict:
+    """The entries of a nested ``config`` dict that differ from ``defaults`` (sections kept only where changed)."""
+    out = {}
+    for key, value in config.items():
+        default = defaults.get(key, object())
+        if isinstance(value, dict) and isinstance(default, dict):
+            inner = changed_settings(value, default)
+            if inner:
+                out[key] = inner
+        elif value != default:
+            out[key] = value
+    return out
 
 
 FIGURES = ("accuracy", "median_km", "mean_km", "geoscore")  # of each evaluation set, kept per run

@@ -7,14 +7,17 @@ from geovario.losses.combined import WeightedSum
 from geovario.losses.hcl import HCLDebiased, HCLWeighted
 from geovario.losses.infonce import InfoNCE
 from geovario.losses.semivariogram import SemivariogramWeightedInfoNCE
+from geovario.losses.soft_targets import HaversineSmoothing
 from geovario.losses.triplet import Triplet
 
-LOSSES = ("infonce", "semivariogram", "hcl_weighted", "hcl_debiased", "triplet", "combined")
+LOSSES = ("infonce", "semivariogram", "hcl_weighted", "hcl_debiased", "triplet", "haversine_smoothing", "combined")
 _CLASSES = {"infonce": InfoNCE, "semivariogram": SemivariogramWeightedInfoNCE, "hcl_weighted": HCLWeighted,
-            "hcl_debiased": HCLDebiased, "triplet": Triplet}
+            "hcl_debiased": HCLDebiased, "triplet": Triplet, "haversine_smoothing": HaversineSmoothing}
+NEEDS_VARIOGRAM = ("semivariogram",)
 
-__all__ = ["LOSSES", "ContrastiveLoss", "HCLDebiased", "HCLWeighted", "InfoNCE", "LossInputs", "LossOutput",
-           "SemivariogramWeightedInfoNCE", "Triplet", "WeightedSum", "build_loss", "loss_needs_geometry"]
+__all__ = ["LOSSES", "ContrastiveLoss", "HCLDebiased", "HCLWeighted", "HaversineSmoothing", "InfoNCE", "LossInputs",
+           "LossOutput", "SemivariogramWeightedInfoNCE", "Triplet", "WeightedSum", "build_loss",
+           "loss_needs_geometry", "loss_needs_variogram"]
 
 
 def loss_needs_geometry(name: str, params: dict) -> bool:
@@ -23,6 +26,13 @@ def loss_needs_geometry(name: str, params: dict) -> bool:
     if name == "combined":
         return any(loss_needs_geometry(part["name"], params) for part in params["parts"])
     return _CLASSES[name].needs_geometry
+
+
+def loss_needs_variogram(name: str, params: dict) -> bool:
+    """Whether the named loss (a combined one: any of its parts) compares dissimilarities with a fitted variogram."""
+    if name == "combined":
+        return any(loss_needs_variogram(part["name"], params) for part in params["parts"])
+    return name in NEEDS_VARIOGRAM
 
 
 def build_loss(name: str, params: dict, variogram=None) -> ContrastiveLoss:
@@ -38,6 +48,8 @@ def build_loss(name: str, params: dict, variogram=None) -> ContrastiveLoss:
         return HCLDebiased(params["tau_plus"], params["beta"])
     if name == "triplet":
         return Triplet(params["margin"], params["distance"])
+    if name == "haversine_smoothing":
+        return HaversineSmoothing(params["tau_km"])
     if name == "combined":
         return WeightedSum([(part["name"], part["weight"], build_loss(part["name"], params, variogram)) for part in params["parts"]])
     raise ValueError(f"unknown loss {name!r}")

@@ -9,11 +9,29 @@ mode "paper":
   optionally h <= theta_mask: w = 0 (masked); every other pair w = 1.
   L_i = -log( e^{l_ii} / (e^{l_ii} + sum_j w_ij e^{l_ij}) ), computed stably as cross-entropy on
   l + log w with detached weights.
-mode "penalty" (the thesis): p_ij = max(0, d_ij - gamma(h_ij)) for h_ij < range, else 0, and the
-  negative logits are multiplied by e^{p_ij}; it applies once the feature queue has filled. The range
-  is the variogram's effective range (``penalty_range="effective"``, geovario's default), or the
-  thesis's own rule (``"thesis"``): the first lag, on a 0.01 rad grid, where the fitted curve's slope
-  falls below 1e-2 per radian (``variogram.models.slope_range_km``).
+mode "soft_positives" (beyond the paper; losses.soft_targets): the hard negatives are weighted as in
+  "paper", but a false negative is not down-weighted: it becomes a partial positive, with target mass
+  rho(h) = 1 - gamma(h) / sill (the spatial correlation the variogram gives at its lag) beside the
+  positive's 1, normalised per row. With s1 = 0 only the soft positives remain.
+mode "penalty" (the thesis's final code, ``SemivarioPenalty.get_penalty5``): p_ij = max(0, d_ij - gamma(h_ij))
+  for h_ij < range, else 0, and the negative logits are multiplied by e^{p_ij}. The range is the
+  variogram's effective range (``penalty_range="effective"``, geovario's default), or the thesis's own
+  rule (``"thesis"``): the first lag, on a 0.01 rad grid, where the fitted curve's slope falls below 1e-2
+  per radian (``variogram.models.slope_range_km``).
+The thesis's four earlier variants of ``SemivarioPenalty`` (DeoBye/Thesis_GeoLoc, geoclip/model/strategy.py):
+  "logit_abs"    (get_penalty)   each negative logit is replaced by |gamma(h) - d|, clamped to the
+                                 [min, max] of the step's logits; a constant, so negatives get no gradient
+  "logit_excess" (get_penalty3)  each negative logit is replaced by max(0, d - gamma(h)), cut and clamped
+  "beta_abs"     (get_penalty2)  HCL "Weighted" with a per-pair beta = |gamma(h) - d| clamped to [0.2, 0.5]:
+                                 w_ij = exp(beta_ij l_ij) / mean_j exp(beta_ij l_ij), negative logits times w
+  "beta_excess"  (get_penalty4)  the same with beta_ij = max(0, d - gamma(h)), cut (the work log's to-do:
+                                 "use the semivariogram to adjust beta in Weighted")
+  Where the excess modes cut: beyond the effective range ("effective"), or by get_penalty3/4's own test
+  ("thesis"): entry (i, j) is zeroed where |gamma(h_{i+1,j}) - gamma(h_{ij})| < 1e-6, comparing
+  consecutive rows of the step's gamma matrix (the last row is never cut); with a curve that reaches its
+  sill, that cuts pairs where both lags lie beyond the range. The abs modes have no cut in the thesis.
+  Every thesis mode applies once the feature queue has filled (``SemivarioPenalty.queue_initialized``),
+  plain InfoNCE before.
 
 Which features d compares: the plain centre-crop features (view 0) of both images, also on a step
 where the image head is fed a randomly augmented view. The variogram was fitted on view-0 features,
@@ -36,9 +54,14 @@ import torch.nn.functional as F
 
 from geovario.errors import GeovarioError
 from geovario.losses.base import ContrastiveLoss, LossInputs, LossOutput
+from geovario.losses.soft_targets import soft_target_cross_entropy
 from geovario.variogram.models import VariogramModel, slope_range_km
 
-MODES = ("paper", "penalty")
+MODES = ("paper", "soft_positives", "penalty", "logit_abs", "logit_excess", "beta_abs", "beta_excess")
+THESIS_FUNCTIONS = {"penalty": "get_penalty5", "logit_abs": "get_penalty", "beta_abs": "get_penalty2",
+                    "logit_excess": "get_penalty3", "beta_excess": "get_penalty4"}  # SemivarioPenalty's methods
+BETA_ABS_CLAMP = (0.2, 0.5)  # get_penalty2's clamp of beta
+FLAT_ROWS = 1e-6  # get_penalty3/4's flatness threshold between consecutive rows of gamma
 PENALTY_RANGES = ("effective", "thesis")
 
 
@@ -71,17 +94,24 @@ class SemivariogramWeightedInfoNCE(ContrastiveLoss):
         """Where the penalty mode stops: the variogram's (effective) range, or the thesis's slope rule."""
         return self.variogram.range_km if self.penalty_range == "effective" else slope_range_km(self.variogram)
 
-    def log_weights(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
-        """(B, C) detached log w for the paper mode (0 on the positives), and what was reweighted."""
+    def pair_sets(self, inputs: LossInputs) -> tuple[torch.Tensor, ...]:
+        """(h, delta, negative, hard, false): the lags, d - gamma(h), and the paper's masks of negatives, hard and false ones."""
         h, d = inputs.lags_km.detach(), inputs.dissimilarity.detach()
         delta = d - self.variogram(h.double()).to(d.dtype)
         negative = inputs.negatives_mask()
         alike = negative & (delta < 0)
         hard = alike & (h >= self.theta1_km)
         false = alike & (h <= self.theta2_km) & ~hard
-        log_w = torch.zeros_like(d)
+        return h, delta, negative, hard, false
+
+    def log_weights(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        """(B, C) detached log w (0 on the positives), and what was reweighted: the paper mode's, or with
+        mode "soft_positives" the hard negatives' alone (its false negatives become soft positives)."""
+        h, delta, negative, hard, false = self.pair_sets(inputs)
+        log_w = torch.zeros_like(delta)
         log_w = torch.where(hard, self.s1 * delta.abs(), log_w)
-        log_w = torch.where(false, -self.s2 * delta.abs(), log_w)
+        if self.mode != "soft_positives":
+            log_w = torch.where(false, -self.s2 * delta.abs(), log_w)
         if self.mask_km is not None:
             masked = negative & (h <= self.mask_km)
             log_w = torch.where(masked, torch.full_like(log_w, float("-inf")), log_w)
@@ -99,13 +129,54 @@ class SemivariogramWeightedInfoNCE(ContrastiveLoss):
         if self.mode == "paper":
             log_w, stats = self.log_weights(inputs)
             return LossOutput(F.cross_entropy(inputs.present(inputs.logits + log_w), inputs.targets), stats)
-        if not inputs.queue_full:  # the thesis turns the penalty on once the feature queue has filled
+        if self.mode == "soft_positives":
+            log_w, stats = self.log_weights(inputs)
+            h, _, _, _, false = self.pair_sets(inputs)
+            correlation = torch.clamp(1 - self.variogram(h.double()) / self.variogram.sill, min=0).to(inputs.logits.dtype)
+            positive = F.one_hot(inputs.targets, h.shape[1]).to(correlation.dtype)
+            targets = torch.where(false, correlation, positive)
+            stats["mean_soft_target"] = float(correlation[false].mean()) if false.any() else 0.0
+            return LossOutput(soft_target_cross_entropy(inputs, targets, inputs.logits + log_w), stats)
+        if not inputs.queue_full:  # the thesis turns its penalties on once the feature queue has filled
             return LossOutput(F.cross_entropy(inputs.present(inputs.logits), inputs.targets), {"penalized_fraction": 0.0})
         h, d = inputs.lags_km.detach(), inputs.dissimilarity.detach()
-        excess = torch.clamp(d - self.variogram(h.double()).to(d.dtype), min=0)
-        penalty = torch.where((h < self.range_km) & inputs.negatives_mask(), excess, torch.zeros_like(excess))
-        logits = inputs.logits * penalty.exp()
-        penalized = (penalty > 0)[inputs.negatives_mask()]
-        stats = {"penalized_fraction": float(penalized.float().mean()),
-                 "mean_penalty_factor": float(penalty[penalty > 0].exp().mean()) if penalized.any() else 1.0}
+        gamma = self.variogram(h.double()).to(d.dtype)
+        negative = inputs.negatives_mask()
+        if self.mode in ("logit_abs", "beta_abs"):
+            penalty = (gamma - d).abs()
+        else:
+            penalty = torch.clamp(d - gamma, min=0) * self._kept(h, gamma)
+        if self.mode == "penalty":
+            factor = torch.where(negative, penalty.exp(), torch.ones_like(penalty))
+            logits = inputs.logits * factor
+            changed = negative & (penalty > 0)
+            stats = {"mean_penalty_factor": float(factor[changed].mean()) if changed.any() else 1.0}
+        elif self.mode in ("logit_abs", "logit_excess"):
+            present = inputs.logits.detach()[~self._excluded(inputs)]  # the thesis: logits.min(), .max()
+            replaced = torch.clamp(penalty, min=float(present.min()), max=float(present.max()))
+            logits = torch.where(negative, replaced, inputs.logits)
+            changed = negative & (penalty > 0)
+            stats = {"mean_replaced_logit": float(replaced[negative].mean()) if negative.any() else 0.0}
+        else:
+            beta = torch.clamp(penalty, *BETA_ABS_CLAMP) if self.mode == "beta_abs" else penalty
+            scaled = (beta * inputs.logits.detach()).masked_fill(~negative, float("-inf"))
+            # exp(beta l) / its mean over the row's negatives, in log space (as losses.hcl.HCLWeighted)
+            log_w = scaled - (torch.logsumexp(scaled, dim=1, keepdim=True) - torch.log(negative.sum(1, keepdim=True).to(scaled.dtype)))
+            weights = torch.where(negative, log_w.exp(), torch.ones_like(log_w))
+            logits = inputs.logits * weights
+            changed = negative & (beta > 0)
+            stats = {"mean_beta": float(beta[negative].mean()) if negative.any() else 0.0,
+                     "max_weight": float(weights[negative].max()) if negative.any() else 1.0}
+        stats["penalized_fraction"] = float(changed[negative].float().mean()) if negative.any() else 0.0
         return LossOutput(F.cross_entropy(inputs.present(logits), inputs.targets), stats)
+
+    @staticmethod
+    def _excluded(inputs: LossInputs) -> torch.Tensor:
+        return inputs.excluded if inputs.excluded is not None else torch.zeros_like(inputs.logits, dtype=torch.bool)
+
+    def _kept(self, h: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """1 where an excess penalty applies, 0 where the mode's range rule cuts it."""
+        if self.penalty_range == "effective" or self.mode == "penalty":
+            return (h < self.range_km).to(gamma.dtype)
+        flat = (gamma[1:] - gamma[:-1]).abs() < FLAT_ROWS  # get_penalty3/4: consecutive rows, same column
+        return torch.cat([~flat, torch.ones_like(flat[:1])]).to(gamma.dtype)

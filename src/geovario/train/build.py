@@ -13,7 +13,7 @@ from geovario.data.store import FeatureStore
 from geovario.distributed import Dist
 from geovario.errors import GeovarioError
 from geovario.model import GeoLocModel, ModelConfig
-from geovario.negatives import GalleryNegatives, NegativeSource, QueueNegatives
+from geovario.negatives import GalleryNegatives, NegativeSource, NeighbourhoodNegatives, QueueNegatives
 from geovario.train.data import StoreData, gallery_positions, training_positions
 from geovario.variogram import VariogramModel, empirical_for_loss, fit_for_loss
 
@@ -64,7 +64,7 @@ def step_memory_bytes(config: Config, model: ModelConfig, world_size: int = 1) -
     """
     t, neg = config.train, config.negatives
     batch = t.batch_size // world_size
-    if neg.source == "queue":
+    if neg.source in ("queue", "neighbourhood"):
         columns, what = t.batch_size + config.model.queue_size, f"model.queue_size {config.model.queue_size:,}"
         fixed = config.model.queue_size * (model.feature_dim + 3) * 4  # the GPS, feature and id queues
         geometry = t.batch_size * columns * 12
@@ -83,7 +83,7 @@ def check_step_memory(config: Config, model: ModelConfig, device, world_size: in
     needed, what = step_memory_bytes(config, model, world_size)
     available = memory_bytes(device)
     if available is not None and needed > available:
-        key = "model.queue_size" if config.negatives.source == "queue" else "negatives.k"
+        key = "negatives.k" if config.negatives.source == "gallery" else "model.queue_size"
         raise GeovarioError(f"config key {key}: {what} would take about {needed / 2**30:,.0f} GB per training step, more than the "
                             f"{available / 2**30:,.0f} GB of {device}; lower it (GeoCLIP's queue holds 4,096, the thesis drew 64 "
                             "gallery negatives per sample)")
@@ -104,6 +104,9 @@ def build_negatives(config: Config, data, world: Dist, geometry: bool) -> Negati
     if geometry and features is None:
         raise GeovarioError(f"config key negatives.gallery: the {config.loss.name} loss needs the image of every gallery negative, "
                             "so the gallery must be a feature store of the same features (unset, it is data.train's store)")
+    if neg.source == "neighbourhood":
+        return NeighbourhoodNegatives(latlon, config.model.queue_size, neg.neighbours, neg.batch_noise_m, neg.queue_noise_m, features,
+                                      world, geometry)
     return GalleryNegatives(latlon, neg.k, neg.selection, neg.far_km, neg.exclude_km, neg.batch_noise_m, features, world, geometry)
 
 

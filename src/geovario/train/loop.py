@@ -23,7 +23,7 @@ from geovario.data.store import FeatureStore
 from geovario.distributed import DistributedBatchSampler
 from geovario.errors import GeovarioError
 from geovario.jsonio import read_json, write_json
-from geovario.losses import LossOutput, build_loss, loss_needs_geometry
+from geovario.losses import LossOutput, build_loss, loss_needs_geometry, loss_needs_variogram
 from geovario.progress import progress
 from geovario.model import GeoLocModel
 from geovario.modeldir import save_model_dir
@@ -132,7 +132,7 @@ class Trainer:
         self.negatives = build_negatives(config, self.data, self.world, geometry).to(self.device)
         self.gallery = gallery_positions(config.data.gallery, self.data, config, "data.gallery")
         fitted = None
-        if geometry:
+        if loss_needs_variogram(config.loss.name, config.loss.__dict__):
             fitted = self._on_main(lambda: initial_variogram(config, self.data, self.run_dir, resume).to_dict())
         self.loss_fn = build_loss(config.loss.name, config.loss.__dict__, None if fitted is None else VariogramModel.from_dict(fitted))
         self.optimizer = build_optimizer(self.model, config.optim)
