@@ -11,7 +11,7 @@ import shutil
 from geovario.errors import GeovarioError
 from geovario.lab.experiments import LAB_VERSION
 from geovario.lab.study import (ANCHOR, PAPER, SV, Arm, Datasets, chosen_on_validation, current_commit, half_width, paired_bootstrap,
-                                plan, run_key, run_study, variance_components, world_fingerprint)
+                                changed_settings, plan, run_key, run_study, variance_components, world_fingerprint)
 from geovario.lab.world import preset, simulate
 
 
@@ -38,12 +38,15 @@ def test_plan_covers_the_study():
     arms = plan(seeds=10, other_seeds=3, gallery_seeds=2, sweep_seeds=1)
     names = [a.name for a in arms]
     assert names[:2] == [ANCHOR, PAPER] and len(set(names)) == len(names)
-    assert {a.group for a in arms} == {"losses", "noise", "ablation", "range", "refit", "sweep-theta", "sweep-s1", "sweep-s2"}
+    assert {a.group for a in arms} == {"losses", "beyond", "noise", "ablation", "range", "refit", "sweep-theta", "sweep-s1", "sweep-s2"}
     assert sum(a.group == "sweep-theta" for a in arms) == 15 and sum(a.group.startswith("sweep-s") for a in arms) == 10
     seeds = {a.name: len(a.seeds) for a in arms}
     assert seeds[ANCHOR] == seeds[PAPER] == 10 and seeds["hcl_weighted (thesis Weighted)"] == 3
     assert seeds["triplet, far gallery negatives (thesis)"] == 2 and seeds["theta1=100, theta2=1"] == 1
     assert all(len(a.seeds) == 3 for a in arms if a.group in ("ablation", "range", "refit", "noise"))
+    assert [len(a.seeds) for a in arms if a.group == "beyond"] == [10, 10, 10]  # powered as the paper's loss (issue 26)
+    thesis = [a for a in arms if "get_penalty" in a.name or "weighted_neg" in a.name or a.name.startswith("ssl")]
+    assert len(thesis) == 6 and all(len(a.seeds) == 3 for a in thesis)
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +260,17 @@ def test_a_study_under_way_is_summarised_on_its_finished_runs_without_training(t
             shutil.rmtree(folder)  # no InfoNCE run on osv5m has finished: nothing to pair with
     with pytest.raises(GeovarioError, match="no finished run of infonce"):
         run_study(tmp_path / "s", tiny_worlds, epochs=1, arms=ARMS[:2], cached_only=True)
+    with pytest.raises(GeovarioError, match="no finished run on mp16 .* nothing to summarise"):  # a study never started
+        run_study(tmp_path / "empty", tiny_worlds, epochs=1, arms=ARMS[:2], cached_only=True)
+    assert not list((tmp_path / "empty").glob("variogram-*.json"))  # and nothing fitted for it
+
+
+def test_a_runs_key_holds_its_changed_settings_so_a_new_option_at_its_default_keeps_old_keys(tiny_worlds):
+    defaults = {"loss": {"name": "infonce", "s1": 5.0, "new_option": 1.0}, "train": {"seed": 0}}
+    assert changed_settings({"loss": {"name": "infonce", "s1": 5.0, "new_option": 1.0}, "train": {"seed": 3}}, defaults) == {"train": {"seed": 3}}
+    assert changed_settings({"loss": {"name": "ssl", "s1": 5.0, "new_option": 2.0}, "train": {"seed": 0}}, defaults) == {
+        "loss": {"name": "ssl", "new_option": 2.0}}
+    datasets, text = Datasets.open(tiny_worlds), "{}"
+    key = lambda overrides: run_key(datasets, "mp16", overrides, 0, 1, text)  # noqa: E731
+    assert key(["loss.name=infonce"]) == key([]) == key(["loss.tau_km=75.0"])  # the defaults, however spelled
+    assert len({key([]), key(["loss.tau_km=50"]), key(["data.view_noise=0.3"]), run_key(datasets, "mp16", [], 1, 1, text)}) == 4

@@ -33,16 +33,24 @@ def structured_features(latlon, dims, seed):
     return np.cos(unit @ np.random.default_rng(99).normal(size=(3, dims)) * 3) + 0.2 * rng.normal(size=(len(latlon), dims))
 
 
-def make_store(folder, n, dims=32, seed=0):
+def make_store(folder, n, dims=32, seed=0, views=0):
     rng = np.random.default_rng(seed)
     latlon = np.stack([np.degrees(np.arcsin(rng.uniform(-0.9, 0.9, n))), rng.uniform(-180, 180, n)], 1)
-    return write_store(folder, structured_features(latlon, dims, seed), latlon)
+    features = structured_features(latlon, dims, seed)
+    stored = features[:, None] + 0.3 * rng.normal(size=(n, views, dims)) if views else None  # augmented views near the plain one
+    return write_store(folder, features, latlon, views=stored)
 
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("stores")
     return make_store(root / "train", 320, seed=0).folder, make_store(root / "val", 64, seed=1).folder
+
+
+@pytest.fixture(scope="module")
+def view_stores(tmp_path_factory, stores):
+    """The training store again with two augmented views per row (for the ssl loss), and the same validation store."""
+    return make_store(tmp_path_factory.mktemp("views") / "train", 320, seed=0, views=2).folder, stores[1]
 
 
 # The thesis's get_penalty and get_penalty3 replace the negative logits by constants clamped to the step's logit range:
@@ -52,8 +60,8 @@ LOSS_NEED_NOT_FALL = {"semivariogram_penalty_logit_abs", "semivariogram_penalty_
 
 
 @pytest.mark.parametrize("config_path", [c for c in CONFIGS if "geoclip" not in c.stem or c.stem == "geoclip_baseline"], ids=lambda p: p.stem)
-def test_every_config_trains_and_the_loss_falls(tmp_path, stores, config_path):
-    train_store, val_store = stores
+def test_every_config_trains_and_the_loss_falls(tmp_path, request, config_path):
+    train_store, val_store = request.getfixturevalue("view_stores" if config_path.stem == "ssl" else "stores")
     config = load_config(config_path, SMALL + [f"data.train={train_store}", f"data.val={val_store}", "train.epochs=3"])
     final = train(config, tmp_path / "run", progress=False)
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")

@@ -26,6 +26,9 @@ class DataConfig:
     gallery: str | None = None  # LAT,LON CSV or store for validation and the final model (default: train positions)
     gallery_max: int = 100_000  # train positions kept as the default gallery (GeoCLIP's is 100K of MP-16)
     use_views: bool = True  # sample one stored augmented view per step when the store has them
+    # Without stored views: feed each image's features plus Gaussian noise of this norm relative to theirs (a
+    # feature-space stand-in for augmentation, e.g. the ssl loss's two views on a simulated world); 0: none
+    view_noise: float = 0.0
     images: str | None = None  # image-level training instead: a dataset CSV or photo folder...
     images_dir: str | None = None  # ...its images folder...
     backbone: str = "openai/clip-vit-large-patch14"  # ...and the frozen backbone run on every step
@@ -48,7 +51,7 @@ class ModelSection:
 
 @dataclass
 class LossSection:
-    name: str = "infonce"  # infonce | semivariogram | hcl_weighted | hcl_debiased | triplet | haversine_smoothing | combined
+    name: str = "infonce"  # infonce | semivariogram | hcl_weighted | hcl_debiased | triplet | haversine_smoothing | ssl | combined
     # semivariogram (DESIGN.md §4; defaults documented in geovario/losses/semivariogram.py)
     mode: str = "paper"  # paper | soft_positives | penalty | logit_abs | logit_excess | beta_abs | beta_excess (thesis variants)
     theta1_km: float | None = None  # hard negatives at h >= theta1 (default: the variogram's range)
@@ -69,6 +72,8 @@ class LossSection:
     distance: str = "cosine"  # cosine | l2
     # haversine_smoothing: targets decay as exp(-km / tau) (PIGEON's 75 km)
     tau_km: float = 75.0
+    # ssl: InfoNCE on two stored views + this weight times SimSiam's loss (thesis: 0.9 clip + 0.1 simsiam)
+    ssl_weight: float = 0.1
     # combined: [{name: infonce, weight: 0.5}, ...]
     parts: list[dict] = field(default_factory=list)
 
@@ -146,7 +151,7 @@ class Config:
 
 
 CHOICES = {
-    "loss.name": ("infonce", "semivariogram", "hcl_weighted", "hcl_debiased", "triplet", "haversine_smoothing", "combined"),
+    "loss.name": ("infonce", "semivariogram", "hcl_weighted", "hcl_debiased", "triplet", "haversine_smoothing", "ssl", "combined"),
     "loss.mode": ("paper", "soft_positives", "penalty", "logit_abs", "logit_excess", "beta_abs", "beta_excess"),
     "loss.penalty_range": ("effective", "thesis"),
     "loss.distance": ("cosine", "l2"),
@@ -160,6 +165,7 @@ CHOICES = {
 }
 
 
+COMBINABLE = [name for name in CHOICES["loss.name"] if name not in ("ssl", "combined")]  # ssl needs its own step
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -264,7 +270,7 @@ def validate(config: Config) -> None:
             raise GeovarioError(f"config key {key}: must be at least 1, got {value}")
     for key, value in (("optim.weight_decay", config.optim.weight_decay), ("negatives.batch_noise_m", neg.batch_noise_m),
                        ("negatives.queue_noise_m", neg.queue_noise_m), ("negatives.far_km", neg.far_km),
-                       ("negatives.exclude_km", neg.exclude_km), ("loss.s1", loss.s1), ("loss.s2", loss.s2),
+                       ("negatives.exclude_km", neg.exclude_km), ("data.view_noise", config.data.view_noise), ("loss.s1", loss.s1), ("loss.s2", loss.s2),
                        ("loss.theta2_km", loss.theta2_km), ("loss.beta", loss.beta), ("loss.margin", loss.margin)):
         if value < 0:
             raise GeovarioError(f"config key {key}: must not be negative, got {value}")
@@ -295,6 +301,13 @@ def validate(config: Config) -> None:
         raise GeovarioError(f"config key data.workers: must not be negative (0 decodes in the training process), got {config.data.workers}")
     if t.batch_size < 2 and neg.source == "queue":
         raise GeovarioError("config key train.batch_size: batch negatives need at least 2 samples per batch")
+    if not 0 <= loss.ssl_weight <= 1:
+        raise GeovarioError(f"config key loss.ssl_weight: must lie in [0, 1], got {loss.ssl_weight}")
+    if loss.name == "ssl" and t.accumulate > 1:
+        raise GeovarioError("config key train.accumulate: the ssl loss's batch norm needs the whole batch in one pass; use 1")
+    if loss.name == "ssl" and config.data.images:
+        raise GeovarioError("config key data.images: the ssl loss trains on two stored views of each image; extract a store "
+                            "with `geovario extract --views K` and set data.train")
     if loss.mode == "soft_positives" and loss.mask_km is not None:
         raise GeovarioError("config key loss.mask_km: it would mask the near look-alikes that mode soft_positives counts as partial "
                             "positives; unset it, or use mode: paper")
@@ -314,7 +327,7 @@ def validate(config: Config) -> None:
         if not loss.parts:
             raise GeovarioError("config key loss.parts: a combined loss needs parts, e.g. [{name: infonce, weight: 1.0}]")
         for i, part in enumerate(loss.parts):
-            if set(part) - {"name", "weight"} or part.get("name") not in CHOICES["loss.name"][:-1] or not isinstance(part.get("weight", 1.0), (int, float)):
+            if set(part) - {"name", "weight"} or part.get("name") not in COMBINABLE or not isinstance(part.get("weight", 1.0), (int, float)):
                 raise GeovarioError(f"config key loss.parts[{i}]: expected {{name: <loss>, weight: <number>}}, got {part}")
             part.setdefault("weight", 1.0)
 

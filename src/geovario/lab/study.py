@@ -7,8 +7,10 @@ evaluates every run on that dataset's validation and test photos and on the othe
 
 - InfoNCE (GeoCLIP's recipe) and the paper's semivariogram weighting, ``seeds`` seeds each: the comparison
   the study is powered for (benchmarks/results/study-power.md says how many seeds and test photos);
-- the thesis's other losses (its penalty, HCL "Weighted" and "Weighted2", triplet with mixed gallery
-  negatives), InfoNCE without GPS noise, the paper's ablation (hard negatives up only, false negatives down
+- with as many seeds, other ways to use spatial structure: PIGEON's haversine label smoothing, variogram
+  soft positives, and the paper's hard negatives with soft positives in place of its false-negative half;
+- the thesis's other losses (its penalties get_penalty to get_penalty5, HCL "Weighted" and "Weighted2",
+  weighted_neg, ssl, triplet with mixed gallery negatives), InfoNCE without GPS noise, the paper's ablation (hard negatives up only, false negatives down
   only, neither), the thesis's range rule and a variogram refitted every epoch: ``other_seeds`` seeds;
 - the thesis's other negative selections (InfoNCE with neighbour negatives, triplet with far negatives),
   ``gallery_seeds`` seeds, since per-sample gallery negatives cost about 6x the time of a step on the queue;
@@ -20,7 +22,7 @@ the difference in accuracy at each threshold (and in GeoScore) is averaged over 
 seeds, with a 95% confidence interval from a bootstrap that resamples seeds and test photos.
 
 Runs are cached under ``runs/<key>`` by a hash of everything that decides them (the worlds' fingerprints,
-the whole training config, the variogram and ``LAB_VERSION``), so a killed study, or one re-run with more
+the training config's settings that differ from the defaults, the variogram and ``LAB_VERSION``), so a killed study, or one re-run with more
 seeds, reuses the runs that finished and computes only the rest; a run cut off in the middle starts over.
 Each finished run is a small folder (its figures, the commit it ran at, and its per-photo errors), meant to
 be committed, so that a study longer than a working day resumes on another machine.
@@ -53,6 +55,11 @@ S_VALUES = (0.5, 1.0, 2.0, 5.0, 10.0)
 SV = ["loss.name=semivariogram", "negatives.source=queue"]
 GALLERY = ["negatives.source=gallery", "negatives.k=64"]  # the configs' 4 x batch = 512 is 8x slower again
 ANCHOR, PAPER = "infonce (GeoCLIP)", "semivariogram (paper)"
+HAVERSINE, SOFT, HARD_SOFT = "haversine smoothing (PIGEON)", "variogram soft positives", "hard negatives + soft positives (geovario)"
+WEIGHTED_NEG, SSL = "hcl_weighted, neighbourhood negatives (thesis weighted_neg)", "ssl: two views + SimSiam (thesis)"
+# The simulated world stores no augmented views: the ssl arm's two views are each photo's features plus noise of 0.3
+# times their norm (two views at cosine about 1 / (1 + 0.3^2) = 0.92; an assumption, not measured on CLIP crops).
+SSL_VIEW_NOISE = 0.3
 
 
 @dataclass
@@ -71,12 +78,22 @@ def plan(seeds: int = 14, other_seeds: int = 3, gallery_seeds: int = 2, sweep_se
     arms = [
         Arm("losses", ANCHOR, ["loss.name=infonce"], power),
         Arm("losses", PAPER, SV, power),
+        # beyond the paper (issue 26): other ways to use spatial structure, powered as the paper's loss
+        Arm("beyond", HAVERSINE, ["loss.name=haversine_smoothing"], power),
+        Arm("beyond", SOFT, SV + ["loss.mode=soft_positives", "loss.s1=0"], power),
+        Arm("beyond", HARD_SOFT, SV + ["loss.mode=soft_positives"], power),
         Arm("losses", "semivariogram penalty (thesis)", SV + ["loss.mode=penalty"], other),
         Arm("losses", "hcl_weighted (thesis Weighted)", ["loss.name=hcl_weighted"], other),
         Arm("losses", "hcl_debiased (thesis Weighted2)", ["loss.name=hcl_debiased"], other),
         Arm("losses", "triplet, mixed gallery negatives (thesis)", ["loss.name=triplet", *GALLERY, "negatives.selection=mixed"], other),
         Arm("losses", "infonce, neighbour negatives (thesis)", ["loss.name=infonce", *GALLERY, "negatives.selection=mixed"], few),
         Arm("losses", "triplet, far gallery negatives (thesis)", ["loss.name=triplet", *GALLERY, "negatives.selection=far"], few),
+        # the thesis's other strategies and SemivarioPenalty variants, each by its own rule
+        *[Arm("losses", f"semivariogram {function} (thesis)", SV + [f"loss.mode={mode}", "loss.penalty_range=thesis"], other)
+          for mode, function in (("logit_abs", "get_penalty"), ("beta_abs", "get_penalty2"), ("logit_excess", "get_penalty3"),
+                                 ("beta_excess", "get_penalty4"))],
+        Arm("losses", WEIGHTED_NEG, ["loss.name=hcl_weighted", "negatives.source=neighbourhood"], other),
+        Arm("losses", SSL, ["loss.name=ssl", f"data.view_noise={SSL_VIEW_NOISE}"], other),
         Arm("noise", "infonce, no GPS noise", ["loss.name=infonce", "negatives.batch_noise_m=0", "negatives.queue_noise_m=0"], other),
         Arm("ablation", "hard up only", SV + ["loss.s2=0"], other),
         Arm("ablation", "false down only", SV + ["loss.s1=0"], other),
@@ -328,6 +345,9 @@ def run_study(out: str | Path, worlds: dict[str, Path] | None = None, seeds: int
         store = FeatureStore(world / "train")
         variograms[trained_on] = out / f"variogram-{trained_on}.json"
         if not variograms[trained_on].is_file():
+            if cached_only:  # nothing has run here: there is nothing to summarise, and nothing to fit for
+                raise GeovarioError(f"no finished run on {trained_on} in {runs_dir} ({variograms[trained_on].name} missing): "
+                                    "nothing to summarise")
             features = store.features(dtype=np.float16) if len(store) > 20_000 else store.features()
             fit_for_loss(empirical_for_loss(features, store.gps)).save(variograms[trained_on])
         text = variograms[trained_on].read_text()
@@ -376,6 +396,7 @@ def run_study(out: str | Path, worlds: dict[str, Path] | None = None, seeds: int
     atomic_write_bytes(out / "study.md", markdown.encode())
     plot_sweeps(summary, out)
     plot_differences(summary, out)
+    plot_differences(summary, out, ("beyond",), "beyond-paper", also=(PAPER,))
     return {"results": summary, "markdown": markdown, "record": record, "runs": runs}
 
 
@@ -538,9 +559,11 @@ def _plot_sweep(summary: list[dict], out: Path, suffix: str) -> list[Path]:
     return written
 
 
-def plot_differences(summary: dict, out: Path) -> list[Path]:
-    """Per training dataset, each loss's paired difference against InfoNCE at every threshold with its 95% band, on
-    its own test photos and on the other dataset's: differences-<dataset>.png."""
+def plot_differences(summary: dict, out: Path, groups: tuple[str, ...] = ("losses", "noise"), stem: str = "differences",
+                     also: tuple[str, ...] = ()) -> list[Path]:
+    """Per training dataset, the paired difference against InfoNCE of each arm in ``groups`` (and the arms named in
+    ``also``) at every threshold with its 95% band, on its own test photos and on the other dataset's:
+    <stem>-<dataset>.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -552,7 +575,7 @@ def plot_differences(summary: dict, out: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4.2), squeeze=False)
         for ax, name in zip(axes[0], shown):
             for row in sets[name]:
-                if row["vs_anchor"] is None or row["group"] not in ("losses", "noise"):
+                if row["vs_anchor"] is None or (row["group"] not in groups and row["name"] not in also):
                     continue
                 diffs = [row["vs_anchor"][f"acc_{t}km"] for t in THRESHOLDS]
                 line, = ax.plot(THRESHOLDS, [d["mean"] for d in diffs], "-o", ms=3, label=f"{row['name']} ({len(row['seeds'])} seeds)")
@@ -568,7 +591,7 @@ def plot_differences(summary: dict, out: Path) -> list[Path]:
         if handles:
             fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
         fig.tight_layout(rect=(0, 0.12, 1, 1))
-        written.append(out / f"differences-{trained_on}.png")
+        written.append(out / f"{stem}-{trained_on}.png")
         save_figure(fig, written[-1], dpi=120)
         plt.close(fig)
     return written
@@ -593,6 +616,16 @@ FINDINGS = [
     ("5", "triplet with near + far negatives beats far-only at 1 km", "work log 12.2024", "mp16", "test", TRIPLET_MIXED, TRIPLET_FAR, "acc_1km", 1),
     ("5", "… but stays behind GeoCLIP (25 km)", "work log 12.2024", "mp16", "test", TRIPLET_MIXED, ANCHOR, "acc_25km", -1),
     ("6", "InfoNCE with 64 near/far negatives is worse than GeoCLIP on im2gps3k (25 km)", "work log 17.12.2024", "mp16", "test", NEIGHBOURS, ANCHOR, "acc_25km", -1),
+    ("8", "to-do: semivariogram logits, get_penalty, against GeoCLIP (25 km)", "work log 28.01.2025", "osv5m", "test",
+     "semivariogram get_penalty (thesis)", ANCHOR, "acc_25km", 0),
+    ("8", "… get_penalty3", "work log 28.01.2025", "osv5m", "test", "semivariogram get_penalty3 (thesis)", ANCHOR, "acc_25km", 0),
+    ("9", "to-do: the semivariogram as Weighted's beta, get_penalty2, against Weighted (25 km)", "work log 28.01.2025", "osv5m",
+     "test", "semivariogram get_penalty2 (thesis)", WEIGHTED, "acc_25km", 0),
+    ("9", "… get_penalty4", "work log 28.01.2025", "osv5m", "test", "semivariogram get_penalty4 (thesis)", WEIGHTED, "acc_25km", 0),
+    ("10", "to-do: get_negatives favours 1 km; combined with Weighted (weighted_neg) against Weighted, 1 km",
+     "work log 28.01.2025", "osv5m", "test:mp16", WEIGHTED_NEG, WEIGHTED, "acc_1km", 0),
+    ("10", "… weighted_neg against GeoCLIP, 1 km", "work log 28.01.2025", "osv5m", "test:mp16", WEIGHTED_NEG, ANCHOR, "acc_1km", 0),
+    ("11", "to-do: self-supervised (ssl) against GeoCLIP (25 km)", "work log 28.01.2025", "osv5m", "test", SSL, ANCHOR, "acc_25km", 0),
     ("7", "GPS noise gives a lower final training loss", "work log 11.2024", "mp16", "test", ANCHOR, NO_NOISE, "final_loss", -1),
     ("7", "… and faster convergence (loss after the first epoch)", "work log 11.2024", "mp16", "test", ANCHOR, NO_NOISE, "first_loss", -1),
 ]

@@ -8,15 +8,16 @@ from geovario.losses.hcl import HCLDebiased, HCLWeighted
 from geovario.losses.infonce import InfoNCE
 from geovario.losses.semivariogram import SemivariogramWeightedInfoNCE
 from geovario.losses.soft_targets import HaversineSmoothing
+from geovario.losses.ssl import SimSiamHeads, SimSiamInfoNCE
 from geovario.losses.triplet import Triplet
 
-LOSSES = ("infonce", "semivariogram", "hcl_weighted", "hcl_debiased", "triplet", "haversine_smoothing", "combined")
+LOSSES = ("infonce", "semivariogram", "hcl_weighted", "hcl_debiased", "triplet", "haversine_smoothing", "ssl", "combined")
 _CLASSES = {"infonce": InfoNCE, "semivariogram": SemivariogramWeightedInfoNCE, "hcl_weighted": HCLWeighted,
-            "hcl_debiased": HCLDebiased, "triplet": Triplet, "haversine_smoothing": HaversineSmoothing}
+            "hcl_debiased": HCLDebiased, "triplet": Triplet, "haversine_smoothing": HaversineSmoothing, "ssl": SimSiamInfoNCE}
 NEEDS_VARIOGRAM = ("semivariogram",)
 
 __all__ = ["LOSSES", "ContrastiveLoss", "HCLDebiased", "HCLWeighted", "HaversineSmoothing", "InfoNCE", "LossInputs",
-           "LossOutput", "SemivariogramWeightedInfoNCE", "Triplet", "WeightedSum", "build_loss",
+           "LossOutput", "SemivariogramWeightedInfoNCE", "SimSiamHeads", "SimSiamInfoNCE", "Triplet", "WeightedSum", "build_loss",
            "loss_needs_geometry", "loss_needs_variogram"]
 
 
@@ -50,6 +51,8 @@ def build_loss(name: str, params: dict, variogram=None) -> ContrastiveLoss:
         return Triplet(params["margin"], params["distance"])
     if name == "haversine_smoothing":
         return HaversineSmoothing(params["tau_km"])
+    if name == "ssl":
+        return SimSiamInfoNCE(params["ssl_weight"])
     if name == "combined":
         return WeightedSum([(part["name"], part["weight"], build_loss(part["name"], params, variogram)) for part in params["parts"]])
     raise ValueError(f"unknown loss {name!r}")

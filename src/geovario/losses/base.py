@@ -26,6 +26,9 @@ class LossInputs:
     dissimilarity: torch.Tensor | None = None  # (B, C) 1 - cos of frozen (or learned) image features, detached
     queue_full: bool = True
     excluded: torch.Tensor | None = None  # (B, C) True for a column left out of its row (the row's own sample, queued)
+    # the ssl loss only: the same rows' second view against the same columns, and SimSiam's (z1, z2, p1, p2)
+    second_view: "LossInputs | None" = None
+    siamese: tuple[torch.Tensor, ...] | None = None
 
     def negatives_mask(self) -> torch.Tensor:
         """(B, C) True for every negative: not the positive, not excluded."""

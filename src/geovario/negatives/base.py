@@ -32,6 +32,7 @@ class Batch:
     gps: torch.Tensor  # (b, 2) true (lat, lon) degrees, without noise
     index: np.ndarray  # sample indices of the whole global batch
     rows: slice  # this process's rows of it
+    second: torch.Tensor | None = None  # (b, D) another view of each row, for the ssl loss
 
 
 @dataclass(kw_only=True)

@@ -38,8 +38,10 @@ def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, state: TrainState, scaler=None, keep: int = 2) -> Path:
-    """Write checkpoints/step-N/ through a temporary folder renamed into place, then point ``latest`` at it."""
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, state: TrainState, scaler=None, keep: int = 2,
+                    extra: torch.nn.Module | None = None) -> Path:
+    """Write checkpoints/step-N/ through a temporary folder renamed into place, then point ``latest`` at it.
+    ``extra``: modules trained beside the model but not part of it (the ssl loss's SimSiam heads), in extra.safetensors."""
     folder = run_dir / "checkpoints"
     output_dir(folder)
     final = folder / f"step-{state.step:08d}"
@@ -49,6 +51,8 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, state
         tmp.mkdir()
         save_file(_cpu(model.state_dict()), str(tmp / "model.safetensors"))
         save_file(_cpu(negatives.state_dict()), str(tmp / "negatives.safetensors"))
+        if extra is not None:
+            save_file(_cpu(extra.state_dict()), str(tmp / "extra.safetensors"))
         opt = optimizer.state_dict()
         tensors = {f"{pid}.{name}": value for pid, slots in opt["state"].items() for name, value in slots.items()}
         tensors["torch_rng"] = torch.get_rng_state()
@@ -74,7 +78,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, state
     return final
 
 
-def load_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, scaler=None) -> TrainState:
+def load_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, scaler=None, extra: torch.nn.Module | None = None) -> TrainState:
     folder = run_dir / "checkpoints"
     latest = folder / "latest"
     if not latest.is_file():
@@ -85,6 +89,12 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, scale
         weights = load_file(path / "model.safetensors")
         tensors = load_file(path / "optimizer.safetensors")
         source = negatives.complete_state(load_file(path / "negatives.safetensors"))
+        extra_weights = None
+        if extra is not None:
+            if not (path / "extra.safetensors").is_file():
+                raise GeovarioError(f"{path}: checkpoint from a run without the ssl loss's heads (extra.safetensors); "
+                                    "resume it with its own loss")
+            extra_weights = load_file(path / "extra.safetensors")
     except (SafetensorError, OSError) as e:
         raise GeovarioError(f"{path}: unreadable checkpoint ({e})") from None
     require_finite(weights, path / "model.safetensors")
@@ -93,6 +103,10 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, negatives, scale
     _check_shapes(path, negatives.state_dict(), source, "checkpoint from a run with other negatives (another queue size or source)")
     model.load_state_dict(weights)
     negatives.load_state_dict(source)
+    if extra is not None:
+        require_finite(extra_weights, path / "extra.safetensors")
+        _check_shapes(path, extra.state_dict(), extra_weights, "checkpoint from a run with other ssl heads")
+        extra.load_state_dict(extra_weights)
     slots: dict[int, dict] = {}
     for key, value in tensors.items():
         if key != "torch_rng":

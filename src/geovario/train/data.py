@@ -8,6 +8,7 @@ centre-crop features the frozen dissimilarity compares, and the true GPS.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,28 +23,51 @@ from geovario.negatives import Batch
 class StoreData:
     """Training samples from a feature store; one stored view per sample per step when there are views."""
 
-    def __init__(self, store: FeatureStore, use_views: bool):
+    def __init__(self, store: FeatureStore, use_views: bool, view_noise: float = 0.0):
         self.store = store
         self.gps = torch.from_numpy(store.gps.astype(np.float32))
         self.views = store.n_views if use_views else 0
+        self.view_noise = view_noise  # synthetic views for a store without stored ones (data.view_noise)
         self.dim = store.dim
 
     def __len__(self) -> int:
         return len(self.gps)
 
-    def batch(self, index: np.ndarray, rows: slice, generator: torch.Generator, device) -> Batch:
-        """``index[rows]``, this process's rows of the global batch ``index``."""
+    def batch(self, index: np.ndarray, rows: slice, generator: torch.Generator, device, second_view: bool = False) -> Batch:
+        """``index[rows]``, this process's rows of the global batch ``index``; with ``second_view``, also another
+        stored view of each row (the ssl loss's second augmentation), never the same one."""
         own = index[rows]
         plain = torch.from_numpy(self.store.rows(own))
-        features = plain
+        features, second = plain, None
         if self.views:
             # View 0 is the plain centre crop, 1..K the augmented ones (GeoCLIP samples one per step),
             # drawn for the whole global batch so that every process count picks the same views.
-            choice = torch.randint(0, self.views + 1, (len(index),), generator=generator)[rows]
+            choice = torch.randint(0, self.views + 1, (len(index),), generator=generator)
             views = torch.from_numpy(self.store.view_rows(own))
-            picked = views[torch.arange(len(own)), torch.clamp(choice - 1, min=0)]
-            features = torch.where((choice == 0)[:, None], plain, picked)
-        return Batch(features.to(device), plain.to(device), self.gps[own].to(device), index, rows)
+            features = self._view(plain, views, choice[rows])
+            if second_view:
+                other = (choice + torch.randint(1, self.views + 1, (len(index),), generator=generator)) % (self.views + 1)
+                second = self._view(plain, views, other[rows]).to(device)
+        elif self.view_noise:
+            features = self._noisy(plain, index, rows, generator)
+            if second_view:
+                second = self._noisy(plain, index, rows, generator).to(device)
+        elif second_view:
+            raise GeovarioError(f"{self.store.folder}: the ssl loss needs two views of each image, and this store has only the plain "
+                                "features; extract it with `geovario extract --views K` (K >= 1), or set data.view_noise")
+        return Batch(features.to(device), plain.to(device), self.gps[own].to(device), index, rows, second)
+
+    def _noisy(self, plain: torch.Tensor, index: np.ndarray, rows: slice, generator: torch.Generator) -> torch.Tensor:
+        """A synthetic view: each row plus Gaussian noise whose expected norm is ``view_noise`` times the row's,
+        drawn for the whole global batch (so every process count draws alike)."""
+        noise = torch.randn((len(index), plain.shape[1]), generator=generator)[rows].to(plain.dtype)
+        return plain + noise * (self.view_noise * plain.norm(dim=1, keepdim=True) / math.sqrt(plain.shape[1]))
+
+    @staticmethod
+    def _view(plain: torch.Tensor, views: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+        """Each row's chosen view: 0 the plain features, k the k-th stored augmented view."""
+        picked = views[torch.arange(len(plain)), torch.clamp(choice - 1, min=0)]
+        return torch.where((choice == 0)[:, None], plain, picked)
 
     def fingerprint(self) -> str:
         return self.store.fingerprint()
@@ -172,7 +196,11 @@ def open_training_data(config: Config, device: torch.device, *, reference: bool)
     path = Path(config.data.train)
     if not path.is_dir():
         raise GeovarioError(f"config key data.train: feature store {path} not found")
-    return StoreData(FeatureStore(path), config.data.use_views)
+    store = FeatureStore(path)
+    if config.data.view_noise and store.n_views and config.data.use_views:
+        raise GeovarioError(f"config key data.view_noise: {path} has {store.n_views} stored views per image; train on them "
+                            "(or set data.use_views: false for synthetic ones)")
+    return StoreData(store, config.data.use_views, config.data.view_noise)
 
 
 def training_positions(data, config: Config) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from geovario import distributed
 from geovario.atomic import output_dir, replace_folder
@@ -23,7 +24,7 @@ from geovario.data.store import FeatureStore
 from geovario.distributed import DistributedBatchSampler
 from geovario.errors import GeovarioError
 from geovario.jsonio import read_json, write_json
-from geovario.losses import LossOutput, build_loss, loss_needs_geometry, loss_needs_variogram
+from geovario.losses import LossInputs, LossOutput, SimSiamHeads, build_loss, loss_needs_geometry, loss_needs_variogram
 from geovario.progress import progress
 from geovario.model import GeoLocModel
 from geovario.modeldir import save_model_dir
@@ -44,13 +45,20 @@ LOWER_IS_BETTER = ("median_km", "mean_km")  # train.keep_best metrics where smal
 class _Encoders(torch.nn.Module):
     """What DDP wraps: one forward that runs every trained part, so DDP syncs all their gradients."""
 
-    def __init__(self, model: GeoLocModel):
+    def __init__(self, model: GeoLocModel, ssl_heads: SimSiamHeads | None = None):
         super().__init__()
-        self.model = model
+        self.model, self.ssl_heads = model, ssl_heads
 
-    def forward(self, features: torch.Tensor, locations: torch.Tensor):
+    def forward(self, features: torch.Tensor, locations: torch.Tensor, second: torch.Tensor | None = None):
+        """(images, locations, scale); with ``second`` (the ssl loss) the images of both views, stacked, and SimSiam's
+        (z, p) of both, from the head's output before normalisation."""
         m = self.model
-        return m.encode_images(features), m.encode_locations(locations), m.logit_scale.exp()
+        if second is None:
+            return m.encode_images(features), m.encode_locations(locations), m.logit_scale.exp()
+        raw = m.image_head(torch.cat([features, second]))
+        b = len(features)
+        (z1, p1), (z2, p2) = self.ssl_heads(raw[:b]), self.ssl_heads(raw[b:])  # batch norm per view, as the thesis
+        return F.normalize(raw, dim=-1), m.encode_locations(locations), m.logit_scale.exp(), torch.cat([z1, z2]), torch.cat([p1, p2])
 
 
 def validate(model: GeoLocModel, val, gallery: np.ndarray, device) -> dict:
@@ -119,9 +127,15 @@ class Trainer:
         self.val = None  # rank 0 validates
         fingerprint = self._on_main(lambda: self._check_run(resume))
         self.model = build_model(config, self.data.dim)
+        self.ssl_heads = SimSiamHeads(self.model.config.embed_dim) if config.loss.name == "ssl" else None  # seeded by build_model
+        if self.ssl_heads is not None and not (getattr(self.data, "views", 0) or config.data.view_noise):
+            raise GeovarioError(f"config key data.train: the ssl loss needs two views of each image, and {config.data.train} has only "
+                                "the plain features; extract it with `geovario extract --views K` (K >= 1), or set data.view_noise")
         check_step_memory(config, self.model.config, self.device, self.world.world_size)
         self.model = self.model.to(self.device)
-        self.encoders = _Encoders(self.model)
+        if self.ssl_heads is not None:
+            self.ssl_heads = self.ssl_heads.to(self.device)
+        self.encoders = _Encoders(self.model, self.ssl_heads)
         if self.world.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -135,7 +149,8 @@ class Trainer:
         if loss_needs_variogram(config.loss.name, config.loss.__dict__):
             fitted = self._on_main(lambda: initial_variogram(config, self.data, self.run_dir, resume).to_dict())
         self.loss_fn = build_loss(config.loss.name, config.loss.__dict__, None if fitted is None else VariogramModel.from_dict(fitted))
-        self.optimizer = build_optimizer(self.model, config.optim)
+        trained = self.model if self.ssl_heads is None else torch.nn.ModuleDict({"model": self.model, "ssl": self.ssl_heads})
+        self.optimizer = build_optimizer(trained, config.optim)
         self.scheduler = Schedule(self.optimizer, config.optim, self.total)
         on_cuda = t.amp and self.device.type == "cuda"
         self.amp = torch.autocast(self.device.type, dtype=getattr(torch, t.amp_dtype), enabled=on_cuda)
@@ -146,7 +161,8 @@ class Trainer:
             if self.world.is_main:
                 remove_stale_temporaries(self.run_dir)
             self.world.barrier()
-            self.state = load_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.negatives, self.scaler)
+            self.state = load_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.negatives, self.scaler,
+                                         extra=self.ssl_heads)
             if self.state.variogram:
                 set_variogram(self.loss_fn, VariogramModel.from_dict(self.state.variogram))
                 self.learned_space = True
@@ -191,11 +207,16 @@ class Trainer:
         t, step = self.config.train, self.state.step
         generator = step_generator(t.seed, step)
         rng = np.random.default_rng([t.seed, step])
-        batch = self.data.batch(*self.sampler.batch(step), generator, self.device)
+        batch = self.data.batch(*self.sampler.batch(step), generator, self.device, **({"second_view": True} if self.ssl_heads else {}))
         embed = self.model.encode_images if self.learned_space else None
         candidates = self.negatives.candidates(batch, generator, rng, embed)
         self.optimizer.zero_grad(set_to_none=True)
-        if t.accumulate == 1:
+        if self.ssl_heads is not None:
+            with self.amp:
+                out = self.loss_fn(self._two_view_inputs(batch, candidates))
+            self._stop_unless_finite(out.loss, step)
+            self.scaler.scale(out.loss).backward()
+        elif t.accumulate == 1:
             with self.amp:
                 out = self.loss_fn(candidates.loss_inputs(*self.encoders(batch.features, candidates.locations)))
             self._stop_unless_finite(out.loss, step)
@@ -223,6 +244,15 @@ class Trainer:
                 set_variogram(self.loss_fn, refitted)
                 self.state.variogram, self.learned_space = refitted.to_dict(), True
         return out
+
+    def _two_view_inputs(self, batch, candidates) -> LossInputs:
+        """The ssl loss's inputs: each view's logits against the same columns, and SimSiam's outputs of both views."""
+        images, locations, scale, z, p = self.encoders(batch.features, candidates.locations, batch.second)
+        b = len(batch.features)
+        inputs = candidates.loss_inputs(images[:b], locations, scale)
+        inputs.second_view = candidates.loss_inputs(images[b:], locations, scale)
+        inputs.siamese = (z[:b], z[b:], p[:b], p[b:])
+        return inputs
 
     def _accumulated_step(self, features: torch.Tensor, candidates, step: int) -> LossOutput:
         """The whole batch's gradient in ``train.accumulate`` micro-batches (GradCache, Gao et al. 2021).
@@ -322,7 +352,8 @@ class Trainer:
                 window_start, window_samples = time.perf_counter(), 0
             if step % t.checkpoint_every == 0 or end_of_epoch or step == self.total:
                 if world.is_main:
-                    save_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.negatives, self.state, self.scaler)
+                    save_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.negatives, self.state, self.scaler,
+                                    extra=self.ssl_heads)
                 world.barrier()  # nobody runs ahead of a checkpoint it might resume from
         bar.close()
         if log is not None:
