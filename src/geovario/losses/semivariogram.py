@@ -58,8 +58,6 @@ from geovario.losses.soft_targets import soft_target_cross_entropy
 from geovario.variogram.models import VariogramModel, slope_range_km
 
 MODES = ("paper", "soft_positives", "penalty", "logit_abs", "logit_excess", "beta_abs", "beta_excess")
-THESIS_FUNCTIONS = {"penalty": "get_penalty5", "logit_abs": "get_penalty", "beta_abs": "get_penalty2",
-                    "logit_excess": "get_penalty3", "beta_excess": "get_penalty4"}  # SemivarioPenalty's methods
 BETA_ABS_CLAMP = (0.2, 0.5)  # get_penalty2's clamp of beta
 FLAT_ROWS = 1e-6  # get_penalty3/4's flatness threshold between consecutive rows of gamma
 PENALTY_RANGES = ("effective", "thesis")

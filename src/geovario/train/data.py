@@ -162,7 +162,9 @@ class ImageData:
             self._ahead = None  # the caller left the planned order: decode here from now on
         return torch.from_numpy(decode_step(self.records, own, seed, self.backbone.preprocess, self.reference))
 
-    def batch(self, index: np.ndarray, rows: slice, generator: torch.Generator, device) -> Batch:
+    def batch(self, index: np.ndarray, rows: slice, generator: torch.Generator, device, second_view: bool = False) -> Batch:
+        if second_view:  # the config refuses ssl with data.images; this is the last guard
+            raise GeovarioError("the ssl loss trains on two stored views; image-level training has one view per step")
         own = index[rows]
         pixels = self._pixels(own, _view_seed(generator))
         encoded = self.backbone.encode_pixels(pixels).clone()  # out of inference mode

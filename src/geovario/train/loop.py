@@ -149,8 +149,9 @@ class Trainer:
         if loss_needs_variogram(config.loss.name, config.loss.__dict__):
             fitted = self._on_main(lambda: initial_variogram(config, self.data, self.run_dir, resume).to_dict())
         self.loss_fn = build_loss(config.loss.name, config.loss.__dict__, None if fitted is None else VariogramModel.from_dict(fitted))
-        trained = self.model if self.ssl_heads is None else torch.nn.ModuleDict({"model": self.model, "ssl": self.ssl_heads})
-        self.optimizer = build_optimizer(trained, config.optim)
+        # what the optimizer trains: the model, and the ssl loss's heads beside it
+        self.trained = self.model if self.ssl_heads is None else torch.nn.ModuleDict({"model": self.model, "ssl": self.ssl_heads})
+        self.optimizer = build_optimizer(self.trained, config.optim)
         self.scheduler = Schedule(self.optimizer, config.optim, self.total)
         on_cuda = t.amp and self.device.type == "cuda"
         self.amp = torch.autocast(self.device.type, dtype=getattr(torch, t.amp_dtype), enabled=on_cuda)
@@ -207,7 +208,7 @@ class Trainer:
         t, step = self.config.train, self.state.step
         generator = step_generator(t.seed, step)
         rng = np.random.default_rng([t.seed, step])
-        batch = self.data.batch(*self.sampler.batch(step), generator, self.device, **({"second_view": True} if self.ssl_heads else {}))
+        batch = self.data.batch(*self.sampler.batch(step), generator, self.device, second_view=self.ssl_heads is not None)
         embed = self.model.encode_images if self.learned_space else None
         candidates = self.negatives.candidates(batch, generator, rng, embed)
         self.optimizer.zero_grad(set_to_none=True)
@@ -227,7 +228,7 @@ class Trainer:
             out.stats["own_entries_excluded"] = int(candidates.excluded.sum())
         if self.config.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.trained.parameters(), self.config.optim.grad_clip)
         self.step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used, logged before any scheduler step
         self.scaler.step(self.optimizer)
         self.scaler.update()
