@@ -68,7 +68,7 @@ MODULES = {
 # survivors only, as a second stage. They catch what only a job of several processes exercises (local_loss, DDP).
 SUBPROCESS_TESTS = {"negatives": ["tests/test_distributed.py"], "train": ["tests/test_distributed.py"]}
 TEST_FILES = {
-    "losses": ["test_losses.py", "test_negatives.py", "test_train.py", "test_train_options.py"],
+    "losses": ["test_losses.py", "test_losses_variants.py", "test_ssl.py", "test_negatives.py", "test_train.py", "test_train_options.py"],
     "negatives": ["test_negatives.py", "test_losses.py", "test_train.py", "test_train_options.py"],
     "variogram": ["test_variogram.py", "test_losses.py", "test_train.py", "test_sim.py", "test_bad_input.py"],
     "metrics": ["test_metrics.py", "test_score_compare.py", "test_evaluate.py", "test_bad_input.py"],
@@ -77,7 +77,7 @@ TEST_FILES = {
             "test_score_compare.py", "test_model.py", "test_interop_geoclip.py", "test_bad_input.py"],
     "retrieval": ["test_retrieval.py", "test_cli_predict.py", "test_evaluate.py", "test_serve.py", "test_bad_input.py"],
     "train": ["test_train.py", "test_train_options.py", "test_checkpoints.py", "test_store_data.py", "test_negatives.py", "test_progress.py",
-              "test_bad_input.py"],
+              "test_bad_input.py", "test_ssl.py"],
     "sim": ["test_sim.py"],
     "study": ["test_study.py"],
 }

@@ -42,6 +42,9 @@ def scenarios(store, view_store, small_store) -> list[dict]:
         {"name": "semivariogram_local", "overrides": queue + ["loss.name=semivariogram", "train.local_loss=true"], "steps": 5},
         {"name": "infonce_local", "overrides": queue + ["loss.name=infonce", "train.local_loss=true"], "steps": 5},
         {"name": "triplet_gallery", "overrides": base + ["loss.name=triplet", "negatives.source=gallery"], "steps": 3},
+        # The thesis's weighted_neg: negatives drawn for the global batch from its gallery neighbourhoods, shared by every row.
+        {"name": "weighted_neg", "overrides": queue + ["loss.name=hcl_weighted", "negatives.source=neighbourhood", "negatives.neighbours=2"],
+         "steps": 3},
         # Gradient accumulation: each rank encodes its rows in 2 micro-batches, DDP all-reduces once.
         {"name": "semivariogram_accumulate", "overrides": queue + ["loss.name=semivariogram", "train.accumulate=2"], "steps": 5},
     ]
@@ -96,7 +99,7 @@ def test_teardown_frees_the_group_even_after_transformers_imports(two_ranks):
     assert two_ranks["teardown"] == [{"group_freed": True}] * 2
 
 
-@pytest.mark.parametrize("name", ["infonce", "semivariogram", "infonce_local", "semivariogram_local", "triplet_gallery",
+@pytest.mark.parametrize("name", ["infonce", "semivariogram", "infonce_local", "semivariogram_local", "triplet_gallery", "weighted_neg",
                                   "semivariogram_accumulate", "own_entries", "own_entries_local"])
 def test_gradients_equal_a_single_process_on_a_wrapped_queue(two_ranks, name):
     (rank0, rank1), single = two_ranks[name]

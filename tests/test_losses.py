@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from geovario.errors import GeovarioError
-from geovario.losses import (HaversineSmoothing, HCLDebiased, HCLWeighted, InfoNCE, LossInputs, SemivariogramWeightedInfoNCE, Triplet,
-                             WeightedSum)
+from geovario.losses import (HaversineSmoothing, HCLDebiased, HCLWeighted, InfoNCE, LossInputs, SemivariogramWeightedInfoNCE,
+                             SimSiamInfoNCE, Triplet, WeightedSum)
 from geovario.variogram import VariogramModel
 
 VARIOGRAM = VariogramModel("spherical", nugget=0.1, psill=0.4, range_km=2000.0)
@@ -324,7 +324,7 @@ def test_a_losss_own_defaults_are_the_configs():
     section = LossSection().__dict__
     for cls, name, attributes in [(HCLWeighted, "hcl_weighted", ["beta"]), (HCLDebiased, "hcl_debiased", ["tau_plus", "beta"]),
                                   (Triplet, "triplet", ["margin", "distance"]),
-                                  (HaversineSmoothing, "haversine_smoothing", ["tau_km"])]:
+                                  (HaversineSmoothing, "haversine_smoothing", ["tau_km"]), (SimSiamInfoNCE, "ssl", ["ssl_weight"])]:
         own, configured = cls(), build_loss(name, section)
         assert [getattr(own, a) for a in attributes] == [getattr(configured, a) for a in attributes], name
     own, configured = SemivariogramWeightedInfoNCE(VARIOGRAM), build_loss("semivariogram", section, VARIOGRAM)

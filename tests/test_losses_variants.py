@@ -173,7 +173,9 @@ def test_haversine_smoothing_matches_the_pigeon_formula_per_row():
     expected = slow_soft_cross_entropy(logits, lambda i, j: math.exp(-(h[i, j] - h[i, i]) / 75.0))
     out = HaversineSmoothing()(inputs)
     assert float(out.loss) == pytest.approx(expected, rel=1e-10)
-    assert 0 < out.stats["neighbour_target_share"] < 1
+    shares = [sum(math.exp(-h[i, j] / 75.0) for j in range(h.shape[1]) if j != i) / sum(math.exp(-h[i, j] / 75.0) for j in range(h.shape[1]))
+              for i in range(len(h))]  # the target mass on the negatives
+    assert out.stats["neighbour_target_share"] == pytest.approx(sum(shares) / len(shares), rel=1e-9) and 0 < out.stats["neighbour_target_share"]
 
 
 def test_haversine_smoothing_with_a_tiny_tau_is_infonce_and_a_neighbour_at_zero_km_is_a_second_positive():

@@ -576,3 +576,36 @@ def test_haversine_smoothing_gets_lags_and_no_variogram(tmp_path, view_store):
     out = trainer.step()
     assert trainer.last_candidates.lags_km is not None and not (tmp_path / "run" / "variogram.json").is_file()
     assert 0 < out.stats["neighbour_target_share"] < 1
+
+
+def test_a_neighbourhood_source_keeps_no_state_and_its_defaults_are_the_configs():
+    from geovario.config import ModelSection, NegativesSection
+    from geovario.negatives import NeighbourhoodNegatives
+
+    source = NeighbourhoodNegatives(spread_positions(50))
+    configured = NegativesSection()
+    assert (source.count, source.neighbours, source.batch_noise_m, source.noise_m, source.geometry) == (
+        ModelSection().queue_size, configured.neighbours, configured.batch_noise_m, configured.queue_noise_m, False)
+    assert source.state_dict() == {}
+    from geovario.negatives import Batch  # and it runs alone, outside torchrun
+
+    gps = torch.from_numpy(spread_positions(50)[:4].astype(np.float32))
+    candidates = source.candidates(Batch(torch.ones(4, 3), torch.ones(4, 3), gps, np.arange(4), slice(0, 4)), torch.Generator().manual_seed(0),
+                                   np.random.default_rng(0))
+    assert torch.equal(candidates.column_gps[:4], gps) and len(candidates.column_gps) > 4
+    assert len(candidates.locations) == len(candidates.column_gps)  # one process encodes every column, no padding
+
+
+def test_a_gallery_too_small_for_2k_neighbours_splits_itself_in_half():
+    """neighbours = 8 over a gallery of 11 points: the near set is each location's 5 nearest, the far set the next 5
+    (2k must not exceed the gallery)."""
+    from geovario.negatives import NeighbourhoodNegatives
+
+    rng = np.random.default_rng(2)
+    gallery = np.stack([rng.uniform(-60, 60, 11), rng.uniform(-180, 180, 11)], 1)
+    latlon = np.array([[10.0, 20.0]])
+    source = NeighbourhoodNegatives(gallery, count=100, neighbours=8)
+    assert source.neighbours == 5
+    near, far = brute_force_neighbourhoods(gallery, latlon, 5)
+    picked = source.select(latlon, np.random.default_rng(0))
+    assert set(picked[:5].tolist()) == near and set(picked[5:].tolist()) == far and len(picked) == 10

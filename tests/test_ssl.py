@@ -140,3 +140,15 @@ def test_synthetic_views_add_noise_of_the_asked_relative_norm(tmp_path):
     views = make_store(tmp_path / "views", 64, seed=0, views=2).folder
     with pytest.raises(GeovarioError, match="config key data.view_noise: .* 2 stored views"):
         Trainer(load_config(None, SMALL + [f"data.train={views}", "data.view_noise=0.3"]), tmp_path / "run", progress=False)
+
+
+def test_the_heads_have_the_theses_sizes():
+    """projection_MLP(in_dim=512): 512 -> 512 -> 512 -> 512 with batch norm after each; prediction_MLP(512): 512 -> 256 -> 512
+    (DeoBye/Thesis_GeoLoc, geoclip/model/GeoCLIP.py), here from the model's embedding width."""
+    from geovario.losses import SimSiamHeads
+
+    heads = SimSiamHeads(64)
+    linear = [m for m in heads.projector if isinstance(m, torch.nn.Linear)] + [m for m in heads.predictor if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(64, 512), (512, 512), (512, 512), (512, 256), (256, 512)]
+    norms = [m.num_features for m in heads.projector if isinstance(m, torch.nn.BatchNorm1d)]
+    assert norms == [512, 512, 512] and [m.num_features for m in heads.predictor if isinstance(m, torch.nn.BatchNorm1d)] == [256]
