@@ -105,6 +105,75 @@ def test_each_thesis_penalty_equals_a_port_of_its_function(mode, seed):
     assert expected != pytest.approx(cross_entropy(logits), rel=1e-6)  # the variant changed something
 
 
+def thesis_penalty(mode, logits, gps, features):
+    """The port's per-pair value each mode uses (before the logit clamp), and its replacement logits or weights."""
+    b = len(logits)
+    gc, cos_d, pred = thesis_matrices(gps, features, b)
+    flat = np.zeros_like(pred, dtype=bool)
+    flat[np.where(np.abs(pred[1:] - pred[:-1]) < 1e-6)] = True
+    if mode == "logit_abs":
+        return np.abs(pred - cos_d)
+    if mode == "beta_abs":
+        return np.clip(np.abs(pred - cos_d), 0.2, 0.5)
+    excess = np.maximum(0, cos_d - pred)
+    if mode == "penalty":
+        t = np.arange(0, np.pi, 0.01)
+        curve = VARIOGRAM(t * EARTH_RADIUS_KM)
+        return np.where(gc > np.where((curve[1:] - curve[:-1]) / 0.01 < 1e-2)[0][0] * 0.01, 0, excess)
+    return np.where(flat, 0, excess)
+
+
+@pytest.mark.parametrize("mode", VARIANTS)
+def test_each_thesis_penalty_reports_what_it_did(mode):
+    gps, features, logits = thesis_case(0)
+    value = thesis_penalty(mode, logits, gps, features)
+    neg = ~np.eye(*logits.shape, dtype=bool)
+    stats = SemivariogramWeightedInfoNCE(VARIOGRAM, mode, penalty_range="thesis")(our_inputs(logits, gps, features)).stats
+    assert stats["penalized_fraction"] == pytest.approx(float((value[neg] > 0).mean()), rel=1e-6)  # a float32 mean
+    if mode.startswith("logit"):
+        assert stats["mean_replaced_logit"] == pytest.approx(float(np.clip(value, logits.min(), logits.max())[neg].mean()), rel=1e-10)
+    elif mode.startswith("beta"):
+        ported = thesis_logits(VARIANTS[mode], logits, gps, features)
+        weights = np.where(neg, ported / logits, 1.0)
+        assert stats["mean_beta"] == pytest.approx(float(value[neg].mean()), rel=1e-10)
+        assert stats["max_weight"] == pytest.approx(float(weights[neg].max()), rel=1e-10)
+    else:
+        factors = np.exp(value)[neg & (value > 0)]
+        assert stats["mean_penalty_factor"] == pytest.approx(float(factors.mean()), rel=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["beta_abs", "beta_excess", "penalty"])
+def test_the_thesis_reweightings_are_constants_of_the_gradient(mode):
+    """The weights multiply the negative logits as constants (the thesis computes them from detached logits): the
+    gradient is the one of cross-entropy on logits * W with W fixed."""
+    gps, features, logits = thesis_case(1, scale=3.0)
+    inputs = our_inputs(logits, gps, features)
+    inputs.logits.requires_grad_(True)
+    SemivariogramWeightedInfoNCE(VARIOGRAM, mode, penalty_range="thesis")(inputs).loss.backward()
+    weights = torch.tensor(thesis_logits(VARIANTS[mode], logits, gps, features) / logits)
+    fixed = torch.tensor(logits, requires_grad=True)
+    torch.nn.functional.cross_entropy(fixed * weights, torch.arange(len(logits))).backward()
+    torch.testing.assert_close(inputs.logits.grad, fixed.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_the_flat_rows_cut_is_the_theses_threshold():
+    """get_penalty3/4 cut an entry when gamma of the next row, same column, differs by less than 1e-6: here 1.5e-6
+    apart is kept, 0.5e-6 apart is cut (spherical curve near 100 km: 3e-4 per km)."""
+    slope = 1.5 * VARIOGRAM.psill / VARIOGRAM.range_km * (1 - (100 / VARIOGRAM.range_km) ** 2)
+    kept_step, cut_step = 1.5e-6 / slope, 0.5e-6 / slope
+    lags = torch.tensor([[0.0, 100.0, 100.0], [100.0, 0.0, 100.0], [100.0 + kept_step, 100.0 + cut_step, 0.0]], dtype=torch.float64)
+    inputs = LossInputs(torch.full((3, 3), 0.5, dtype=torch.float64), torch.arange(3), torch.tensor(1.0, dtype=torch.float64), lags,
+                        torch.full((3, 3), 0.9, dtype=torch.float64))  # d above gamma everywhere: an excess to keep or cut
+    gamma = VARIOGRAM(lags.numpy())
+    assert 1.2e-6 < abs(gamma[2, 0] - gamma[1, 0]) < 1.8e-6 and abs(gamma[2, 1] - gamma[1, 1]) > 1e-3  # column 0: rows 1 and 2
+    loss = SemivariogramWeightedInfoNCE(VARIOGRAM, "beta_excess", penalty_range="thesis")
+    kept = loss._kept(lags, torch.from_numpy(gamma))
+    assert kept[1, 0] == 1  # 1.5e-6 apart: kept
+    lags[2, 0] = 100.0 + cut_step
+    assert loss._kept(lags, VARIOGRAM(lags.double()))[1, 0] == 0  # 0.5e-6 apart: cut
+    assert (kept[2] == 1).all()  # the last row is never cut
+
+
 def test_the_hand_case_reaches_every_branch_of_the_thesis_rules():
     """The case above is only a test of the clamps and the cut if it hits them: logit-range clamps at both ends,
     beta clamped at both 0.2 and 0.5, and the flat-rows cut removing some positive excess."""
@@ -178,6 +247,19 @@ def test_haversine_smoothing_matches_the_pigeon_formula_per_row():
     assert out.stats["neighbour_target_share"] == pytest.approx(sum(shares) / len(shares), rel=1e-9) and 0 < out.stats["neighbour_target_share"]
 
 
+def test_haversine_smoothings_target_share_leaves_out_excluded_columns():
+    gps, features, logits = thesis_case(3, scale=20.0)
+    inputs = our_inputs(logits, gps, features)
+    excluded = torch.zeros(logits.shape, dtype=torch.bool)
+    excluded[0, 1] = excluded[2, 6] = True  # a row's own sample queued earlier
+    inputs.excluded = excluded
+    h = inputs.lags_km.numpy()
+    present = lambda i: [j for j in range(h.shape[1]) if not excluded[i, j]]  # noqa: E731
+    shares = [sum(math.exp(-h[i, j] / 75.0) for j in present(i) if j != i) / sum(math.exp(-h[i, j] / 75.0) for j in present(i))
+              for i in range(len(h))]
+    assert HaversineSmoothing()(inputs).stats["neighbour_target_share"] == pytest.approx(sum(shares) / len(shares), rel=1e-9)
+
+
 def test_haversine_smoothing_with_a_tiny_tau_is_infonce_and_a_neighbour_at_zero_km_is_a_second_positive():
     gps, features, logits = thesis_case(4, scale=20.0)
     inputs = our_inputs(logits, gps, features)
@@ -234,3 +316,4 @@ def test_soft_positives_without_near_look_alikes_are_the_papers_hard_half():
     soft = SemivariogramWeightedInfoNCE(VARIOGRAM, "soft_positives", theta1_km=1500.0, theta2_km=0.0, s1=4.0)(inputs)
     paper = SemivariogramWeightedInfoNCE(VARIOGRAM, "paper", theta1_km=1500.0, theta2_km=0.0, s1=4.0, s2=0.0)(inputs)
     assert float(soft.loss) == pytest.approx(float(paper.loss), rel=1e-12)
+    assert soft.stats["mean_soft_target"] == 0.0 and soft.stats["false_fraction"] == 0.0

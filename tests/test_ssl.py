@@ -46,8 +46,13 @@ def test_the_ssl_loss_is_the_theses_weighted_sum_and_stops_the_gradient_at_z():
     assert p1.grad.abs().sum() > 0 and p2.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="second view"):
         SimSiamInfoNCE()(LossInputs(l1, targets, scale))
-    with pytest.raises(ValueError, match="ssl_weight"):
-        SimSiamInfoNCE(1.5)
+    with pytest.raises(ValueError, match="second view"):  # a second view without SimSiam's outputs
+        SimSiamInfoNCE()(LossInputs(l1, targets, scale, second_view=LossInputs(l2, targets, scale)))
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match="ssl_weight"):
+            SimSiamInfoNCE(bad)
+    assert float(SimSiamInfoNCE(0.0)(inputs).loss.detach()) == pytest.approx(clip)  # both ends are allowed: InfoNCE alone...
+    assert float(SimSiamInfoNCE(1.0)(inputs).loss.detach()) == pytest.approx(simsiam)  # ...or SimSiam alone
 
 
 @pytest.fixture(scope="module")
