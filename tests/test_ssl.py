@@ -74,6 +74,7 @@ def test_the_second_view_is_another_stored_view_of_the_same_image(view_store):
     first, second = which(batch.features), which(batch.second)
     assert (first != second).all()  # never the same view twice
     assert set(first) == set(second) == {0, 1, 2, 3}  # every view is drawn, the plain one included
+    assert set(zip(first.tolist(), second.tolist())) == {(a, b) for a in range(4) for b in range(4) if a != b}  # every other view
     again = data.batch(index, slice(0, 96), step_generator(0, 0), "cpu")  # without the second view: the same first draw
     assert torch.equal(again.features, batch.features) and again.second is None
 
@@ -112,6 +113,23 @@ def test_an_ssl_run_resumes_with_its_heads_to_the_same_weights(tmp_path, view_st
     for ours, theirs in ((whole.model, resumed.model), (whole.ssl_heads, resumed.ssl_heads)):
         a, b = ours.state_dict(), theirs.state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    fresh = Trainer(load_config(None, base + ["train.max_steps=6"]), tmp_path / "fresh", progress=False).ssl_heads.state_dict()
+    assert not torch.equal(fresh["projector.0.weight"], whole.ssl_heads.state_dict()["projector.0.weight"])  # the heads train
+    # Heads that hold NaN (a damaged checkpoint, its checksums made to match) are refused by name.
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from geovario.hashing import sha256_file
+
+    latest = tmp_path / "part" / "checkpoints" / (tmp_path / "part" / "checkpoints" / "latest").read_text().strip()
+    heads = load_file(latest / "extra.safetensors")
+    heads["predictor.0.weight"][0, 0] = float("nan")
+    save_file(heads, str(latest / "extra.safetensors"))
+    sums = json.loads((latest / "checksums.json").read_text())
+    (latest / "checksums.json").write_text(json.dumps(sums | {"extra.safetensors": sha256_file(latest / "extra.safetensors")}))
+    with pytest.raises(GeovarioError, match=r"extra.safetensors: predictor.0.weight holds NaN"):
+        Trainer(load_config(None, base + ["train.max_steps=9"]), tmp_path / "part", resume=True, progress=False)
     # A plain run's checkpoint has no heads to resume the ssl loss from.
     plain = SMALL + [f"data.train={view_store.folder}", "model.queue_size=32", "train.batch_size=16", "train.max_steps=3"]
     train(load_config(None, plain), tmp_path / "plain", progress=False)
@@ -142,6 +160,8 @@ def test_synthetic_views_add_noise_of_the_asked_relative_norm(tmp_path):
     torch.testing.assert_close(batch.reference, plain)  # the dissimilarity still compares the plain features
     halves = [data.batch(index, rows, step_generator(0, 5), "cpu", second_view=True) for rows in (slice(0, 200), slice(200, 400))]
     torch.testing.assert_close(torch.cat([h.second for h in halves]), batch.second)  # drawn for the global batch
+    unchanged = StoreData(store, use_views=True).batch(index, slice(0, 400), step_generator(0, 5), "cpu")
+    torch.testing.assert_close(unchanged.features, plain, rtol=0, atol=0)  # no synthetic views unless asked
     views = make_store(tmp_path / "views", 64, seed=0, views=2).folder
     with pytest.raises(GeovarioError, match="config key data.view_noise: .* 2 stored views"):
         Trainer(load_config(None, SMALL + [f"data.train={views}", "data.view_noise=0.3"]), tmp_path / "run", progress=False)
