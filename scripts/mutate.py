@@ -532,15 +532,16 @@ PYTEST_ARGS = ["-q", "-p", "no:cacheprovider", "--no-header", "-o", "addopts="]
 THREADS_PER_JOB = 0  # set by run(): torch threads per mutant when several run at once (0: torch's default)
 
 
-def collect_coverage(scratch: Path) -> dict:
-    """Run the fast suite once under coverage; returns {"lines": {file: {line: [nodeid]}}, "durations": {nodeid: s}}."""
+def collect_coverage(scratch: Path, test_files: list[str]) -> dict:
+    """Run the fast tests of ``test_files`` once under coverage; returns {"lines": {file: {line: [nodeid]}},
+    "durations": {nodeid: s}, "setups": {nodeid: s}}."""
     data_file = STATE / "coverage.sqlite"
     data_file.unlink(missing_ok=True)
     timing = STATE / "durations.json"
     os.environ["COVERAGE_FILE"] = str(data_file)
     args = [*PYTEST_ARGS, "-m", "not slow", "--cov=geovario", "--cov-context=test", "--cov-report=",
-            f"--basetemp={scratch / '.pytest-tmp'}", "tests"]
-    print("coverage map: running the fast suite once under coverage (several minutes)", flush=True)
+            f"--basetemp={scratch / '.pytest-tmp'}", *test_files]
+    print(f"coverage map: running the fast tests of {len(test_files)} files once under coverage (minutes)", flush=True)
     pid = run_pytest_in_child(scratch, args, STATE / "coverage.log", plugins=[_Timing(timing), _ColdCaches()])
     code, seconds = wait(pid, 3600)
     if code not in (0, 1):
@@ -668,8 +669,10 @@ def run(groups: list[str], jobs: int, survivors_only: bool, limit: int | None) -
     scratches = [make_scratch(STATE / f"scratch-{k}") for k in range(jobs)]
     coverage_path = STATE / "coverage-map.json"
     coverage = json.loads(coverage_path.read_text()) if coverage_path.is_file() else {}
-    if coverage.get("tree") != tree:
-        coverage = collect_coverage(scratches[0]) | {"tree": tree}
+    # The map needs only the test files of the groups asked for; a map of other files (or an older tree) is redone.
+    needed = sorted({f"tests/{name}" for group in groups for name in TEST_FILES[group]})
+    if coverage.get("tree") != tree or not set(needed) <= set(coverage.get("test_files", needed)):
+        coverage = collect_coverage(scratches[0], needed) | {"tree": tree, "test_files": needed}
         coverage_path.write_text(json.dumps(coverage))
     todo = []
     for group, files in target_files(groups).items():

@@ -89,7 +89,7 @@ def test_parity_with_geoclip_1_3_0_modules(tmp_path, geoclip_wheel):
     assert (ours - theirs).abs().max().item() <= 1e-4
 
     their_top = torch.topk(theirs.softmax(dim=-1), 5, dim=1)
-    predictions = predictor.predict_features(features, top_k=5)
+    predictions = predictor.predict_features(features, top_k=5, pool_km=None)  # GeoCLIP's top-k: gallery points, unpooled
     our_index = np.array([[p.gallery_index for p in row] for row in predictions])
     our_prob = np.array([[p.prob for p in row] for row in predictions])
     their_index = their_top.indices.numpy()

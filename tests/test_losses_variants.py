@@ -317,3 +317,19 @@ def test_soft_positives_without_near_look_alikes_are_the_papers_hard_half():
     paper = SemivariogramWeightedInfoNCE(VARIOGRAM, "paper", theta1_km=1500.0, theta2_km=0.0, s1=4.0, s2=0.0)(inputs)
     assert float(soft.loss) == pytest.approx(float(paper.loss), rel=1e-12)
     assert soft.stats["mean_soft_target"] == 0.0 and soft.stats["false_fraction"] == 0.0
+
+
+@pytest.mark.parametrize("mode", VARIANTS)
+def test_a_step_without_negatives_costs_nothing_and_reports_nothing_changed(mode):
+    """Every column but the row's own excluded (a queue of the batch's own samples): the loss is 0 and the
+    statistics say no negative was touched, not NaN: fractions and means over no negatives are 0, factors and
+    weights 1."""
+    gps, features, logits = thesis_case(0, b=2, q=2)
+    inputs = our_inputs(logits, gps, features)
+    inputs.excluded = ~torch.eye(2, 4, dtype=torch.bool)
+    out = SemivariogramWeightedInfoNCE(VARIOGRAM, mode, penalty_range="thesis")(inputs)
+    assert float(out.loss) == 0.0
+    expected = {"logit_abs": {"mean_replaced_logit": 0.0}, "logit_excess": {"mean_replaced_logit": 0.0},
+                "beta_abs": {"mean_beta": 0.0, "max_weight": 1.0}, "beta_excess": {"mean_beta": 0.0, "max_weight": 1.0},
+                "penalty": {"mean_penalty_factor": 1.0}}[mode]
+    assert out.stats == expected | {"penalized_fraction": 0.0}

@@ -609,3 +609,17 @@ def test_a_gallery_too_small_for_2k_neighbours_splits_itself_in_half():
     near, far = brute_force_neighbourhoods(gallery, latlon, 5)
     picked = source.select(latlon, np.random.default_rng(0))
     assert set(picked[:5].tolist()) == near and set(picked[5:].tolist()) == far and len(picked) == 10
+
+
+def test_a_gallery_point_within_a_tenth_of_a_metre_of_a_batch_location_is_that_place():
+    """The thesis drops gallery points at a batch location's coordinates; coordinates that differ by less than
+    1e-6 degrees (0.1 m, a float's rounding) are the same place, and 3e-6 degrees (0.3 m) away is another."""
+    from geovario.negatives import NeighbourhoodNegatives
+
+    rng = np.random.default_rng(3)
+    gallery = np.stack([rng.uniform(-60, 60, 200), rng.uniform(-180, 180, 200)], 1)
+    gallery[0], gallery[1] = [10.0, 20.0], [-30.0, 40.0]
+    latlon = np.array([[10.0000003, 19.9999998], [-30.000003, 40.0]])
+    source = NeighbourhoodNegatives(gallery, count=400, neighbours=4)
+    picked = set(source.select(latlon, np.random.default_rng(0)).tolist())
+    assert 0 not in picked and 1 in picked

@@ -130,6 +130,12 @@ def test_an_ssl_run_resumes_with_its_heads_to_the_same_weights(tmp_path, view_st
     (latest / "checksums.json").write_text(json.dumps(sums | {"extra.safetensors": sha256_file(latest / "extra.safetensors")}))
     with pytest.raises(GeovarioError, match=r"extra.safetensors: predictor.0.weight holds NaN"):
         Trainer(load_config(None, base + ["train.max_steps=9"]), tmp_path / "part", resume=True, progress=False)
+    # Heads of another shape (a checkpoint edited by hand, checksums matched) are refused in one line, by key.
+    heads["predictor.0.weight"] = torch.zeros(3, 3)
+    save_file(heads, str(latest / "extra.safetensors"))
+    (latest / "checksums.json").write_text(json.dumps(sums | {"extra.safetensors": sha256_file(latest / "extra.safetensors")}))
+    with pytest.raises(GeovarioError, match=r"other ssl heads \(differs at \['predictor.0.weight'\]\)"):
+        Trainer(load_config(None, base + ["train.max_steps=9"]), tmp_path / "part", resume=True, progress=False)
     # A plain run's checkpoint has no heads to resume the ssl loss from.
     plain = SMALL + [f"data.train={view_store.folder}", "model.queue_size=32", "train.batch_size=16", "train.max_steps=3"]
     train(load_config(None, plain), tmp_path / "plain", progress=False)

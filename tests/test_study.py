@@ -1,17 +1,18 @@
 """The study: paired bootstrap intervals, and a killed or repeated study reuses the runs that finished."""
 
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
 
 from geovario.cli import main
-import shutil
-
 from geovario.errors import GeovarioError
 from geovario.lab.experiments import LAB_VERSION
-from geovario.lab.study import (ANCHOR, PAPER, SV, Arm, Datasets, chosen_on_validation, current_commit, half_width, paired_bootstrap,
-                                changed_settings, plan, run_key, run_study, variance_components, world_fingerprint)
+from geovario.lab.study import (ANCHOR, HARD_SOFT, HAVERSINE, PAPER, SOFT, SSL, SV, WEIGHTED_NEG, Arm, Datasets, changed_settings,
+                                chosen_on_validation, current_commit, half_width, paired_bootstrap, plan, run_key, run_study,
+                                training_stage, variance_components, world_fingerprint)
 from geovario.lab.world import preset, simulate
 
 
@@ -32,6 +33,36 @@ def test_paired_bootstrap_on_known_differences():
     sd = 100 * np.sqrt(0.6 * 0.4 + 0.5 * 0.5)  # of one photo's difference
     expected_half_width = 1.96 * sd / np.sqrt(photos)  # photos resampled once for all seeds: ~ the one-seed width
     assert (diff["high"] - diff["low"]) / 2 == pytest.approx(expected_half_width, rel=0.35)
+
+
+def test_paired_differences_count_an_error_at_a_threshold_as_within_it_as_evaluate_does():
+    """Errors of exactly 1, 25, 200, 750 and 2,500 km are within those thresholds, as metrics.threshold_accuracy
+    (what `geovario evaluate` reports) counts them; the anchor is twice as far and 1 m more. GeoScore differences
+    are those of metrics.geoscore."""
+    from geovario.metrics import geoscore, threshold_accuracy
+
+    method = np.array([[1.0, 25.0, 200.0, 750.0, 2500.0]])
+    anchor = 2 * method + 0.001
+    diff = paired_bootstrap(method, anchor, np.random.default_rng(0), resamples=10)
+    ours, theirs = threshold_accuracy(method[0]), threshold_accuracy(anchor[0])
+    assert {k: diff[f"acc_{k}km"]["mean"] for k in ours} == pytest.approx({k: ours[k] - theirs[k] for k in ours})
+    assert [diff[f"acc_{t}km"]["mean"] for t in (1, 25, 200, 750, 2500)] == pytest.approx([20.0] * 5)
+    assert diff["geoscore"]["mean"] == pytest.approx(geoscore(method[0]) - geoscore(anchor[0]), rel=1e-12)
+    swapped = paired_bootstrap(anchor, method, np.random.default_rng(0), resamples=10)  # now the anchor sits on them
+    assert [swapped[f"acc_{t}km"]["mean"] for t in (1, 25, 200, 750, 2500)] == pytest.approx([-20.0] * 5)
+
+
+def test_the_bootstrap_interval_holds_the_central_95_percent():
+    """One photo and 60 seeds: resampling seeds, the mean GeoScore difference is close to normal with sd = the seeds'
+    sd / sqrt(60), so the 2.5th and 97.5th percentiles lie 1.96 sd from the mean (the 5th would lie 1.64 sd away)."""
+    rng = np.random.default_rng(7)
+    method, anchor = rng.uniform(0, 3000, (60, 1)), np.zeros((60, 1))
+    diff = paired_bootstrap(method, anchor, rng, resamples=20_000)["geoscore"]
+    per_seed = 5000 * (np.exp(-method[:, 0] / 1492.7) - 1)
+    sd = per_seed.std() / np.sqrt(60)
+    assert diff["mean"] == pytest.approx(per_seed.mean(), rel=1e-9)
+    assert (diff["high"] - diff["mean"]) / sd == pytest.approx(1.96, abs=0.1)
+    assert (diff["mean"] - diff["low"]) / sd == pytest.approx(1.96, abs=0.1)
 
 
 def test_plan_covers_the_study():
@@ -71,6 +102,9 @@ def test_a_rerun_reuses_finished_runs_and_a_retrained_run_gives_identical_number
     # Per dataset: InfoNCE and the paper on seeds 0 and 1; the sweep point is the paper's settings spelled out, so it
     # shares the paper's seed-0 run.
     assert "8 runs, 0 cached" in log and log.count(": training") == 8
+    trained = re.findall(r"\[(\d)/8\] (.+) on (\w+), seed (\d): training", log)  # arm by arm, seed by seed across the datasets
+    assert trained == [(str(count), arm, dataset, seed) for count, (arm, seed, dataset) in
+                       enumerate(((a, s, d) for a in (ANCHOR, PAPER) for s in "01" for d in ("mp16", "osv5m")), 1)]
     runs = sorted((tmp_path / "s" / "runs").glob("*/result.json"))
     assert len(runs) == 8 and not list((tmp_path / "s" / "runs").glob("*/work"))  # no checkpoints left behind
     sets = first["results"]["osv5m"]
@@ -79,7 +113,7 @@ def test_a_rerun_reuses_finished_runs_and_a_retrained_run_gives_identical_number
     assert paper["vs_anchor"]["acc_25km"]["low"] <= paper["vs_anchor"]["acc_25km"]["mean"] <= paper["vs_anchor"]["acc_25km"]["high"]
     for name in ("study.md", "study.json"):
         assert (tmp_path / "s" / name).is_file()
-    for name in ("sweep_theta-mp16.png", "differences-osv5m.png"):
+    for name in ("sweep_theta-mp16.png", "differences-osv5m.png", "beyond-paper-mp16.png"):
         assert (tmp_path / "s" / name).read_bytes()[:4] == b"\x89PNG"
 
     # Killed after some runs, or a run deleted to check it: a rerun retrains that one only, to identical numbers.
@@ -126,7 +160,8 @@ def test_parallel_jobs_train_the_same_runs_as_one_process(tmp_path, tiny_worlds,
     serial = run_study(tmp_path / "serial", tiny_worlds, epochs=1, arms=ARMS[:2])
     parallel = run_study(tmp_path / "parallel", tiny_worlds, epochs=1, arms=ARMS[:2], jobs=2)
     log = capsys.readouterr().out
-    assert "training 8 runs in 2 processes" in log and log.count("] finished ") == 8
+    assert "training 8 runs in 2 processes" in log
+    assert sorted(int(n) for n in re.findall(r"\[(\d+)/8\] finished ", log)) == list(range(1, 9))
     keys = {p.parent.name for p in (tmp_path / "parallel" / "runs").glob("*/result.json")}
     assert keys == {p.parent.name for p in (tmp_path / "serial" / "runs").glob("*/result.json")} and len(keys) == 8
     for key in keys:  # each run trained in a worker gives the same per-photo errors as in-process
@@ -134,6 +169,18 @@ def test_parallel_jobs_train_the_same_runs_as_one_process(tmp_path, tiny_worlds,
         for name in a.files:
             np.testing.assert_allclose(a[name], b[name], rtol=1e-6)
     assert json.dumps(parallel["results"]) == json.dumps(serial["results"])
+    # A run that fails in its worker fails the study, with the run's own error, and leaves no result behind.
+    bad = Arm("losses", "a batch larger than the dataset", ["loss.name=infonce", "train.batch_size=1000"], [0])  # 640 photos
+    capsys.readouterr()
+    with pytest.raises(GeovarioError, match="batch"):
+        run_study(tmp_path / "failing", tiny_worlds, epochs=1, arms=[ARMS[0], bad], jobs=2)
+    assert len(list((tmp_path / "failing" / "runs").glob("*/result.json"))) == 4  # the anchor's runs finished
+    assert "finished a batch larger" not in capsys.readouterr().out  # and the failed one is not logged as finished
+    run_study(tmp_path / "parallel", tiny_worlds, epochs=1, arms=ARMS[:2], jobs=2)  # all cached: no worker starts
+    assert "8 runs, 8 cached" in (log := capsys.readouterr().out) and "processes" not in log
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(GeovarioError, match="a-file"):  # an output folder that cannot be made: refused before training
+        run_study(tmp_path / "a-file" / "study", tiny_worlds, epochs=1, arms=ARMS[:1])
 
 
 def test_a_changed_world_reuses_nothing_and_worlds_on_two_earths_are_refused(tmp_path, tiny_worlds, capsys):
@@ -183,6 +230,35 @@ def test_variance_components_predict_the_spread_of_repeated_studies():
         assert half_width(own, seeds, photos) > 1.3 * half_width(own, seeds, photos, bootstrap=False)
     with pytest.raises(GeovarioError, match="two seeds"):
         variance_components(np.zeros((1, 5)), np.zeros((1, 5)), 25)
+
+
+DIFFERENCES = [  # per (seed, photo): +100 the method alone within 25 km, -100 the anchor alone, 0 both or neither
+    [[100, 100, 100, 0, 100], [0, 100, 0, 0, -100], [-100, 0, -100, -100, 0], [100, 100, 0, 100, 100]],  # seeds differ
+    [[100, -100, 100, -100, 0], [100, -100, 100, -100, 100], [100, -100, 0, -100, 0]],  # photos differ
+    [[100, 0, -100, 100], [0, 100, 100, -100], [100, 100, 0, -100]],  # every seed's mean alike: no seed variance left
+    [[100, 100, 100, -100, 100, 100], [0, -100, 0, 0, -100, 0]],  # two seeds, the fewest that separate seed from residual
+]
+
+
+@pytest.mark.parametrize("case", range(len(DIFFERENCES)))
+def test_variance_components_are_the_two_way_anova_of_a_least_squares_fit(case):
+    """The residual mean square from a least-squares fit of seed and photo effects (dummy variables), the effects'
+    mean squares from their sums of squares, and each variance component (EMS_seed = resid + photos * seed,
+    EMS_photo = resid + seeds * photo), negative estimates clipped to 0. Errors of exactly 25 km count as within."""
+    d = np.array(DIFFERENCES[case], dtype=float)
+    method = np.where(d > 0, 25.0, np.where(d < 0, 25.5, 10.0))
+    anchor = np.where(d > 0, 25.5, np.where(d < 0, 25.0, 10.0))
+    s, n = d.shape
+    seed_of, photo_of = np.repeat(np.arange(s), n), np.tile(np.arange(n), s)
+    design = np.column_stack([np.ones(s * n), *(seed_of == k for k in range(1, s)), *(photo_of == k for k in range(1, n))])
+    fitted = design @ np.linalg.lstsq(design, d.ravel(), rcond=None)[0]
+    ms_error = ((d.ravel() - fitted) ** 2).sum() / ((s - 1) * (n - 1))
+    ms_seed = sum(n * (row.mean() - d.mean()) ** 2 for row in d) / (s - 1)
+    ms_photo = sum(s * (column.mean() - d.mean()) ** 2 for column in d.T) / (n - 1)
+    got = variance_components(method, anchor, 25)
+    assert got == pytest.approx({"seed": max(0.0, (ms_seed - ms_error) / n), "photo": max(0.0, (ms_photo - ms_error) / s),
+                                 "residual": ms_error, "mean": d.mean(), "seeds": s, "photos": n}, rel=1e-12, abs=1e-9)
+    assert (got["seed"] == 0.0) == (case == 2) and got["residual"] > 0  # the clip is reached in case 2 alone
 
 
 def test_the_sweep_point_is_chosen_on_validation_photos():
@@ -274,3 +350,105 @@ def test_a_runs_key_holds_its_changed_settings_so_a_new_option_at_its_default_ke
     key = lambda overrides: run_key(datasets, "mp16", overrides, 0, 1, text)  # noqa: E731
     assert key(["loss.name=infonce"]) == key([]) == key(["loss.tau_km=75.0"])  # the defaults, however spelled
     assert len({key([]), key(["loss.tau_km=50"]), key(["data.view_noise=0.3"]), run_key(datasets, "mp16", [], 1, 1, text)}) == 4
+
+
+# The arms issue 26 added while their runs train: benchmarks/results/study/study.json is rewritten once they finish,
+# and then this set is empty.
+NOT_YET_IN_THE_RECORD = {HAVERSINE, SOFT, HARD_SOFT, WEIGHTED_NEG, SSL,
+                         *(f"semivariogram get_penalty{n} (thesis)" for n in ("", "2", "3", "4"))}
+
+
+def test_the_committed_study_record_is_a_run_of_this_plan():
+    """benchmarks/results/study/study.json records each arm's settings and seeds; they must be plan()'s, or the
+    committed results (and the README's reading of them) describe another study: a changed grid value, seed count
+    or override is caught here, not at the next full study."""
+    from conftest import REPO
+
+    record = json.loads((REPO / "benchmarks" / "results" / "study" / "study.json").read_text())
+    committed = {(a["group"], a["name"], tuple(a["overrides"]), tuple(a["seeds"])) for a in record["results"]["mp16"]["val"]}
+    planned = {(a.group, a.name, tuple(a.overrides), tuple(a.seeds)) for a in plan()}
+    assert committed <= planned, sorted(committed - planned)
+    assert {arm[1] for arm in planned - committed} == NOT_YET_IN_THE_RECORD
+    for dataset in record["results"].values():  # every dataset and evaluation set holds the same arms
+        assert all({(a["name"], tuple(a["seeds"])) for a in arms} == {(c[1], c[3]) for c in committed} for arms in dataset.values())
+
+
+def test_the_commit_a_result_records_names_uncommitted_edits_and_only_those(tmp_path):
+    """A result file records the commit it ran at: the sha of HEAD, with "+changes" once a tracked file differs
+    from it (an untracked file, such as a run cache, is no change to the code), and "unknown" outside git."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    assert current_commit(tmp_path) == "unknown"
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("commit", "-q", "-m", "first")
+    head = git("rev-parse", "HEAD")
+    assert len(head) == 40 and current_commit(tmp_path) == head
+    (tmp_path / "runs.json").write_text("{}")
+    assert current_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert current_commit(tmp_path) == head + "+changes"
+
+
+def test_the_slow_arms_and_the_sweep_train_after_the_powered_comparison():
+    stages = {arm.name: training_stage(arm) for arm in plan()}
+    assert stages[ANCHOR] == stages[PAPER] == stages[HAVERSINE] == stages[WEIGHTED_NEG] == 0  # the thesis's neighbourhood: no gallery
+    assert stages["triplet, far gallery negatives (thesis)"] == stages["infonce, neighbour negatives (thesis)"] == 1
+    assert stages["theta1=100, theta2=1"] == stages["s1=10, s2=5"] == 2
+    assert sorted(stages.values()).count(1) == 3
+
+
+def test_missing_worlds_are_simulated_once_into_the_study_folder(tmp_path):
+    from geovario.lab.study import prepare_worlds
+
+    sizes = dict(n_train=300, n_val=40, n_test=40, dim=8)
+    configs = {"mp16": preset("mp16", **sizes), "osv5m": preset("osv5m", **sizes)}
+    said = []
+    worlds = prepare_worlds(tmp_path, ("mp16", "osv5m"), configs, said.append)
+    assert worlds == {name: tmp_path / "worlds" / name for name in ("mp16", "osv5m")} and len(said) == 2
+    assert json.loads((worlds["osv5m"] / "truth.json").read_text())["config"]["n_train"] == 300
+    assert prepare_worlds(tmp_path, ("mp16", "osv5m"), configs, said.append) == worlds and len(said) == 2  # found, not redone
+
+
+def test_a_worker_trains_its_run_on_the_threads_it_is_given(tmp_path, tiny_worlds):
+    """What each process of run_study(jobs > 1) does, here in-process: set torch's threads, train, return the key."""
+    import torch
+
+    from geovario.data.store import FeatureStore
+    from geovario.lab.study import _train_in_worker
+    from geovario.train.build import store_variogram
+
+    variogram = tmp_path / "variogram.json"
+    store_variogram(FeatureStore(tiny_worlds["mp16"] / "train")).save(variogram)
+    threads = torch.get_num_threads()
+    try:
+        key = _train_in_worker(1, tiny_worlds["mp16"], {"test": tiny_worlds["mp16"] / "test"}, tmp_path / "runs", "k1",
+                               ["loss.name=infonce"], 0, 1, variogram)
+        assert key == "k1" and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((tmp_path / "runs" / "k1" / "result.json").read_text())["seed"] == 0
+
+
+def test_half_widths_on_a_hand_case():
+    """seed 4, photo 9, residual 16 points^2 over 2 seeds and 3 photos: the spread of the mean has variance
+    4/2 + 9/3 + 16/6; the bootstrap counts the residual three times (4/2 + 9/3 + 48/6 = 13)."""
+    components = {"seed": 4.0, "photo": 9.0, "residual": 16.0}
+    assert half_width(components, 2, 3) == pytest.approx(1.96 * np.sqrt(13.0), rel=1e-12)
+    assert half_width(components, 2, 3, bootstrap=False) == pytest.approx(1.96 * np.sqrt(5 + 16 / 6), rel=1e-12)
+
+
+@pytest.mark.parametrize(("cores", "processes", "each"), [(2, 2, 1), (2, 3, 1), (7, 2, 3), (16, 1, 16)])
+def test_parallel_jobs_share_the_cores_this_process_may_use(monkeypatch, cores, processes, each):
+    from geovario import machine
+
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 64)  # the machine's count is not this process's share
+    assert machine.cores_per_process(processes) == each
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
+    assert machine.cores_per_process() == each

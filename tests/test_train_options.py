@@ -359,3 +359,23 @@ def test_a_validation_that_only_ties_the_best_keeps_the_earlier_model(tmp_path):
         for step, value in enumerate(values, 1):
             Trainer._keep_if_best(fake, {f"val_{metric}": value}, step)
         assert written == [1, 2] and fake.state.best["step"] == 2 and (run_dir / "best" / "step").read_text() == "2", metric
+
+
+def test_a_large_stores_variogram_is_fitted_on_half_precision_features(tmp_path, monkeypatch):
+    """store_variogram (what a run without loss.variogram, the lab's benchmarks and its study fit) reads a store of
+    more than HALF_PRECISION_ROWS rows (20,000) as float16, to halve the memory, and a smaller one as it is stored;
+    here the limit is lowered to 300 rows so that the test stays small."""
+    from geovario.data.store import write_store
+    from geovario.train import build
+    from geovario.variogram import empirical_for_loss, fit_for_loss
+
+    monkeypatch.setattr(build, "HALF_PRECISION_ROWS", 300)
+    rng = np.random.default_rng(0)
+    latlon = np.stack([rng.uniform(-60, 60, 301), rng.uniform(-180, 180, 301)], 1)
+    features = (rng.normal(size=(301, 8)) + latlon[:, :1] / 30).astype(np.float32)
+    for rows in (300, 301):
+        store = write_store(tmp_path / str(rows), features[:rows], latlon[:rows], dtype="float32")
+        fits = {dtype: fit_for_loss(empirical_for_loss(store.features(dtype=dtype), store.gps)).to_dict()
+                for dtype in (np.float32, np.float16)}
+        assert fits[np.float32] != fits[np.float16]  # the precision shows in the fit
+        assert build.store_variogram(store).to_dict() == fits[np.float16 if rows > 300 else np.float32]

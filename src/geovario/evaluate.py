@@ -37,8 +37,9 @@ def predict_source(predictor: Predictor, source: FeatureSource, top_k: int = 5, 
                    progress: bool = True, faiss_factory: str | None = None) -> pd.DataFrame:
     """One row per query: id, true and predicted (top-1) coordinates, error, probability, top-k indices.
 
-    With ``faiss_factory`` (e.g. "Flat", "HNSW32") retrieval goes through FAISS; ``prob`` is then a
-    softmax over the top-k candidates rather than the whole gallery.
+    ``prob`` is the top-1 gallery point's probability, with the temperature ``geovario calibrate`` fitted (the
+    ranking does not depend on it). With ``faiss_factory`` (e.g. "Flat", "HNSW32") retrieval goes through FAISS;
+    ``prob`` is then a softmax over the top-k candidates rather than the whole gallery.
     """
     if not 1 <= top_k <= len(predictor.gallery):
         raise ParameterError("top_k", f"must be between 1 and the gallery size {len(predictor.gallery)}, got {top_k}")
@@ -50,9 +51,9 @@ def predict_source(predictor: Predictor, source: FeatureSource, top_k: int = 5, 
         for start, (features, _, _) in zip(range(0, len(source), batch_size), source.iter_batches(batch_size)):
             queries = predictor.encode_queries(features, start)
             if index_faiss is not None:
-                index, prob, _ = faiss_topk(index_faiss, queries, predictor.logit_scale, top_k)
+                index, prob, _ = faiss_topk(index_faiss, queries, predictor.logit_scale / predictor.temperature, top_k)
             else:
-                index, prob, _ = topk_softmax(queries, predictor.gallery_embeddings, predictor.logit_scale, top_k)
+                index, prob, _ = topk_softmax(queries, predictor.gallery_embeddings, predictor.logit_scale / predictor.temperature, top_k)
             indices.append(index.cpu().numpy())
             probs.append(prob.cpu().numpy())
             bar.update(len(features))

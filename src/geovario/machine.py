@@ -31,11 +31,13 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def cores_per_process() -> int:
-    """This process's share of the cores when torchrun starts several on the machine (LOCAL_WORLD_SIZE)."""
-    local = environment_number("LOCAL_WORLD_SIZE", 1, "the number of processes torchrun started on this machine (1 or more)",
-                               minimum=1)
-    return max(1, available_cores() // local)
+def cores_per_process(processes: int | None = None) -> int:
+    """This process's share of the cores when ``processes`` run on the machine at once (default: the processes
+    torchrun started on it, LOCAL_WORLD_SIZE); at least 1."""
+    if processes is None:
+        processes = environment_number("LOCAL_WORLD_SIZE", 1, "the number of processes torchrun started on this machine (1 or more)",
+                                       minimum=1)
+    return max(1, available_cores() // processes)
 
 
 def memory_bytes(device) -> int | None:

@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from geovario.backbones import ClipBackbone, ClipTextTower, resolve_device
+from geovario.calibration import read_temperature
+from geovario.confidence import LEVEL, POOL_KM, GalleryPlaces, Prediction
 from geovario.data.feature_arrays import check_feature_array
-from geovario.errors import GeovarioError, ParameterError
+from geovario.errors import GeovarioError, GeovarioWarning, ParameterError
 from geovario.gps_embeddings import embed_locations
 from geovario.modeldir import load_model_dir, read_gallery
-from geovario.retrieval import cached_gallery_embeddings, topk_softmax
+from geovario.retrieval import cached_gallery_embeddings
 
 
-@dataclass
-class Prediction:
-    lat: float
-    lon: float
-    prob: float
-    gallery_index: int
-
-    def to_dict(self) -> dict:
-        return {"lat": self.lat, "lon": self.lon, "prob": self.prob}
+# (queries x gallery) probabilities computed at a time: 4M floats, 16 MB, whatever the gallery's size.
+PROBABILITY_BLOCK = 1 << 22
 
 
 class Predictor:
@@ -50,20 +45,25 @@ class Predictor:
             if gallery_path is None:
                 raise GeovarioError(f"{model_dir}: the model has no gallery; give one (a LAT/LON CSV or an (N, 2) array)")
             self.gallery = read_gallery(gallery_path)
-        self._weights_sha256, self._progress, self._gallery_embeddings = loaded.weights_sha256, progress, None
+        self.weights_sha256, self._progress, self._gallery_embeddings = loaded.weights_sha256, progress, None
         self.logit_scale = float(self.model.logit_scale.detach().exp())
+        # A temperature fitted by `geovario calibrate` for these weights and this gallery (1 without one).
+        self.temperature, uncalibrated = read_temperature(self.model_dir, self.weights_sha256, self.gallery)
+        if uncalibrated:
+            warnings.warn(uncalibrated, GeovarioWarning, stacklevel=2)
         self._backbone: ClipBackbone | None = None
         self._text_tower: ClipTextTower | None = None
+        self._places: GalleryPlaces | None = None
 
     @classmethod
     def from_model(cls, model, gallery: np.ndarray, device: str | torch.device) -> Predictor:
         """A predictor for a model in memory (validation during training): its gallery encoded now, not cached."""
         self = cls.__new__(cls)
-        self.device, self.model, self.model_dir, self.backbone_name = torch.device(device), model, None, None
+        self.device, self.model, self.model_dir, self.backbone_name, self.weights_sha256 = torch.device(device), model, None, None, None
         self.gallery = np.ascontiguousarray(gallery, dtype=np.float32)
         self._gallery_embeddings = embed_locations(model, self.gallery, batch_size=8192, normalize=True, device=self.device)
-        self.logit_scale = float(model.logit_scale.detach().exp())
-        self._backbone, self._text_tower = None, None
+        self.logit_scale, self.temperature = float(model.logit_scale.detach().exp()), 1.0
+        self._backbone, self._text_tower, self._places = None, None, None
         return self
 
     @property
@@ -74,7 +74,7 @@ class Predictor:
         bad --top-k) is refused before a cold gallery takes minutes to encode.
         """
         if self._gallery_embeddings is None:
-            self._gallery_embeddings = cached_gallery_embeddings(self.model, self.gallery, self._weights_sha256, self.model_dir,
+            self._gallery_embeddings = cached_gallery_embeddings(self.model, self.gallery, self.weights_sha256, self.model_dir,
                                                                  progress=self._progress)
         return self._gallery_embeddings
 
@@ -117,15 +117,16 @@ class Predictor:
             self._text_tower = tower
         return self._text_tower
 
-    def predict_texts(self, texts: list[str], top_k: int = 5, backbone: str | None = None) -> list[list[Prediction]]:
+    def predict_texts(self, texts: list[str], top_k: int = 5, backbone: str | None = None, pool_km: float | None = POOL_KM,
+                      level: float = LEVEL) -> list[list[Prediction]]:
         """Geolocate text queries: CLIP's text embedding through the image head, as GeoCLIP's paper does."""
         from geovario.backbones import check_texts
 
         check_texts(texts)
-        return self.predict_features(self.text_tower(backbone).encode_texts(texts), top_k)
+        return self.predict_features(self.text_tower(backbone).encode_texts(texts), top_k, pool_km, level)
 
-    def predict_images(self, images, top_k: int = 5, backbone: str | None = None, batch_size: int = 32,
-                       workers: int = 0) -> list[list[Prediction] | str] | list[Prediction]:
+    def predict_images(self, images, top_k: int = 5, backbone: str | None = None, batch_size: int = 32, workers: int = 0,
+                       pool_km: float | None = POOL_KM, level: float = LEVEL) -> list[list[Prediction] | str] | list[Prediction]:
         """Geolocate images: one (a path) or a list (paths or archive members).
 
         For one image, its top-k predictions, best first; a :class:`GeovarioError` if it cannot be read.
@@ -139,7 +140,7 @@ class Predictor:
         from geovario.image_batches import image_features
 
         if isinstance(images, (str, os.PathLike)):
-            result = self.predict_images([images], top_k, backbone, batch_size, workers)[0]
+            result = self.predict_images([images], top_k, backbone, batch_size, workers, pool_km, level)[0]
             if isinstance(result, str):
                 raise GeovarioError(result)
             return result
@@ -150,7 +151,7 @@ class Predictor:
             for position, why in batch["failed"]:
                 results[position] = why
             if batch["kept"]:
-                for position, predictions in zip(batch["kept"], self.predict_features(features, top_k)):
+                for position, predictions in zip(batch["kept"], self.predict_features(features, top_k, pool_km, level)):
                     results[position] = predictions
         return results
 
@@ -162,22 +163,46 @@ class Predictor:
         """Validate an (N, feature_dim) array: shape, emptiness and finiteness."""
         return check_feature_array(features, source, self.feature_dim).astype(np.float32, copy=False)
 
+    @property
+    def places(self) -> GalleryPlaces:
+        """The gallery's geometry for pooling probability into distinct places (built on first use)."""
+        if self._places is None:
+            self._places = GalleryPlaces(self.gallery)
+        return self._places
+
     @torch.inference_mode()
-    def predict_features(self, features: np.ndarray | torch.Tensor, top_k: int = 5, batch_size: int = 1024) -> list[list[Prediction]]:
-        """Top-k gallery locations for each feature row, best first."""
+    def logits(self, queries: torch.Tensor) -> np.ndarray:
+        """(B, N) float64 logit_scale * cos against the whole gallery, for (B, D) unit query embeddings (before the
+        temperature); B x N should stay near PROBABILITY_BLOCK."""
+        gallery = self.gallery_embeddings
+        cosines = torch.empty((len(queries), len(gallery)), dtype=torch.float32, device=queries.device)
+        rows = max(1, PROBABILITY_BLOCK // max(1, len(queries)))
+        for start in range(0, len(gallery), rows):
+            block = torch.from_numpy(np.ascontiguousarray(gallery[start : start + rows])).to(queries.device, queries.dtype)
+            cosines[:, start : start + len(block)] = queries @ block.T
+        return (cosines.double() * self.logit_scale).cpu().numpy()
+
+    def probabilities(self, queries: torch.Tensor) -> np.ndarray:
+        """(B, N) float64 softmax over the whole gallery of the logits divided by the temperature."""
+        return torch.softmax(torch.from_numpy(self.logits(queries)) / self.temperature, dim=1).numpy()
+
+    @torch.inference_mode()
+    def predict_features(self, features: np.ndarray | torch.Tensor, top_k: int = 5, pool_km: float | None = POOL_KM,
+                         level: float = LEVEL, batch_size: int = 1024) -> list[list[Prediction]]:
+        """For each feature row, its ``top_k`` distinct places, most probable first, each with its confidence
+        (see :mod:`geovario.confidence`); fewer where the whole gallery pools into fewer places. ``pool_km=None``
+        pools nothing: the top-k gallery points, as GeoCLIP's ``predict`` gives them."""
         if isinstance(features, torch.Tensor):
             features = features.detach().cpu().numpy()
         features = self.check_features(features)
         self._check_top_k(top_k)
         results: list[list[Prediction]] = []
+        rows = max(1, PROBABILITY_BLOCK // len(self.gallery))
         for start in range(0, len(features), batch_size):
             queries = self.encode_queries(features[start : start + batch_size], start)
-            index, prob, _ = topk_softmax(queries, self.gallery_embeddings, self.logit_scale, top_k)
-            for row_index, row_prob in zip(index.cpu().numpy(), prob.cpu().numpy()):
-                results.append([
-                    Prediction(float(self.gallery[i, 0]), float(self.gallery[i, 1]), float(p), int(i))
-                    for i, p in zip(row_index, row_prob)
-                ])
+            for first in range(0, len(queries), rows):
+                for prob in self.probabilities(queries[first : first + rows]):
+                    results.append(self.places.places(prob, top_k, pool_km, level))
         return results
 
 

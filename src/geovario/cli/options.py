@@ -44,6 +44,31 @@ def positive_float(text: str) -> float:
     return value
 
 
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A share in (0, 1]."""
+    value = _finite_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text!r}")
+    return value
+
+
 # Formats matplotlib's default canvas writes (Figure.canvas.get_supported_filetypes(); a test checks each), listed
 # here so that --plot is checked when parsing, before a long computation, without importing matplotlib. Newer
 # matplotlib also writes .avif and .gif; left out, as 3.7 (the oldest this package admits) does not.

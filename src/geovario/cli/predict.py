@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from geovario.cli.options import positive_int
+from geovario.cli.options import non_negative_float, positive_int, probability
+from geovario.confidence_defaults import LEVEL, POOL_KM
 from geovario.errors import GeovarioError
 
 
@@ -16,8 +17,12 @@ def register(commands) -> None:
         "predict",
         help="geolocate images or backbone features",
         description=(
-            "Predict the top-k gallery locations for each input. The gallery's location embeddings are "
-            "computed once and cached beside the model; probabilities are the softmax over the whole gallery."
+            "Predict the top-k distinct places for each input. The model's softmax over the whole gallery (divided "
+            "by the temperature `geovario calibrate` fitted, if any) is pooled: the most probable gallery point and "
+            "every point within --pool-km of it are one place, whose probability is the mass they gather. Each place "
+            "carries the probability that the photo lies within 25, 200, 750 and 2,500 km of it and the smallest "
+            "radius holding --level of the mass. The gallery's location embeddings are computed once and cached "
+            "beside the model."
         ),
     )
     predict.add_argument("--model", required=True, type=Path, help="geovario model directory")
@@ -32,6 +37,12 @@ def register(commands) -> None:
                          help="CLIP checkpoint (hub id or local folder) for --image and --text; default: the one in the model's config")
     predict.add_argument("--gallery", type=Path, metavar="CSV", help="GPS gallery CSV (LAT,LON) instead of the model's own")
     predict.add_argument("--top-k", type=positive_int, default=5, help="predictions per input, best first (default 5)")
+    predict.add_argument("--pool-km", type=_pool_km, default=POOL_KM, metavar="KM",
+                         help=f"gallery points this close to a more probable one belong to its place (default {POOL_KM:g}; 0: "
+                              "only points at the same coordinates; none: no pooling, the top-k gallery points as GeoCLIP "
+                              "gives them)")
+    predict.add_argument("--level", type=probability, default=LEVEL,
+                         help=f"the share of the probability mass the radius holds (default {LEVEL:g})")
     predict.add_argument("--batch-size", type=positive_int, default=32, help="images per backbone batch (default 32)")
     predict.add_argument("--workers", type=int, default=None, metavar="N",
                          help="processes that decode images while the backbone runs (default: none for one batch of "
@@ -42,9 +53,30 @@ def register(commands) -> None:
                               "distance to each prediction, offline; more than 50 km from any place and off the land "
                               "outline, it says open water")
     predict.add_argument("--json", action="store_true",
-                         help='print JSON: [{"input": ..., "predictions": [{"lat", "lon", "prob"[, "place"]}, ...]}, ...]')
+                         help='print JSON: [{"input": ..., "predictions": [{"lat", "lon", "prob", "within_km", "radius_km", '
+                              '"level"[, "place"]}, ...]}, ...]')
     predict.add_argument("--no-progress", action="store_true", help="hide progress bars")
     predict.set_defaults(run=run_predict)
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="fit the temperature that makes a model's confidence honest, on a validation store",
+        description=("Fit one temperature for the model's softmax over its gallery on a validation feature store (Guo et "
+                     "al. 2017, temperature scaling): the probability mass within 25, 200, 750 and 2,500 km of the best "
+                     "guess should be how often the photo lies that close. Saves calibration.json in the model directory "
+                     "(for these weights and this gallery); predict, serve and the library use it. Prints the expected "
+                     "calibration error of each within-t probability and the coverage of the 90 %% radius, before and after. "
+                     "The ranking, and so the accuracy, does not change."),
+    )
+    calibrate.add_argument("--model", required=True, type=Path, help="geovario model directory")
+    calibrate.add_argument("--store", required=True, type=Path, metavar="VAL",
+                           help="a validation feature store (`geovario extract` or `geovario simulate`), never the test split")
+    calibrate.add_argument("--gallery", type=Path, metavar="CSV", help="GPS gallery CSV instead of the model's own")
+    calibrate.add_argument("--max-photos", type=positive_int, metavar="N", help="fit on N photos drawn at random (default: all)")
+    calibrate.add_argument("--device", help="torch device (default: cuda when available)")
+    calibrate.add_argument("--json", action="store_true", help="print the saved record as JSON")
+    calibrate.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    calibrate.set_defaults(run=run_calibrate)
 
     embed = commands.add_parser(
         "embed-gps",
@@ -70,6 +102,10 @@ def register(commands) -> None:
     embed.set_defaults(run=run_embed_gps)
 
 
+def _pool_km(text: str) -> float | None:
+    return None if text.strip().lower() == "none" else non_negative_float(text)
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from geovario.data.feature_arrays import load_features_file
     from geovario.predict import Predictor
@@ -86,17 +122,17 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.top_k > len(predictor.gallery):
         raise GeovarioError(f"--top-k must be between 1 and the gallery size {len(predictor.gallery)}, got {args.top_k}")
     if args.text is not None:
-        inputs, results = args.text, predictor.predict_texts(args.text, args.top_k, args.backbone)
+        inputs, results = args.text, predictor.predict_texts(args.text, args.top_k, args.backbone, args.pool_km, args.level)
     elif args.features is not None:
         features = predictor.check_features(features, str(args.features))
         inputs = [f"{args.features}[{i}]" for i in range(len(features))]
-        results = predictor.predict_features(features, args.top_k)
+        results = predictor.predict_features(features, args.top_k, args.pool_km, args.level)
     else:
         from geovario.machine import available_cores
 
         workers = args.workers if args.workers is not None else (0 if len(args.image) <= args.batch_size else available_cores())
         inputs = [str(path) for path in args.image]
-        results = predictor.predict_images(args.image, args.top_k, args.backbone, args.batch_size, workers)
+        results = predictor.predict_images(args.image, args.top_k, args.backbone, args.batch_size, workers, args.pool_km, args.level)
     entries = [{"input": name, "error": result} if isinstance(result, str) else
                {"input": name, "predictions": [p.to_dict() for p in result]} for name, result in zip(inputs, results)]
     if args.places:
@@ -122,9 +158,11 @@ def _format_table(entries: list[dict]) -> str:
         if "error" in entry:
             continue
         lines.append(entry["input"])
-        lines.append(f"  {'rank':>4}  {'lat':>10}  {'lon':>11}  {'prob':>8}")
+        level = f"{100 * entry['predictions'][0]['level']:g} % within"
+        lines.append(f"  {'rank':>4}  {'lat':>10}  {'lon':>11}  {'prob':>8}  {'P(25 km)':>8}  {level:>14}")
         for rank, p in enumerate(entry["predictions"], 1):
-            line = f"  {rank:>4}  {p['lat']:>10.5f}  {p['lon']:>11.5f}  {p['prob']:>8.4f}"
+            line = (f"  {rank:>4}  {p['lat']:>10.5f}  {p['lon']:>11.5f}  {p['prob']:>8.4f}  {p['within_km']['25']:>8.4f}  "
+                    f"{p['radius_km']:>11,.0f} km")
             if "place" in p:
                 place = p["place"]
                 name = ", ".join(v for v in (place["city"], place["region"], place["country"]) if v)
@@ -132,6 +170,29 @@ def _format_table(entries: list[dict]) -> str:
                          else f"  {name} ({place['distance_km']:,.1f} km away)")
             lines.append(line)
     return "\n".join(lines)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from geovario.calibration import calibrate, save_calibration
+    from geovario.data.store import FeatureStore
+    from geovario.predict import Predictor
+
+    store = FeatureStore(args.store)
+    predictor = Predictor(args.model, gallery=args.gallery, device=args.device, progress=not args.no_progress)
+    record = calibrate(predictor, store, args.max_photos)
+    path = save_calibration(args.model, record)
+    if args.json:
+        print(json.dumps(record, indent=1))
+        return 0
+    print(f"temperature {record['temperature']:.4g} on {record['fitted_on']['photos']} photos of {args.store}; saved to {path}")
+    print(f"  {'':>22}  {'before':>16}  {'after':>16}")
+    for t in record["before"]["within_km"]:
+        cells = [record[when]["within_km"][t] for when in ("before", "after")]
+        print(f"  P(within {int(t):>5,} km)  " + "  ".join(f"{c['forecast']:6.3f} vs {c['observed']:5.3f}" for c in cells)
+              + "   ECE " + " -> ".join(f"{c['ece']:.3f}" for c in cells))
+    radius = [record[when]["radius"] for when in ("before", "after")]
+    print(f"  {int(100 * radius[0]['level'])} % radius holds  " + "  ".join(f"{100 * r['coverage']:5.1f} % (median {r['median_km']:,.0f} km)" for r in radius))
+    return 0
 
 
 def run_embed_gps(args: argparse.Namespace) -> int:

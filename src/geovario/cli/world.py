@@ -7,6 +7,7 @@ from pathlib import Path
 
 from geovario.cli.options import non_negative_int, positive_int
 from geovario.errors import GeovarioError
+from geovario.lab.study_design import GALLERY_SEEDS, OTHER_SEEDS, POWER_SEEDS, SWEEP_SEEDS
 
 
 def register(commands) -> None:
@@ -74,10 +75,10 @@ def register(commands) -> None:
         "study",
         help="the full study of the method on two datasets of one simulated Earth: every loss x seed, the ablation, "
              "the range rule, refits, a sensitivity sweep, and cross-dataset tests",
-        description=("Train every loss of the paper and the thesis, the ablation of the semivariogram loss, the thesis's "
+        description=("Train every loss of the paper and the thesis and the ones beyond them (issue 26), the ablation of the semivariogram loss, the thesis's "
                      "range rule, variogram refits and a theta/s sweep on each of the lab's datasets (mp16 and osv5m, one "
                      "Earth), test each run on its dataset's test photos and on the other's, and report paired differences "
-                     "against InfoNCE (same seeds) with 95%% bootstrap intervals: study.md, study.json and plots. Finished "
+                     "against InfoNCE (same seeds) with 95 % bootstrap intervals: study.md, study.json and plots. Finished "
                      "runs are cached by their settings (--runs): a killed study resumes, and a rerun with more seeds trains "
                      "only what is missing. benchmarks/results/study.md gives the cost measured with the defaults."),
     )
@@ -86,12 +87,15 @@ def register(commands) -> None:
     study.add_argument("--world", action="append", metavar="PRESET=DIR",
                        help="an existing world from `geovario simulate --preset PRESET` (repeatable; default: simulate each)")
     study.add_argument("--presets", default="mp16,osv5m", help="the datasets to train on, comma-separated (default mp16,osv5m)")
-    study.add_argument("--seeds", type=positive_int, default=14, help="seeds for InfoNCE and the paper's loss (default 14: benchmarks/results/study-power.md)")
-    study.add_argument("--other-seeds", type=positive_int, default=3,
-                       help="seeds for the other losses, the ablation, the range rule and refits (default 3)")
-    study.add_argument("--gallery-seeds", type=positive_int, default=2,
-                       help="seeds for the thesis's other gallery-negative variants, ~6x slower per step (default 2)")
-    study.add_argument("--sweep-seeds", type=positive_int, default=1, help="seeds per point of the theta/s sweep (default 1)")
+    study.add_argument("--seeds", type=positive_int, default=POWER_SEEDS,
+                       help=f"seeds for InfoNCE, the paper's loss and the losses beyond it (default {POWER_SEEDS}: "
+                            "benchmarks/results/study-power.md)")
+    study.add_argument("--other-seeds", type=positive_int, default=OTHER_SEEDS,
+                       help=f"seeds for the other losses, the ablation, the range rule and refits (default {OTHER_SEEDS})")
+    study.add_argument("--gallery-seeds", type=positive_int, default=GALLERY_SEEDS,
+                       help=f"seeds for the thesis's other gallery-negative variants, ~6x slower per step (default {GALLERY_SEEDS})")
+    study.add_argument("--sweep-seeds", type=positive_int, default=SWEEP_SEEDS,
+                       help=f"seeds per point of the theta/s sweep (default {SWEEP_SEEDS})")
     study.add_argument("--jobs", type=positive_int, default=1,
                        help="train this many runs at once, each in its own process on its share of the cores (default 1)")
     study.add_argument("--epochs", type=positive_int, help="training epochs per run (default: the lab budget of geovario/lab/experiments.py)")

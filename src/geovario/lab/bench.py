@@ -17,7 +17,7 @@ from geovario.errors import GeovarioError
 from geovario.lab.experiments import LAB_EPOCHS, train_and_evaluate
 from geovario.jsonio import write_json
 from geovario.lab.world import WorldConfig, simulate
-from geovario.variogram import empirical_for_loss, fit_for_loss
+from geovario.train.build import store_variogram
 
 QUEUE_SV = ["loss.name=semivariogram", "negatives.source=queue"]
 DEFAULT_RUNS = {
@@ -86,7 +86,7 @@ def bench_losses(out: str | Path, runs: dict[str, list[str]], seeds: int = 3, wo
     from geovario.data.store import FeatureStore
 
     store = FeatureStore(world / "train")
-    variogram = fit_for_loss(empirical_for_loss(store.features(dtype=np.float16) if len(store) > 20_000 else store.features(), store.gps))
+    variogram = store_variogram(store)
     variogram.save(out / "variogram.json")
     results: dict[str, list[dict]] = {}
     for name, overrides in runs.items():

@@ -23,8 +23,9 @@ from geovario.evaluate import frame_report, predict_source, prediction_coordinat
 from geovario.predict import Predictor
 from geovario.train import train
 
-LAB = ["model.embed_dim=64", "model.hidden_dim=128", "model.rff_dim=32", "model.queue_size=1024", "train.batch_size=128",
-       "optim.lr=0.001", "optim.step_gamma=0.5", "train.log_every=50", "train.checkpoint_every=100000"]
+LAB_BATCH_SIZE = 128
+LAB = ["model.embed_dim=64", "model.hidden_dim=128", "model.rff_dim=32", "model.queue_size=1024",
+       f"train.batch_size={LAB_BATCH_SIZE}", "optim.lr=0.001", "optim.step_gamma=0.5", "train.log_every=50", "train.checkpoint_every=100000"]
 LAB_EPOCHS = 5
 # Part of every study run's cache key: raise it with any change to the code that can move a lab run's numbers
 # (training, losses, negatives, evaluation, the world), so that a study retrains instead of mixing old runs in.

@@ -40,18 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-from geovario.atomic import atomic_path, atomic_write_bytes, output_dir, save_figure
+from geovario.atomic import atomic_path, atomic_write_bytes, output_dir
 from geovario.config import Config, load_config
 from geovario.errors import GeovarioError
 from geovario.jsonio import write_json
-from geovario.lab.experiments import LAB, LAB_EPOCHS, LAB_VERSION, train_and_evaluate
+from geovario.lab.experiments import LAB, LAB_BATCH_SIZE, LAB_EPOCHS, LAB_VERSION, train_and_evaluate
+from geovario.lab.study_design import (GALLERY_SEEDS, OTHER_SEEDS, POWER_SEEDS, PRESETS, S_VALUES, SWEEP_SEEDS, THETA1, THETA2,
+                                       THRESHOLDS)
 from geovario.metrics import GEOSCORE_MAX, GEOSCORE_SCALE_KM
 
-THRESHOLDS = (1, 25, 200, 750, 2500)
-PRESETS = ("mp16", "osv5m")  # the datasets the study trains on, each tested on its own and the other's test photos
-THETA1 = (100.0, 500.0, 1000.0, 2500.0, None)  # None: the variogram's range
-THETA2 = (1.0, 25.0, 100.0)
-S_VALUES = (0.5, 1.0, 2.0, 5.0, 10.0)
 SV = ["loss.name=semivariogram", "negatives.source=queue"]
 GALLERY = ["negatives.source=gallery", "negatives.k=64"]  # the configs' 4 x batch = 512 is 8x slower again
 ANCHOR, PAPER = "infonce (GeoCLIP)", "semivariogram (paper)"
@@ -73,7 +70,11 @@ class Arm:
     params: dict = field(default_factory=dict)  # for the sweep's tables
 
 
-def plan(seeds: int = 14, other_seeds: int = 3, gallery_seeds: int = 2, sweep_seeds: int = 1, steps_per_epoch: int = 390) -> list[Arm]:
+def plan(seeds: int = POWER_SEEDS, other_seeds: int = OTHER_SEEDS, gallery_seeds: int = GALLERY_SEEDS, sweep_seeds: int = SWEEP_SEEDS,
+         train_rows: int = 50_000) -> list[Arm]:
+    """Every arm of the study; ``train_rows``, the training set's size (the default world's), sets the refit arm's
+    cadence to once an epoch."""
+    steps_per_epoch = train_rows // LAB_BATCH_SIZE
     power, other, few, sweep = (list(range(n)) for n in (seeds, other_seeds, gallery_seeds, sweep_seeds))
     arms = [
         Arm("losses", ANCHOR, ["loss.name=infonce"], power),
@@ -110,6 +111,14 @@ def plan(seeds: int = 14, other_seeds: int = 3, gallery_seeds: int = 2, sweep_se
             over = SV + [f"loss.{key}={value}", f"loss.{other_key}=5.0"]
             arms.append(Arm(f"sweep-{key}", f"{key}={value:g}, {other_key}=5", over, sweep, {key: value}))
     return arms
+
+
+def training_stage(arm: Arm) -> int:
+    """When an arm trains: 0 with the powered comparison, 1 for the slow gallery-negative arms (about 6x slower a
+    step), 2 for the sweep, last."""
+    if arm.group.startswith("sweep"):
+        return 2
+    return 1 if "negatives.source=gallery" in arm.overrides else 0
 
 
 def _km(theta1) -> str:
@@ -289,10 +298,11 @@ def _train_in_parallel(tasks: list[tuple], jobs: int, log) -> None:
     (tests/test_study.py).
     """
     import multiprocessing
-    import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    from geovario.machine import cores_per_process
+
+    threads = cores_per_process(jobs)
     log(f"training {len(tasks)} runs in {jobs} processes of {threads} thread(s) each")
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_train_in_worker, threads, *arguments): (name, seed) for name, seed, arguments in tasks}
@@ -315,9 +325,9 @@ def prepare_worlds(out: Path, presets: tuple[str, ...], world_configs: dict | No
     return worlds
 
 
-def run_study(out: str | Path, worlds: dict[str, Path] | None = None, seeds: int = 14, other_seeds: int = 3, gallery_seeds: int = 2,
-              sweep_seeds: int = 1, epochs: int = LAB_EPOCHS, world_configs: dict | None = None, arms: list[Arm] | None = None,
-              jobs: int = 1, runs_dir: Path | None = None, presets: tuple[str, ...] = PRESETS, cached_only: bool = False) -> dict:
+def run_study(out: str | Path, worlds: dict[str, Path] | None = None, seeds: int = POWER_SEEDS, other_seeds: int = OTHER_SEEDS,
+              gallery_seeds: int = GALLERY_SEEDS, sweep_seeds: int = SWEEP_SEEDS, epochs: int = LAB_EPOCHS,
+              world_configs: dict | None = None, arms: list[Arm] | None = None, jobs: int = 1, runs_dir: Path | None = None, presets: tuple[str, ...] = PRESETS, cached_only: bool = False) -> dict:
     """Run (or resume) the study into ``out``; writes study.json, study.md and the plots.
 
     ``worlds`` maps each preset to a world from ``geovario simulate`` (default: simulate them into
@@ -328,7 +338,7 @@ def run_study(out: str | Path, worlds: dict[str, Path] | None = None, seeds: int
     run's figures and per-photo errors.
     """
     from geovario.data.store import FeatureStore
-    from geovario.variogram import empirical_for_loss, fit_for_loss
+    from geovario.train.build import store_variogram
 
     out = Path(out)
     output_dir(out)
@@ -348,10 +358,9 @@ def run_study(out: str | Path, worlds: dict[str, Path] | None = None, seeds: int
             if cached_only:  # nothing has run here: there is nothing to summarise, and nothing to fit for
                 raise GeovarioError(f"no finished run on {trained_on} in {runs_dir} ({variograms[trained_on].name} missing): "
                                     "nothing to summarise")
-            features = store.features(dtype=np.float16) if len(store) > 20_000 else store.features()
-            fit_for_loss(empirical_for_loss(features, store.gps)).save(variograms[trained_on])
+            store_variogram(store).save(variograms[trained_on])
         text = variograms[trained_on].read_text()
-        chosen = arms if arms is not None else plan(seeds, other_seeds, gallery_seeds, sweep_seeds, len(store) // 128)
+        chosen = arms if arms is not None else plan(seeds, other_seeds, gallery_seeds, sweep_seeds, len(store))
         anchor = Arm(chosen[0].group, chosen[0].name, chosen[0].overrides, sorted({s for arm in chosen for s in arm.seeds}))
         plans[trained_on] = [anchor, *chosen[1:]]  # the anchor trains every seed any arm uses
         for index, arm in enumerate(plans[trained_on]):
@@ -359,10 +368,9 @@ def run_study(out: str | Path, worlds: dict[str, Path] | None = None, seeds: int
                 key = keys[(trained_on, arm.name, seed)] = run_key(datasets, trained_on, arm.overrides, seed, epochs, text)
                 tasks.setdefault(key, (f"{arm.name} on {trained_on}", seed, (world, datasets.eval_stores(trained_on), runs_dir, key,
                                                                              arm.overrides, seed, epochs, variograms[trained_on])))
-                # Arm by arm and seed by seed across the datasets, the slow gallery-negative arms after the others
-                # and the sweep last: a study cut short has the powered comparison on every dataset first.
-                stage = 2 if arm.group.startswith("sweep") else 1 if "negatives.source=gallery" in arm.overrides else 0
-                order.setdefault(key, (stage, index, seed))
+                # Arm by arm and seed by seed across the datasets, in stages: a study cut short has the powered
+                # comparison on every dataset first.
+                order.setdefault(key, (training_stage(arm), index, seed))
     finished = {key for key in tasks if (runs_dir / key / "result.json").is_file()}
     log(f"{len(tasks)} runs, {len(finished)} cached")
     planned = len(tasks)
@@ -394,6 +402,8 @@ def run_study(out: str | Path, worlds: dict[str, Path] | None = None, seeds: int
     write_json(out / "study.json", record)
     markdown = study_markdown(record)
     atomic_write_bytes(out / "study.md", markdown.encode())
+    from geovario.lab.study_plots import plot_differences, plot_sweeps
+
     plot_sweeps(summary, out)
     plot_differences(summary, out)
     plot_differences(summary, out, ("beyond",), "beyond-paper", also=(PAPER,))
@@ -499,102 +509,6 @@ def study_markdown(record: dict) -> str:
             parts.append(f"### Tested on {tested} ({'its own test photos' if name == 'test' else 'the other dataset'})\n\n"
                          + _tables(rows, anchor_name))
     return "\n\n".join(parts) + "\n"
-
-
-def plot_sweeps(summary: dict, out: Path) -> list[Path]:
-    """Per training dataset, heat maps of the theta1 x theta2 sweep (difference to the anchor on its test photos at
-    25 and 200 km) and the s sweeps: sweep_theta-<dataset>.png, sweep_s-<dataset>.png."""
-    return [path for trained_on, sets in summary.items() for path in _plot_sweep(sets["test"], out, trained_on)]
-
-
-def _plot_sweep(summary: list[dict], out: Path, suffix: str) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    theta = [row for row in summary if row["group"] == "sweep-theta" and row["vs_anchor"]]
-    if theta:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-        for ax, t in zip(axes, (25, 200)):
-            grid = np.full((len(THETA2), len(THETA1)), np.nan)
-            for row in theta:
-                grid[THETA2.index(row["params"]["theta2"]), THETA1.index(row["params"]["theta1"])] = row["vs_anchor"][f"acc_{t}km"]["mean"]
-            limit = max(np.nanmax(np.abs(grid)), 0.5)
-            image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, origin="lower", aspect="auto")
-            ax.set_xticks(range(len(THETA1)), [_km(v) for v in THETA1])
-            ax.set_yticks(range(len(THETA2)), [f"{v:g}" for v in THETA2])
-            ax.set_xlabel("θ1 (km): hard negatives beyond")
-            ax.set_ylabel("θ2 (km): false negatives within")
-            ax.set_title(f"Δ accuracy at {t} km vs InfoNCE (points)")
-            for (i, j), value in np.ndenumerate(grid):
-                if np.isfinite(value):
-                    ax.text(j, i, f"{value:+.2f}", ha="center", va="center", fontsize=8)
-            fig.colorbar(image, ax=ax)
-        fig.tight_layout()
-        written.append(out / f"sweep_theta-{suffix}.png")
-        save_figure(fig, written[-1], dpi=120)
-        plt.close(fig)
-    s_rows = [row for row in summary if row["group"] in ("sweep-s1", "sweep-s2") and row["vs_anchor"]]
-    if s_rows:
-        fig, ax = plt.subplots(figsize=(6, 3.8))
-        for group, label in (("sweep-s1", "s1 (s2 = 5)"), ("sweep-s2", "s2 (s1 = 5)")):
-            rows = sorted((r for r in s_rows if r["group"] == group), key=lambda r: next(iter(r["params"].values())))
-            x = [next(iter(r["params"].values())) for r in rows]
-            for t, style in ((25, "-o"), (200, "--s")):
-                y = [r["vs_anchor"][f"acc_{t}km"]["mean"] for r in rows]
-                low = [r["vs_anchor"][f"acc_{t}km"]["low"] for r in rows]
-                high = [r["vs_anchor"][f"acc_{t}km"]["high"] for r in rows]
-                ax.errorbar(x, y, yerr=[np.subtract(y, low), np.subtract(high, y)], fmt=style, capsize=3, label=f"{label}, {t} km")
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_xlabel("weight scale")
-        ax.set_ylabel("Δ accuracy vs InfoNCE (points)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        written.append(out / f"sweep_s-{suffix}.png")
-        save_figure(fig, written[-1], dpi=120)
-        plt.close(fig)
-    return written
-
-
-def plot_differences(summary: dict, out: Path, groups: tuple[str, ...] = ("losses", "noise"), stem: str = "differences",
-                     also: tuple[str, ...] = ()) -> list[Path]:
-    """Per training dataset, the paired difference against InfoNCE of each arm in ``groups`` (and the arms named in
-    ``also``) at every threshold with its 95% band, on its own test photos and on the other dataset's:
-    <stem>-<dataset>.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    for trained_on, sets in summary.items():
-        shown = [name for name in sets if name != "val"]
-        fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4.2), squeeze=False)
-        for ax, name in zip(axes[0], shown):
-            for row in sets[name]:
-                if row["vs_anchor"] is None or (row["group"] not in groups and row["name"] not in also):
-                    continue
-                diffs = [row["vs_anchor"][f"acc_{t}km"] for t in THRESHOLDS]
-                line, = ax.plot(THRESHOLDS, [d["mean"] for d in diffs], "-o", ms=3, label=f"{row['name']} ({len(row['seeds'])} seeds)")
-                ax.fill_between(THRESHOLDS, [d["low"] for d in diffs], [d["high"] for d in diffs], color=line.get_color(), alpha=0.15)
-            ax.axhline(0, color="grey", lw=0.8)
-            ax.set_xscale("log")
-            ax.set_xticks(THRESHOLDS, [f"{t:,}" for t in THRESHOLDS])
-            ax.set_xlabel("threshold (km)")
-            ax.set_ylabel("Δ accuracy vs InfoNCE (points), 95% band")
-            tested = trained_on if name == "test" else name.split(":", 1)[1]
-            ax.set_title(f"trained on {trained_on}, tested on {tested}")
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        if handles:
-            fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
-        fig.tight_layout(rect=(0, 0.12, 1, 1))
-        written.append(out / f"{stem}-{trained_on}.png")
-        save_figure(fig, written[-1], dpi=120)
-        plt.close(fig)
-    return written
 
 
 # What the paper and the thesis work log report, each checked in the lab. (claim, source, trained on, tested on,
