@@ -452,3 +452,75 @@ def test_parallel_jobs_share_the_cores_this_process_may_use(monkeypatch, cores, 
     assert machine.cores_per_process(processes) == each
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
     assert machine.cores_per_process() == each
+
+
+def synthetic_runs(rng, arms, photos=400):
+    """Finished runs as cached_run returns them, for each arm and seed: errors drawn per arm, figures from them."""
+    from geovario.metrics import distance_summary, geoscore
+
+    runs = {}
+    for k, arm in enumerate(arms):
+        runs[arm.name] = {}
+        for seed in arm.seeds:
+            errors = {name: rng.exponential(300 + 40 * k, photos) for name in ("val", "test")}
+            sets = {name: {"accuracy": distance_summary(e)["accuracy"], "median_km": float(np.median(e)), "geoscore": geoscore(e)}
+                    for name, e in errors.items()}
+            runs[arm.name][seed] = {"errors_km": errors, "sets": sets, "commit": "c0ffee", "epoch_loss": [2.0, 1.5]}
+    return runs
+
+
+def test_a_summary_pairs_every_loss_with_infonce_and_the_paper_and_prints_it():
+    from geovario.lab.study import _cell, study_markdown, summarize
+    from geovario.metrics import threshold_accuracy
+
+    arms = [Arm("losses", ANCHOR, [], [0, 1]), Arm("losses", PAPER, [], [0, 1]), Arm("beyond", HAVERSINE, [], [0, 1]),
+            Arm("losses", "hcl_weighted (thesis Weighted)", [], [1]), Arm("ablation", "hard up only", [], [0, 1]),
+            Arm("sweep-theta", "theta1=100, theta2=1", [], [0], {"theta1": 100.0, "theta2": 1.0}),
+            Arm("sweep-theta", "theta1=500, theta2=1", [], [7], {"theta1": 500.0, "theta2": 1.0})]  # no seed shared
+    runs = synthetic_runs(np.random.default_rng(0), arms)
+    summary = summarize(arms, runs, ANCHOR)
+    rows = {row["name"]: row for row in summary["test"]}
+    for arm in arms:
+        row, accuracies = rows[arm.name], [runs[arm.name][s]["sets"]["test"]["accuracy"]["25"] for s in arm.seeds]
+        assert row["accuracy_mean"]["25"] == pytest.approx(np.mean(accuracies))
+        assert row["accuracy_std"]["25"] == (pytest.approx(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0)
+    assert rows[ANCHOR]["accuracy_std"]["25"] > 0 and rows["hcl_weighted (thesis Weighted)"]["accuracy_std"]["25"] == 0.0
+    # Paired differences on the seeds both arms have, as threshold_accuracy gives them per run.
+    def gain(name, base, seeds, t="25"):
+        return np.mean([threshold_accuracy(runs[name][s]["errors_km"]["test"])[t] - threshold_accuracy(runs[base][s]["errors_km"]["test"])[t]
+                        for s in seeds])
+    assert rows["hcl_weighted (thesis Weighted)"]["vs_anchor"]["acc_25km"]["mean"] == pytest.approx(gain("hcl_weighted (thesis Weighted)", ANCHOR, [1]))
+    assert rows[HAVERSINE]["vs_paper"]["acc_25km"]["mean"] == pytest.approx(gain(HAVERSINE, PAPER, [0, 1]))
+    assert rows[ANCHOR]["vs_anchor"] is None and rows["theta1=500, theta2=1"]["vs_anchor"] is None
+    have_paper = {name for name, row in rows.items() if row["vs_paper"] is not None}
+    assert have_paper == {HAVERSINE, "hcl_weighted (thesis Weighted)"}  # every other loss; not the ablation or the sweep
+    # The markdown: both tables, the beyond-paper arm in the table against the paper's loss, the study under way.
+    record = {"commit": "c0ffee", "run_commits": ["c0ffee"], "lab_version": 2, "epochs": 5, "runs_finished": 11, "runs_planned": 12,
+              "verdicts": [], "results": {"mp16": summary},
+              "worlds": {"mp16": {"fingerprint": "f" * 64, "variogram": {"model": "stable", "nugget": 0.1, "psill": 0.2, "range_km": 900.0}}}}
+    text = study_markdown(record)
+    assert "**A study under way**: 11 of its 12 runs" in text and "Sweep point chosen on the validation photos" in text
+    against_paper = text.split("Paired differences against semivariogram (paper)")[1]
+    assert f"| {HAVERSINE} | 2 | {_cell(rows[HAVERSINE]['vs_paper']['acc_1km'])} |" in against_paper
+    assert "hard up only" not in against_paper
+
+
+def test_an_interval_is_marked_when_it_excludes_zero():
+    from geovario.lab.study import _cell
+
+    assert _cell({"mean": 1.0, "low": 0.0, "high": 2.0}) == "+1.00 [+0.00, +2.00]"  # touching 0 does not exclude it
+    assert _cell({"mean": 1.0, "low": 0.01, "high": 2.0}) == "+1.00 [+0.01, +2.00] *"
+    assert _cell({"mean": -1.0, "low": -2.0, "high": -0.001}, 3) == "-1.000 [-2.000, -0.001] *"
+    assert _cell({"mean": -1.0, "low": -2.0, "high": 0.0}) == "-1.00 [-2.00, +0.00]"
+
+
+def test_the_sweep_point_chosen_on_validation_skips_points_without_a_shared_seed():
+    from geovario.lab.study import chosen_on_validation
+
+    rows = [{"group": "losses", "name": PAPER, "vs_anchor": {"acc_25km": {"mean": 9.0}}},
+            {"group": "sweep-s1", "name": "a", "vs_anchor": {"acc_25km": {"mean": 1.0}}},
+            {"group": "sweep-s1", "name": "b", "vs_anchor": None},
+            {"group": "sweep-s2", "name": "c", "vs_anchor": {"acc_25km": {"mean": 2.0}}},
+            {"group": "sweep-s2", "name": "d", "vs_anchor": {"acc_25km": {"mean": 2.0}}}]
+    assert chosen_on_validation(rows) == "c"  # the best, the first of equals; never a loss arm, never one without pairs
+    assert chosen_on_validation(rows[:1]) is None

@@ -29,7 +29,8 @@ def register(commands) -> None:
     inputs = predict.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--features", type=Path, metavar="FILE.npy",
                         help="an (N, D) .npy array of backbone features (D = 768 for CLIP ViT-L/14)")
-    inputs.add_argument("--image", type=Path, nargs="+", metavar="PATH", help="one or more image files")
+    inputs.add_argument("--image", type=Path, nargs="+", metavar="PATH",
+                        help="image files, or folders walked recursively for images (sorted by path)")
     inputs.add_argument("--text", nargs="+", metavar="TEXT",
                         help='one or more text queries, e.g. "a snowy street with red trams": CLIP\'s text embedding is fed '
                              "through the image head, as GeoCLIP's paper does (the head never saw text in training: see the README)")
@@ -52,9 +53,15 @@ def register(commands) -> None:
                          help="add the nearest GeoNames place of 1,000+ people (city, sub-region, region, country) and its "
                               "distance to each prediction, offline; more than 50 km from any place and off the land "
                               "outline, it says open water")
+    predict.add_argument("--out", type=Path, metavar="FILE",
+                         help="with --image DIR: write the predictions to FILE (.csv one row per image and rank, .jsonl, "
+                              ".geojson or .kml), as they come; a kill loses at most the chunk being encoded")
+    predict.add_argument("--resume", action="store_true", help="with --out: continue a folder prediction that was cut short")
+    predict.add_argument("--regions", action="store_true",
+                         help="with --out .geojson or .kml: add each photo's confidence circle (radius_km) as a polygon")
     predict.add_argument("--json", action="store_true",
                          help='print JSON: [{"input": ..., "predictions": [{"lat", "lon", "prob", "within_km", "radius_km", '
-                              '"level"[, "place"]}, ...]}, ...]')
+                              '"level"[, "place"]}, ...][, "exif", "error_km" for photos]}, ...]')
     predict.add_argument("--no-progress", action="store_true", help="hide progress bars")
     predict.set_defaults(run=run_predict)
 
@@ -112,6 +119,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 0:
         raise GeovarioError(f"--workers must not be negative, got {args.workers}")
+    if args.out is not None or args.resume or args.regions:
+        return _predict_folder_to_file(args)
     if args.features is not None:
         features = load_features_file(args.features)  # validate input before any heavy loading
     if args.text is not None:
@@ -130,11 +139,18 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         from geovario.machine import available_cores
 
-        workers = args.workers if args.workers is not None else (0 if len(args.image) <= args.batch_size else available_cores())
-        inputs = [str(path) for path in args.image]
-        results = predictor.predict_images(args.image, args.top_k, args.backbone, args.batch_size, workers, args.pool_km, args.level)
-    entries = [{"input": name, "error": result} if isinstance(result, str) else
-               {"input": name, "predictions": [p.to_dict() for p in result]} for name, result in zip(inputs, results)]
+        from geovario.predict_folder import list_images
+
+        images = [found for path in args.image for found in (list_images(path) if path.is_dir() else [path])]
+        workers = args.workers if args.workers is not None else (0 if len(images) <= args.batch_size else available_cores())
+        inputs = [str(path) for path in images]
+        results = predictor.predict_images(images, args.top_k, args.backbone, args.batch_size, workers, args.pool_km, args.level)
+    if args.image is not None:
+        from geovario.predict_folder import image_record
+
+        entries = [image_record(Path(name), result) for name, result in zip(inputs, results)]
+    else:
+        entries = [{"input": name, "predictions": [p.to_dict() for p in result]} for name, result in zip(inputs, results)]
     if args.places:
         _add_places(entries)
     print(json.dumps(entries, indent=1) if args.json else _format_table(entries))
@@ -142,6 +158,33 @@ def run_predict(args: argparse.Namespace) -> int:
     for entry in failed:
         print(f"geovario: error: {entry['error']}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _predict_folder_to_file(args: argparse.Namespace) -> int:
+    from geovario.machine import available_cores
+    from geovario.predict import Predictor
+    from geovario.predict_folder import predict_folder
+
+    if args.out is None or args.image is None or len(args.image) != 1 or not args.image[0].is_dir():
+        raise GeovarioError("--out, --resume and --regions go with --image DIR (one folder) and --out FILE")
+    if args.regions and args.out.suffix.lower() not in (".geojson", ".kml"):
+        raise GeovarioError(f"{args.out}: --regions needs a .geojson or .kml output")
+    if args.places:
+        raise GeovarioError("--places prints names for a table; with --out, name places afterwards from the coordinates")
+    predictor = Predictor(args.model, gallery=args.gallery, device=args.device, progress=not args.no_progress)
+    workers = args.workers if args.workers is not None else available_cores()
+    done = predict_folder(predictor, args.image[0], args.out, args.top_k, args.pool_km, args.level, args.backbone, args.batch_size,
+                          workers, args.resume, args.regions, progress=not args.no_progress)
+    summary = {"out": str(done.out), "images": done.images, "predicted": done.predicted, "resumed": done.resumed,
+               "failed": [{"input": name, "error": why} for name, why in done.failed]}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"{done.out}: {done.predicted} of {done.images} images geolocated"
+              + (f" ({done.resumed} from the run that was cut short)" if done.resumed else ""))
+    for name, why in done.failed:
+        print(f"geovario: error: {why}", file=sys.stderr)
+    return 1 if done.failed else 0
 
 
 def _add_places(entries: list[dict]) -> None:
@@ -169,6 +212,8 @@ def _format_table(entries: list[dict]) -> str:
                 line += (f"  open water ({place['distance_km']:,.0f} km from {name})" if place["open_water"]
                          else f"  {name} ({place['distance_km']:,.1f} km away)")
             lines.append(line)
+        if entry.get("error_km") is not None:
+            lines.append(f"  EXIF GPS {entry['exif']['lat']:.5f}, {entry['exif']['lon']:.5f}: the best place is {entry['error_km']:,.1f} km away")
     return "\n".join(lines)
 
 

@@ -444,7 +444,9 @@ def summarize(arms: list[Arm], by_arm: dict[str, dict[int, dict]], anchor_name: 
                 return paired_bootstrap(errors[both], np.stack(base), rng) if both else None
 
             row["vs_anchor"] = paired(anchor_name) if arm.name != anchor_name else None
-            row["vs_paper"] = paired(PAPER) if arm.group == "losses" and arm.name not in (anchor_name, PAPER) and PAPER in by_arm else None
+            # Every other loss, the thesis's and those beyond the paper, against the paper's loss too.
+            row["vs_paper"] = (paired(PAPER) if arm.group in ("losses", "beyond") and arm.name not in (anchor_name, PAPER) and PAPER in by_arm
+                               else None)
             rows.append(row)
         out[name] = rows
     return out

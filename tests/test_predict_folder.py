@@ -1,0 +1,170 @@
+"""Whole folders in, files out: every format read back by a standard reader, a kill resumed without losing or
+repeating a photo, settings that changed refused, unreadable files listed, EXIF errors reported."""
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+
+import geojson
+import numpy as np
+import pandas as pd
+import pytest
+
+from geovario.cli import main
+from geovario.geo import haversine_km
+from geovario.predict import Predictor
+from geovario.predict_folder import circle, journal_path, list_images, predict_folder
+
+
+@pytest.fixture
+def photo_folder(tmp_path, fixtures_dir):
+    """The EXIF fixtures in two sub-folders, a text file among them and a file that only looks like a photo."""
+    folder = tmp_path / "photos"
+    for k, photo in enumerate(sorted((fixtures_dir / "exif-gps").glob("*.jpg"))):
+        target = folder / ("a" if k % 2 else "b") / photo.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo, target)
+    (folder / "a" / "notes.txt").write_text("not a photo")
+    (folder / "b" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return folder
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_folder_is_walked_for_images_in_a_stable_order(photo_folder):
+    found = list_images(photo_folder)
+    relative = [str(p.relative_to(photo_folder)) for p in found]
+    assert relative == sorted(relative) and "a/notes.txt" not in relative and "b/broken.jpg" in relative
+    assert len(found) == 11  # ten photos and the broken one
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".geojson", ".kml"])
+def test_each_format_reads_back_with_a_standard_reader(photo_folder, tmp_path, tiny_model_dir, tiny_clip_dir, capsys, suffix):
+    out = tmp_path / f"predictions{suffix}"
+    args = ["predict", "--model", tiny_model_dir, "--backbone", tiny_clip_dir, "--image", photo_folder, "--out", out, "--top-k", 3,
+            "--workers", 0, "--no-progress", "--batch-size", 4]
+    code, printed, err = run(capsys, *args, *(["--regions"] if suffix in (".geojson", ".kml") else []))
+    assert code == 1 and "broken.jpg" in err and err.count("\n") == 1  # the unreadable file, listed; the others predicted
+    assert "10 of 11 images geolocated" in printed and not journal_path(out).exists()
+    expected = Predictor(tiny_model_dir, progress=False).predict_images([str(p) for p in list_images(photo_folder)], top_k=3,
+                                                                        backbone=str(tiny_clip_dir))
+    best = {str(p): r[0] for p, r in zip(list_images(photo_folder), expected) if not isinstance(r, str)}
+    if suffix == ".csv":
+        frame = pd.read_csv(out)
+        assert set(frame["input"]) == set(best) | {str(photo_folder / "b" / "broken.jpg")}
+        ranked = frame.dropna(subset=["rank"])
+        assert len(ranked) == 30 and set(ranked["rank"]) == {1, 2, 3}
+        first = ranked[ranked["rank"] == 1].set_index("input")
+        assert np.allclose([first.loc[k, "prob"] for k in best], [p.prob for p in best.values()], rtol=1e-4)
+        assert {"within_25km", "within_2500km", "radius_km", "exif_lat", "error_km"} <= set(frame.columns)
+        assert frame.loc[frame["input"].str.endswith("broken.jpg"), "error"].str.contains("broken.jpg").all()
+    elif suffix == ".jsonl":
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [r["input"] for r in records] == [str(p) for p in list_images(photo_folder)]
+        for r in records:
+            if "error" not in r and r["exif"]:  # the error is the best place's distance from the EXIF position
+                assert r["error_km"] == pytest.approx(haversine_km(r["exif"]["lat"], r["exif"]["lon"], r["predictions"][0]["lat"],
+                                                                   r["predictions"][0]["lon"]))
+        assert sum(r.get("error_km") is not None for r in records) >= 8  # the fixtures carry EXIF GPS
+    elif suffix == ".geojson":
+        collection = geojson.loads(out.read_text())
+        assert collection.is_valid and collection["type"] == "FeatureCollection"
+        points = [f for f in collection["features"] if f["geometry"]["type"] == "Point"]
+        regions = [f for f in collection["features"] if f["geometry"]["type"] == "Polygon"]
+        assert len(points) == len(regions) == 10
+        for f in points:
+            lon, lat = f["geometry"]["coordinates"]
+            place = best[f["properties"]["input"]]  # the geojson package writes 6 decimals (0.1 m)
+            assert (lat, lon) == pytest.approx((place.lat, place.lon), abs=1e-6)
+            assert len(f["properties"]["places"]) == 3
+        ring = regions[0]["geometry"]["coordinates"][0]
+        centre = next(f for f in points if f["properties"]["input"] == regions[0]["properties"]["input"])["geometry"]["coordinates"]
+        assert ring[0] == ring[-1] and len(ring) == 65
+    else:
+        root = ET.parse(out).getroot()
+        ns = {"k": "http://www.opengis.net/kml/2.2"}
+        marks = root.findall(".//k:Placemark", ns)
+        points = [m for m in marks if m.find("k:Point", ns) is not None]
+        assert len(points) == 10 and len(marks) == 20
+        lon, lat = map(float, points[0].find("k:Point/k:coordinates", ns).text.split(","))
+        name = points[0].find("k:description", ns).text.splitlines()[0]
+        assert (lat, lon) == pytest.approx((best[name].lat, best[name].lon))
+
+
+def test_a_confidence_circle_lies_at_its_radius(tmp_path):
+    ring = circle(48.85, 2.35, 120.0)
+    distances = [haversine_km(48.85, 2.35, lat, lon) for lon, lat in ring]
+    assert distances == pytest.approx([120.0] * len(ring), rel=0.004)  # geodesic on WGS84 against the sphere: within 0.4 %
+
+
+def test_a_folder_cut_short_resumes_without_losing_or_repeating_a_photo(photo_folder, tmp_path, tiny_model_dir, tiny_clip_dir,
+                                                                       monkeypatch):
+    predictor = Predictor(tiny_model_dir, progress=False)
+    out = tmp_path / "p.jsonl"
+    whole = predict_folder(predictor, photo_folder, tmp_path / "whole.jsonl", top_k=2, backbone=str(tiny_clip_dir), batch_size=3,
+                           progress=False)
+    calls = []
+    original = Predictor.predict_images
+
+    def killed_after_two_chunks(self, images, *args, **kwargs):
+        calls.append(len(images))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a kill between chunks: the journal holds two chunks
+        return original(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict_images", killed_after_two_chunks)
+    with pytest.raises(KeyboardInterrupt):
+        predict_folder(predictor, photo_folder, out, top_k=2, backbone=str(tiny_clip_dir), batch_size=3, progress=False)
+    journal = journal_path(out)
+    assert len(journal.read_text().splitlines()) == 1 + 6 and not out.exists()
+    with journal.open("a") as f:
+        f.write('{"input": "cut in the mid')  # a line a kill cut short
+    from geovario.errors import GeovarioError
+
+    with pytest.raises(GeovarioError, match="add --resume"):
+        predict_folder(predictor, photo_folder, out, top_k=2, backbone=str(tiny_clip_dir), batch_size=3, progress=False)
+    with pytest.raises(GeovarioError, match=r"other settings \(top_k differ\)"):
+        predict_folder(predictor, photo_folder, out, top_k=3, backbone=str(tiny_clip_dir), batch_size=3, resume=True, progress=False)
+    photo = next(p for p in list_images(photo_folder) if str(p) in journal.read_text())
+    kept = photo.read_bytes()
+    photo.write_bytes(kept + b"\0")  # a photo already done, changed since
+    with pytest.raises(GeovarioError, match=f"{photo.name}: changed or gone"):
+        predict_folder(predictor, photo_folder, out, top_k=2, backbone=str(tiny_clip_dir), batch_size=3, resume=True, progress=False)
+    photo.write_bytes(kept)
+    calls.clear()
+    resumed = predict_folder(predictor, photo_folder, out, top_k=2, backbone=str(tiny_clip_dir), batch_size=3, resume=True,
+                             progress=False)
+    assert sum(calls) == 11 - 6 and resumed.resumed == 6 and resumed.predicted == whole.predicted == 10
+    ours = [json.loads(line) for line in out.read_text().splitlines()]
+    theirs = [json.loads(line) for line in (tmp_path / "whole.jsonl").read_text().splitlines()]
+    assert [r["input"] for r in ours] == [r["input"] for r in theirs]  # each photo once, in order
+    for a, b in zip(ours, theirs):  # the same places for each, whether predicted before or after the kill
+        assert [(p["lat"], p["lon"]) for p in a.get("predictions", [])] == [(p["lat"], p["lon"]) for p in b.get("predictions", [])]
+    with pytest.raises(GeovarioError, match="nothing to resume"):
+        predict_folder(predictor, photo_folder, tmp_path / "new.csv", resume=True, progress=False)
+
+
+def test_folder_options_are_checked_before_any_work(tmp_path, tiny_model_dir, photo_folder, capsys):
+    base = ["predict", "--model", tiny_model_dir, "--image", photo_folder]
+    assert run(capsys, *base, "--out", tmp_path / "p.txt")[2].count("must end in .csv, .jsonl, .geojson, .kml") == 1
+    assert "--regions needs a .geojson or .kml" in run(capsys, *base, "--out", tmp_path / "p.csv", "--regions")[2]
+    code, _, err = run(capsys, "predict", "--model", tiny_model_dir, "--image", photo_folder / "a" / "notes.txt", "--out", tmp_path / "p.csv")
+    assert code == 1 and "go with --image DIR" in err
+
+
+def test_the_command_reports_the_error_against_a_photos_exif_gps(tiny_model_dir, tiny_clip_dir, fixtures_dir, capsys):
+    from geovario.data.exif_folder import read_exif_gps
+
+    photo = fixtures_dir / "exif-gps" / "DSCN0010.jpg"
+    truth = read_exif_gps(photo)
+    code, out, _ = run(capsys, "predict", "--model", tiny_model_dir, "--backbone", tiny_clip_dir, "--image", photo, "--json")
+    entry = json.loads(out)[0]
+    best = entry["predictions"][0]
+    assert code == 0 and entry["exif"] == pytest.approx({"lat": truth[0], "lon": truth[1]})
+    assert entry["error_km"] == pytest.approx(haversine_km(truth[0], truth[1], best["lat"], best["lon"]))
+    code, out, _ = run(capsys, "predict", "--model", tiny_model_dir, "--backbone", tiny_clip_dir, "--image", photo)
+    assert f"the best place is {entry['error_km']:,.1f} km away" in out
