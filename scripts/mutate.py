@@ -731,7 +731,7 @@ def commit_of_tree() -> str:
     return head + (" with uncommitted changes" if dirty else "")
 
 
-def report(groups: list[str], command: str) -> str:
+def report(groups: list[str], command: str, report_command: str = "python scripts/mutate.py --report") -> str:
     state = load_state()
     results = state.get("results", {})
     equivalents = read_equivalents()
@@ -767,7 +767,7 @@ def report(groups: list[str], command: str) -> str:
     lines = ["# Mutation testing", "",
              f"Date: {datetime.date.today().isoformat()}. Tree: {state.get('tree', '?')} (src/, tests/, configs/), "
              f"commit {commit_of_tree()}. Run started {state.get('started', '?')}, finished {state.get('finished', 'not yet')}.", "",
-             "Command (on this repository, 2 cores):", "", "```bash", command, "python scripts/mutate.py --report", "```", "",
+             "Command (on this repository, 2 cores):", "", "```bash", command, report_command, "```", "",
              "Each mutant is one planted bug; the fast tests that run its line (from a coverage map of the suite) must fail. "
              "Kill rate = killed / (mutants - equivalent). A survivor is equivalent only with a reason below.", "",
              "| group | mutants | killed | equivalent | survived | kill rate |", "|---|---:|---:|---:|---:|---:|"]
@@ -795,6 +795,8 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, help="run at most this many mutants (a smoke test of the harness)")
     parser.add_argument("--report", action="store_true", help=f"write {REPORT.relative_to(REPO)} from the results")
     parser.add_argument("--command", default="python scripts/mutate.py --jobs 2", help="the command quoted in the report")
+    parser.add_argument("--report-to", type=Path, default=REPORT, metavar="FILE",
+                        help=f"where --report writes (default {REPORT.relative_to(REPO)}; another file for a report of some groups)")
     args = parser.parse_args(argv)
     groups = args.groups or list(MODULES)
     unknown = [g for g in groups if g not in MODULES]
@@ -811,8 +813,9 @@ def main(argv=None) -> int:
         print(f"{total} mutants")
         return 0
     if args.report:
-        REPORT.write_text(report(groups, args.command))
-        print(f"wrote {REPORT.relative_to(REPO)}")
+        asked = "" if args.report_to == REPORT else f" {' '.join(groups)} --report-to {args.report_to}"
+        args.report_to.write_text(report(groups, args.command, f"python scripts/mutate.py --report{asked}"))
+        print(f"wrote {args.report_to}")
         return 0
     run(groups, args.jobs, args.survivors, args.limit)
     return 0

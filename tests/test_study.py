@@ -289,14 +289,14 @@ def test_verdicts_compare_each_claim_with_the_sign_of_its_interval():
     rng = np.random.default_rng(0)
     anchor_errors = np.where(rng.random(400) < 0.5, 10.0, 100.0)
 
-    def run(errors, losses=(2.0, 1.0)):
+    def run(errors, losses=(2.0, 1.5, 1.0)):
         return {"errors_km": {"test": errors, "test:mp16": errors}, "epoch_loss": list(losses)}
 
     runs = {"osv5m": {ANCHOR: {s: run(anchor_errors) for s in seeds},
                       PAPER: {s: run(np.full(400, 10.0)) for s in seeds},
                       WEIGHTED: {s: run(np.full(400, 3000.0)) for s in seeds}},
-            "mp16": {ANCHOR: {s: run(anchor_errors, (2.0, 1.0 - 0.1 * s)) for s in seeds},
-                     NO_NOISE: {s: run(anchor_errors, (2.0, 1.5)) for s in seeds}}}
+            "mp16": {ANCHOR: {s: run(anchor_errors, (2.0, 1.5, 1.0 - 0.1 * s)) for s in seeds},  # the final epoch is the third
+                     NO_NOISE: {s: run(anchor_errors, (2.0, 1.5, 1.5)) for s in seeds}}}
     rows = {(r["claim"], r["tested_on"]): r for r in verdicts(runs)}
     paper_25 = rows[("the paper's loss beats GeoCLIP at 25 km on OSV5M (+1.7)", "test")]
     assert paper_25["agreement"] == "agrees" and paper_25["lab"] == "better" and paper_25["seeds"] == 3
@@ -314,6 +314,12 @@ def test_verdicts_compare_each_claim_with_the_sign_of_its_interval():
     first = rows[("… and faster convergence (loss after the first epoch)", "test")]
     assert first["difference"]["mean"] == 0.0 and first["agreement"] == "cannot tell"
     assert not any(r["method"] == "hcl_debiased (thesis Weighted2)" for r in rows.values())  # arms not run are left out
+    # A small gain whose interval still excludes 0 (the paper right on 4 more photos of 400: +1 point) agrees.
+    small = np.where(np.arange(400) < 4, 10.0, anchor_errors)
+    small_runs = {"osv5m": {ANCHOR: {s: run(np.where(np.arange(400) < 4, 100.0, anchor_errors)) for s in seeds},
+                            PAPER: {s: run(small) for s in seeds}}}
+    small_25 = next(r for r in verdicts(small_runs) if r["measure"] == "acc_25km" and r["method"] == PAPER)
+    assert 0 < small_25["difference"]["low"] < 1 and small_25["agreement"] == "agrees"
 
 
 def test_a_study_under_way_is_summarised_on_its_finished_runs_without_training(tmp_path, tiny_worlds, capsys):
@@ -426,6 +432,7 @@ def test_a_worker_trains_its_run_on_the_threads_it_is_given(tmp_path, tiny_world
     variogram = tmp_path / "variogram.json"
     store_variogram(FeatureStore(tiny_worlds["mp16"] / "train")).save(variogram)
     threads = torch.get_num_threads()
+    torch.set_num_threads(2)
     try:
         key = _train_in_worker(1, tiny_worlds["mp16"], {"test": tiny_worlds["mp16"] / "test"}, tmp_path / "runs", "k1",
                                ["loss.name=infonce"], 0, 1, variogram)
@@ -462,7 +469,7 @@ def synthetic_runs(rng, arms, photos=400):
     for k, arm in enumerate(arms):
         runs[arm.name] = {}
         for seed in arm.seeds:
-            errors = {name: rng.exponential(300 + 40 * k, photos) for name in ("val", "test")}
+            errors = {name: rng.exponential(300 + 40 * k, photos) for name in ("val", "test", "test:osv5m")}
             sets = {name: {"accuracy": distance_summary(e)["accuracy"], "median_km": float(np.median(e)), "geoscore": geoscore(e)}
                     for name, e in errors.items()}
             runs[arm.name][seed] = {"errors_km": errors, "sets": sets, "commit": "c0ffee", "epoch_loss": [2.0, 1.5]}
@@ -476,6 +483,7 @@ def test_a_summary_pairs_every_loss_with_infonce_and_the_paper_and_prints_it():
     arms = [Arm("losses", ANCHOR, [], [0, 1]), Arm("losses", PAPER, [], [0, 1]), Arm("beyond", HAVERSINE, [], [0, 1]),
             Arm("losses", "hcl_weighted (thesis Weighted)", [], [1]), Arm("ablation", "hard up only", [], [0, 1]),
             Arm("sweep-theta", "theta1=100, theta2=1", [], [0], {"theta1": 100.0, "theta2": 1.0}),
+            Arm("sweep-theta", "theta1=1000, theta2=1", [], [1], {"theta1": 1000.0, "theta2": 1.0}),
             Arm("sweep-theta", "theta1=500, theta2=1", [], [7], {"theta1": 500.0, "theta2": 1.0})]  # no seed shared
     runs = synthetic_runs(np.random.default_rng(0), arms)
     summary = summarize(arms, runs, ANCHOR)
@@ -499,10 +507,71 @@ def test_a_summary_pairs_every_loss_with_infonce_and_the_paper_and_prints_it():
               "verdicts": [], "results": {"mp16": summary},
               "worlds": {"mp16": {"fingerprint": "f" * 64, "variogram": {"model": "stable", "nugget": 0.1, "psill": 0.2, "range_km": 900.0}}}}
     text = study_markdown(record)
-    assert "**A study under way**: 11 of its 12 runs" in text and "Sweep point chosen on the validation photos" in text
-    against_paper = text.split("Paired differences against semivariogram (paper)")[1]
+    assert "**A study under way**: 11 of its 12 runs" in text and "among the 2 sweep points with finished runs" in text
+    assert "## Trained on mp16\n\nWorld fingerprint ffffffffffffffff. Variogram (frozen fit on the training features): stable, " \
+           "nugget 0.100, partial sill 0.200, range 900 km." in text
+    assert "### Tested on mp16 (its own test photos)" in text and "### Tested on osv5m (the other dataset)" in text
+    assert "## What the paper" not in text and "under way" not in study_markdown(record | {"runs_finished": 12})
+    verdict = {"finding": "1", "claim": "a claim", "source": "paper", "trained_on": "mp16", "tested_on": "test:osv5m",
+               "measure": "acc_25km", "difference": {"mean": 1.0, "low": 0.5, "high": 1.5}, "seeds": 2, "lab": "better",
+               "agreement": "agrees"}
+    assert ("## What the paper and the thesis report, and what the lab finds\n\n| # |" in study_markdown(record | {"verdicts": [verdict]})
+            and "| 1 | a claim (paper) | mp16 → osv5m | +1.00 [+0.50, +1.50] * pts, 2 | better | agrees |" in study_markdown(record | {"verdicts": [verdict]}))
+    against_paper = text.split("Paired differences against semivariogram (paper)")[1].split("###")[0]
     assert f"| {HAVERSINE} | 2 | {_cell(rows[HAVERSINE]['vs_paper']['acc_1km'])} |" in against_paper
     assert "hard up only" not in against_paper
+    tables = markdown_tables(text)
+    assert len(tables) == 2 * 3  # accuracy, against InfoNCE, against the paper; on each test set (validation is for choosing)
+    for table in tables:  # a well-formed table: a header, its separator, at least one row, as many cells in each
+        assert len(table) >= 3 and set(table[1].replace("|", "").replace(":", "")) == {"-"}
+        assert len({line.count("|") for line in table}) == 1
+    accuracy = tables[0]
+    anchor = rows[ANCHOR]
+    assert (f"| {ANCHOR} | 2 | " + " | ".join(f"{anchor['accuracy_mean'][str(t)]:.2f} ± {anchor['accuracy_std'][str(t)]:.2f}"
+                                                for t in (1, 25, 200, 750, 2500))
+            + f" | {anchor['median_km']:.1f} | {anchor['geoscore']:.0f} |") in accuracy
+    assert len(accuracy) == 2 + len(arms)
+
+
+def test_a_table_of_differences_is_printed_with_one_row_and_left_out_with_none():
+    from geovario.lab.study import _tables, summarize
+
+    arms = [Arm("losses", ANCHOR, [], [0]), Arm("losses", PAPER, [], [0]), Arm("beyond", HAVERSINE, [], [0])]
+    runs = synthetic_runs(np.random.default_rng(1), arms)
+    one = _tables(summarize(arms, runs, ANCHOR)["test"], ANCHOR)
+    assert "against semivariogram (paper)" in one and len(markdown_tables(one)) == 3 and len(markdown_tables(one)[2]) == 3
+    none = _tables(summarize(arms[:2], runs, ANCHOR)["test"], ANCHOR)
+    assert "against semivariogram (paper)" not in none and len(markdown_tables(none)) == 2
+
+
+def markdown_tables(text: str) -> list[list[str]]:
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def test_a_training_loss_difference_over_seeds():
+    """The paired difference of the loss at one epoch: its mean, and a bootstrap over seeds whose 95 % interval holds
+    an outlying first seed's pull (resampling draws every seed) and lies 1.96 sd from a normal mean."""
+    from geovario.lab.study import _loss_difference
+
+    def runs(losses):
+        return {seed: {"epoch_loss": [9.0, value]} for seed, value in enumerate(losses)}
+
+    rng = np.random.default_rng(0)
+    outlier = _loss_difference(runs([100.0] + [0.0] * 19), runs([0.0] * 20), list(range(20)), 1, rng)
+    assert outlier["mean"] == pytest.approx(5.0) and outlier["low"] == 0.0 and outlier["high"] >= 10.0
+    values = rng.normal(0, 1, 400)
+    spread = _loss_difference(runs(list(values)), runs([0.0] * 400), list(range(400)), 1, rng)
+    sd = values.std() / np.sqrt(400)
+    assert spread["mean"] == pytest.approx(values.mean())
+    assert (spread["mean"] - spread["low"]) / sd == pytest.approx(1.96, abs=0.12)  # the 5th percentile would be 1.64 sd away
+    assert (spread["high"] - spread["mean"]) / sd == pytest.approx(1.96, abs=0.12)
 
 
 def test_an_interval_is_marked_when_it_excludes_zero():
@@ -524,3 +593,13 @@ def test_the_sweep_point_chosen_on_validation_skips_points_without_a_shared_seed
             {"group": "sweep-s2", "name": "d", "vs_anchor": {"acc_25km": {"mean": 2.0}}}]
     assert chosen_on_validation(rows) == "c"  # the best, the first of equals; never a loss arm, never one without pairs
     assert chosen_on_validation(rows[:1]) is None
+
+
+def test_a_study_under_way_pairs_each_arm_on_the_seeds_the_anchor_has_finished():
+    from geovario.lab.study import _finished_seeds
+
+    arms = [Arm("losses", ANCHOR, [], [0, 1, 2, 3]), Arm("losses", PAPER, [], [0, 1, 2]), Arm("losses", "other", [], [0, 1]),
+            Arm("losses", "only seed 1", [], [1])]
+    done = {ANCHOR: {0, 2, 3}, PAPER: {0, 1, 2}, "other": {0, 1}, "only seed 1": {1}}
+    kept = _finished_seeds(arms, lambda arm, seed: seed in done[arm.name])
+    assert [(a.name, a.seeds) for a in kept] == [(ANCHOR, [0, 2, 3]), (PAPER, [0, 2]), ("other", [0])]  # "only seed 1": none left

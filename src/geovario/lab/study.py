@@ -71,10 +71,12 @@ class Arm:
 
 
 def plan(seeds: int = POWER_SEEDS, other_seeds: int = OTHER_SEEDS, gallery_seeds: int = GALLERY_SEEDS, sweep_seeds: int = SWEEP_SEEDS,
-         train_rows: int = 50_000) -> list[Arm]:
-    """Every arm of the study; ``train_rows``, the training set's size (the default world's), sets the refit arm's
-    cadence to once an epoch."""
-    steps_per_epoch = train_rows // LAB_BATCH_SIZE
+         train_rows: int | None = None) -> list[Arm]:
+    """Every arm of the study; ``train_rows``, the training set's size (default: the presets' worlds'), sets the refit
+    arm's cadence to once an epoch."""
+    from geovario.lab.world import preset
+
+    steps_per_epoch = (preset("mp16").n_train if train_rows is None else train_rows) // LAB_BATCH_SIZE
     power, other, few, sweep = (list(range(n)) for n in (seeds, other_seeds, gallery_seeds, sweep_seeds))
     arms = [
         Arm("losses", ANCHOR, ["loss.name=infonce"], power),
