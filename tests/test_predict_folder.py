@@ -168,3 +168,30 @@ def test_the_command_reports_the_error_against_a_photos_exif_gps(tiny_model_dir,
     assert entry["error_km"] == pytest.approx(haversine_km(truth[0], truth[1], best["lat"], best["lon"]))
     code, out, _ = run(capsys, "predict", "--model", tiny_model_dir, "--backbone", tiny_clip_dir, "--image", photo)
     assert f"the best place is {entry['error_km']:,.1f} km away" in out
+
+
+def test_a_heatmap_draws_each_inputs_probability_over_the_gallery(tiny_model_dir, tiny_clip_dir, fixtures_dir, tmp_path, capsys,
+                                                               monkeypatch):
+    from geovario import maps
+
+    drawn = []
+    original = maps.probability_map
+    monkeypatch.setattr(maps, "probability_map", lambda *a, **k: drawn.append((a, original(*a, **k))) or drawn[-1][1])
+    photos = [fixtures_dir / "exif-gps" / "DSCN0010.jpg", tmp_path / "notes.txt", fixtures_dir / "exif-gps" / "DSCN0012.jpg"]
+    photos[1].write_text("not a photo")
+    code, out, _ = run(capsys, "predict", "--model", tiny_model_dir, "--backbone", tiny_clip_dir, "--image", *photos, "--top-k", 2,
+                       "--heatmap", tmp_path / "map.png", "--json")
+    entries = json.loads(out)
+    assert code == 1 and [e.get("heatmap") for e in entries] == [str(tmp_path / "map-1.png"), None, str(tmp_path / "map-3.png")]
+    assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in ("map-1.png", "map-3.png"))
+    predictor = Predictor(tiny_model_dir, progress=False)
+    features = predictor.encode_images([str(photos[0])], str(tiny_clip_dir))[0]
+    prob = predictor.probabilities(predictor.encode_queries(features[None]))[0]
+    (gallery, drawn_prob, places, path, truth, title), result = drawn[0][0], drawn[0][1]
+    assert np.allclose(drawn_prob, prob, rtol=1e-4) and path == tmp_path / "map-1.png" and title == str(photos[0])
+    assert truth == pytest.approx(tuple(entries[0]["exif"].values()))
+    assert result["marked"] == [(p["lon"], p["lat"]) for p in entries[0]["predictions"]]
+    order = np.argsort(prob, kind="stable")  # the most probable on top, coloured by log10 probability
+    assert np.allclose(result["points"], predictor.gallery[order][:, ::-1])
+    assert np.allclose(result["values"], np.maximum(np.log10(prob[order]), np.log10(prob.max()) - maps.DECADES), rtol=1e-4)
+    assert result["coastlines"] > 100  # Natural Earth's 1:110m land outline

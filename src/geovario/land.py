@@ -33,11 +33,16 @@ def _rings(topology: dict) -> list[np.ndarray]:
 
 
 @functools.lru_cache(maxsize=1)
+def coastlines() -> tuple[np.ndarray, ...]:
+    """The outline's rings as (n, 2) lon/lat arrays, longitudes continuous (a ring may run past ±180)."""
+    return tuple(_rings(json.loads((files("geovario") / OUTLINE).read_text())))
+
+
+@functools.lru_cache(maxsize=1)
 def _paths():
     from matplotlib.path import Path
 
-    topology = json.loads((files("geovario") / OUTLINE).read_text())
-    return [Path(ring) for ring in _rings(topology)]
+    return [Path(ring) for ring in coastlines()]
 
 
 def on_land(latlon) -> np.ndarray:

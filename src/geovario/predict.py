@@ -155,6 +155,20 @@ class Predictor:
                     results[position] = predictions
         return results
 
+    def encode_images(self, images, backbone: str | None = None, batch_size: int = 32, workers: int = 0) -> list[np.ndarray | str]:
+        """Each image's backbone features in order, or (a string) why it could not be read; all in memory (the
+        heatmap's path; ``predict_images`` streams instead)."""
+        from geovario.image_batches import image_features
+
+        found: list[np.ndarray | str] = [""] * len(images)
+        source = _LazyBackbone(self, backbone) if workers == 0 else self.backbone(backbone)
+        for batch, features in image_features(images, source, batch_size, workers):
+            for position, why in batch["failed"]:
+                found[position] = why
+            for position, row in zip(batch["kept"], features):
+                found[position] = row
+        return found
+
     def _check_top_k(self, top_k: int) -> None:
         if not 1 <= top_k <= len(self.gallery):
             raise ParameterError("top_k", f"must be between 1 and the gallery size {len(self.gallery)}, got {top_k}")

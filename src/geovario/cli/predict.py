@@ -59,6 +59,9 @@ def register(commands) -> None:
     predict.add_argument("--resume", action="store_true", help="with --out: continue a folder prediction that was cut short")
     predict.add_argument("--regions", action="store_true",
                          help="with --out .geojson or .kml: add each photo's confidence circle (radius_km) as a polygon")
+    predict.add_argument("--heatmap", type=Path, metavar="FILE.png",
+                         help="draw each input's probability over the gallery on a world map (several inputs: FILE-1.png, "
+                              "FILE-2.png, ...)")
     predict.add_argument("--json", action="store_true",
                          help='print JSON: [{"input": ..., "predictions": [{"lat", "lon", "prob", "within_km", "radius_km", '
                               '"level"[, "place"]}, ...][, "exif", "error_km" for photos]}, ...]')
@@ -114,6 +117,8 @@ def _pool_km(text: str) -> float | None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from geovario.data.feature_arrays import load_features_file
     from geovario.predict import Predictor
 
@@ -144,13 +149,24 @@ def run_predict(args: argparse.Namespace) -> int:
         images = [found for path in args.image for found in (list_images(path) if path.is_dir() else [path])]
         workers = args.workers if args.workers is not None else (0 if len(images) <= args.batch_size else available_cores())
         inputs = [str(path) for path in images]
-        results = predictor.predict_images(images, args.top_k, args.backbone, args.batch_size, workers, args.pool_km, args.level)
+        if args.heatmap is None:
+            results = predictor.predict_images(images, args.top_k, args.backbone, args.batch_size, workers, args.pool_km, args.level)
+        else:  # the features are kept for the maps
+            encoded = predictor.encode_images(images, args.backbone, args.batch_size, workers)
+            rows = [row for row in encoded if not isinstance(row, str)]
+            found = iter(predictor.predict_features(np.stack(rows), args.top_k, args.pool_km, args.level) if rows else [])
+            results = [row if isinstance(row, str) else next(found) for row in encoded]
+            features = np.stack([row if not isinstance(row, str) else np.zeros(predictor.feature_dim, np.float32) for row in encoded])
     if args.image is not None:
         from geovario.predict_folder import image_record
 
         entries = [image_record(Path(name), result) for name, result in zip(inputs, results)]
     else:
         entries = [{"input": name, "predictions": [p.to_dict() for p in result]} for name, result in zip(inputs, results)]
+    if args.heatmap is not None:
+        if args.text is not None:
+            features = predictor.text_tower(args.backbone).encode_texts(args.text)
+        _draw_heatmaps(predictor, features, results, entries, args.heatmap)
     if args.places:
         _add_places(entries)
     print(json.dumps(entries, indent=1) if args.json else _format_table(entries))
@@ -187,6 +203,20 @@ def _predict_folder_to_file(args: argparse.Namespace) -> int:
     return 1 if done.failed else 0
 
 
+def _draw_heatmaps(predictor, features, results, entries, out: Path) -> None:
+    import numpy as np
+
+    from geovario import maps
+
+    drawn = [i for i, result in enumerate(results) if not isinstance(result, str)]
+    for i in drawn:
+        prob = predictor.probabilities(predictor.encode_queries(np.asarray(features[i : i + 1], np.float32), i))[0]
+        path = out if len(results) == 1 else out.with_name(f"{out.stem}-{i + 1}{out.suffix or '.png'}")
+        exif = entries[i].get("exif")
+        maps.probability_map(predictor.gallery, prob, results[i], path, (exif["lat"], exif["lon"]) if exif else None, entries[i]["input"])
+        entries[i]["heatmap"] = str(path)
+
+
 def _add_places(entries: list[dict]) -> None:
     from geovario.places import place_names
 
@@ -212,6 +242,8 @@ def _format_table(entries: list[dict]) -> str:
                 line += (f"  open water ({place['distance_km']:,.0f} km from {name})" if place["open_water"]
                          else f"  {name} ({place['distance_km']:,.1f} km away)")
             lines.append(line)
+        if entry.get("heatmap"):
+            lines.append(f"  map: {entry['heatmap']}")
         if entry.get("error_km") is not None:
             lines.append(f"  EXIF GPS {entry['exif']['lat']:.5f}, {entry['exif']['lon']:.5f}: the best place is {entry['error_km']:,.1f} km away")
     return "\n".join(lines)

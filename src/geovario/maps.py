@@ -1,0 +1,64 @@
+"""A prediction on the world map: every gallery point coloured by its probability (log scale, the most probable
+drawn on top), Natural Earth's 1:110m coastlines (the outline the page bundles), the best places numbered, and the
+photo's EXIF position where known. ``predict --heatmap`` draws one per input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+DECADES = 4  # the colour scale spans this many powers of ten below the most probable point
+
+
+def draw_coastlines(ax, color: str = "0.55", linewidth: float = 0.5) -> int:
+    """Natural Earth's land outline on lon/lat axes, repeated at ±360° for rings that cross the antimeridian;
+    returns the number of rings drawn."""
+    from geovario.land import coastlines
+
+    rings = coastlines()
+    for ring in rings:
+        for shift in (-360.0, 0.0, 360.0):
+            ax.plot(ring[:, 0] + shift, ring[:, 1], color=color, linewidth=linewidth, zorder=1)
+    return len(rings)
+
+
+def probability_map(gallery_latlon: np.ndarray, prob: np.ndarray, places: list, out: str | Path,
+                    truth: tuple[float, float] | None = None, title: str = "") -> dict:
+    """Draw and save the map; returns what was drawn (the points in drawing order with their log10 probabilities,
+    the marked places, the number of coastline rings)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from geovario.atomic import save_figure
+
+    gallery = np.asarray(gallery_latlon, dtype=np.float64)
+    prob = np.asarray(prob, dtype=np.float64)
+    order = np.argsort(prob, kind="stable")  # the most probable last, on top
+    top = np.log10(max(float(prob.max()), 1e-300))
+    values = np.log10(np.maximum(prob[order], 10.0 ** (top - DECADES)))
+    fig, ax = plt.subplots(figsize=(11, 5.8))
+    rings = draw_coastlines(ax)
+    dots = ax.scatter(gallery[order, 1], gallery[order, 0], c=values, s=5, cmap="magma_r", vmin=top - DECADES, vmax=top, zorder=2,
+                      linewidths=0)
+    fig.colorbar(dots, ax=ax, shrink=0.8, label="log10 probability of the gallery point")
+    marked = []
+    for rank, place in enumerate(places, 1):
+        ax.plot(place.lon, place.lat, marker="*", markersize=14, color="tab:cyan", markeredgecolor="black", zorder=4)
+        ax.annotate(f"{rank}: {place.prob:.2f}", (place.lon, place.lat), xytext=(6, 6), textcoords="offset points", fontsize=9, zorder=5)
+        marked.append((place.lon, place.lat))
+    if truth is not None:
+        ax.plot(truth[1], truth[0], marker="X", markersize=11, color="limegreen", markeredgecolor="black", zorder=4, label="EXIF GPS")
+        ax.legend(loc="lower left", fontsize=8)
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(-90, 90)
+    ax.set_aspect("equal")
+    ax.set_xlabel("longitude")
+    ax.set_ylabel("latitude")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, Path(out), dpi=130)
+    plt.close(fig)
+    return {"points": gallery[order][:, ::-1], "values": values, "marked": marked, "coastlines": rings}
