@@ -38,7 +38,10 @@ def register(commands) -> None:
                      "3 x 1024 hidden layers) can be exported."),
     )
     export.add_argument("--model", required=True, type=Path, help="geovario model directory")
-    export.add_argument("--out", required=True, type=Path, help="folder to write the four files into (created if needed)")
+    export.add_argument("--out", required=True, type=Path, help="folder to write the files into (created if needed)")
+    export.add_argument("--layout", choices=("release", "hub"), default="release",
+                        help="release: GeoCLIP 1.3.0's .pth files (default); hub: its newer config.json + model.safetensors "
+                             "+ gallery CSV, loaded by GeoCLIP.from_pretrained(DIR)")
     export.set_defaults(run=run_export_geoclip)
 
     rehash = weights_of.add_parser(
@@ -65,8 +68,13 @@ def run_geoclip(args: argparse.Namespace) -> int:
 
 
 def run_export_geoclip(args: argparse.Namespace) -> int:
-    from geovario.interop.geoclip import export_geoclip
+    from geovario.interop.geoclip import export_geoclip, export_geoclip_hub
 
+    if args.layout == "hub":
+        out = export_geoclip_hub(args.model, args.out)
+        print(f"wrote GeoCLIP's hub layout to {out}: config.json, model.safetensors, coordinates_100K.csv "
+              f"(load it with GeoCLIP.from_pretrained({str(out)!r}))")
+        return 0
     out = export_geoclip(args.model, args.out)
     print(f"wrote GeoCLIP 1.3.0 files to {out}: location_encoder_weights.pth, image_encoder_mlp_weights.pth, "
           "logit_scale_weights.pth, coordinates_100K.csv")

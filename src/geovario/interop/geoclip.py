@@ -12,6 +12,7 @@ import importlib
 import importlib.machinery
 import importlib.util
 import io
+import json
 import subprocess
 import sys
 import tempfile
@@ -24,8 +25,8 @@ import torch
 from geovario.errors import GeovarioError
 from geovario.hashing import sha256_bytes
 from geovario.model import GeoLocModel, ModelConfig
-from geovario.atomic import atomic_write_bytes, output_dir
-from geovario.modeldir import DEFAULT_BACKBONE, GALLERY_FILE, read_gallery, save_model_dir
+from geovario.atomic import atomic_path, atomic_write_bytes, output_dir
+from geovario.modeldir import DEFAULT_BACKBONE, GALLERY_FILE, read_gallery, save_model_dir, write_gallery_csv
 
 GEOCLIP_VERSION = "1.3.0"
 
@@ -219,13 +220,9 @@ def geoclip_incompatibility(config: ModelConfig) -> str | None:
     return None
 
 
-def export_geoclip(model_dir: str | Path, out: str | Path) -> Path:
-    """Write a geovario model as GeoCLIP 1.3.0's release files: three ``.pth`` state dicts and the gallery CSV.
-
-    GeoCLIP loads them with ``weights_only=True``; its gallery file is ``coordinates_100K.csv`` with a
-    ``LAT,LON`` header, whatever the number of rows.
-    """
-    from geovario.modeldir import load_model_dir, write_gallery_csv
+def _exportable(model_dir: str | Path):
+    """The loaded model directory, refused in one line unless GeoCLIP's modules can hold it, with a gallery."""
+    from geovario.modeldir import load_model_dir
 
     loaded = load_model_dir(model_dir)
     problem = geoclip_incompatibility(loaded.model.config)
@@ -233,6 +230,16 @@ def export_geoclip(model_dir: str | Path, out: str | Path) -> Path:
         raise GeovarioError(f"{model_dir}: cannot be exported to GeoCLIP: {problem}")
     if loaded.gallery_path is None:
         raise GeovarioError(f"{model_dir}: has no gallery; GeoCLIP needs one (coordinates_100K.csv)")
+    return loaded
+
+
+def export_geoclip(model_dir: str | Path, out: str | Path) -> Path:
+    """Write a geovario model as GeoCLIP 1.3.0's release files: three ``.pth`` state dicts and the gallery CSV.
+
+    GeoCLIP loads them with ``weights_only=True``; its gallery file is ``coordinates_100K.csv`` with a
+    ``LAT,LON`` header, whatever the number of rows.
+    """
+    loaded = _exportable(model_dir)
     out = Path(out)
     output_dir(out)
     location, image_mlp, logit_scale = geoclip_state_dicts(loaded.model)
@@ -246,6 +253,34 @@ def export_geoclip(model_dir: str | Path, out: str | Path) -> Path:
         atomic_write_bytes(out / "coordinates_100K.csv", gallery)
     else:
         write_gallery_csv(out / "coordinates_100K.csv", read_gallery(loaded.gallery_path))
+    return out
+
+
+HUB_MODEL_TYPE = "geoclip-geolocation"  # GeoCLIP 1.3.0's geoclip/model/_hub.py read_release: config.json's model_type
+HUB_BACKBONE = "openai/clip-vit-large-patch14"
+
+
+def export_geoclip_hub(model_dir: str | Path, out: str | Path, backbone_revision: str = "main") -> Path:
+    """Write a geovario model in GeoCLIP's newer hub layout, which ``GeoCLIP.from_pretrained(out)`` loads:
+    ``config.json`` (model_type, format_version 1, the RFF sigmas, the gallery file, the CLIP backbone's hub id and
+    revision), ``model.safetensors`` (``logit_scale``, ``location_encoder.*``, ``image_encoder.mlp.*``, the keys
+    of GeoCLIP's own modules) and the gallery CSV. The backbone is the model's when it is a hub id, else CLIP
+    ViT-L/14's (GeoCLIP fetches it from the hub by that id)."""
+    from safetensors.torch import save_file
+
+    loaded = _exportable(model_dir)
+    out = output_dir(Path(out))
+    location, image_mlp, logit_scale = geoclip_state_dicts(loaded.model)
+    tensors = {"logit_scale": logit_scale, **{f"location_encoder.{k}": v for k, v in location.items()},
+               **{f"image_encoder.mlp.{k}": v for k, v in image_mlp.items()}}
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    write_gallery_csv(out / "coordinates_100K.csv", read_gallery(loaded.gallery_path))
+    name = str(loaded.backbone or "")
+    repo_id = name if name.count("/") == 1 and not Path(name).exists() else HUB_BACKBONE
+    config = {"model_type": HUB_MODEL_TYPE, "format_version": 1, "sigma": [float(s) for s in loaded.model.config.sigmas],
+              "gallery_file": "coordinates_100K.csv", "backbone": {"repo_id": repo_id, "revision": backbone_revision}}
+    atomic_write_bytes(out / "config.json", (json.dumps(config, indent=1) + "\n").encode())
     return out
 
 
