@@ -30,12 +30,12 @@ def test_a_hand_case_pools_a_city_and_measures_its_reach():
 
 
 def brute_force_places(gallery, prob, k, pool_km, level, candidates=64):
-    """Peaks in order of probability (equal ones by index) among the first m = max(candidates, 16 k) points, then m at
+    """Peaks in order of probability (equal ones by index) among the first m = max(candidates, 8 k) points, then m at
     a time until k places exist, each claiming the unclaimed points within pool_km (none but itself at pool_km None);
     the k largest masses; the radius rounded up to the km."""
     distance = haversine_distances(np.radians(gallery)) * EARTH_RADIUS_KM
     order = sorted(range(len(prob)), key=lambda i: (-prob[i], i))
-    m = max(candidates, 16 * k)
+    m = max(candidates, 8 * k)
     claimed = np.zeros(len(prob), bool)
     found = []
 

@@ -26,8 +26,8 @@ import numpy as np
 from geovario.confidence_defaults import LEVEL, POOL_KM, WITHIN_KM
 from geovario.geo import EARTH_RADIUS_KM
 
-# The most probable gallery points that may be a place's peak (16 per place asked for, when more): a place whose
-# points are all less probable than these is not looked for.
+# The most probable gallery points that may be a place's peak (8 per place asked for, when more): a place whose
+# points are all less probable than these is not looked for, unless fewer than k places were found among them.
 PEAK_CANDIDATES = 64
 
 
@@ -63,7 +63,7 @@ class GalleryPlaces:
                within_km: tuple[int, ...] = WITHIN_KM) -> list[Prediction]:
         """The ``k`` most probable distinct places of one (N,) probability vector over the gallery, the largest
         mass first; fewer only where the gallery holds fewer. Peaks are the most probable unclaimed points (equal ones
-        by gallery index): the first m = max(PEAK_CANDIDATES, 16 k) of them, and beyond those, m at a time, only until
+        by gallery index): the first m = max(PEAK_CANDIDATES, 8 k) of them, and beyond those, m at a time, only until
         k places exist. ``pool_km=None`` pools nothing: each gallery point is a place of its own (GeoCLIP's top-k).
         A place's ``within_km`` counts every gallery point that near, those pooled into a more probable place too."""
         prob = np.asarray(prob, dtype=np.float64)
@@ -73,7 +73,7 @@ class GalleryPlaces:
             raise ValueError(f"level must lie in (0, 1], got {level}")
         if pool_km is not None and not pool_km >= 0:
             raise ValueError(f"pool_km must not be negative, got {pool_km}")
-        m = max(PEAK_CANDIDATES, 16 * k)
+        m = max(PEAK_CANDIDATES, 8 * k)
         claimed = np.zeros(len(prob), dtype=bool)
         found = self._claim(self._most_probable(prob, m), prob, claimed, pool_km, level)
         if len(found) < k and not claimed.all():
@@ -105,11 +105,13 @@ class GalleryPlaces:
         for peak, members in zip(candidates, neighbourhoods):
             if claimed[peak]:
                 continue
-            members = np.union1d(members, [peak])  # at radius 0 the tree may miss the point itself by rounding
             members = members[~claimed[members]]
             claimed[members] = True
-            found.append(Prediction(float(self.latlon[peak, 0]), float(self.latlon[peak, 1]), float(prob[members].sum()),
-                                    int(peak), level=level))
+            mass = float(prob[members].sum())
+            if not claimed[peak]:  # at radius 0 the tree may miss the point itself by rounding
+                claimed[peak] = True
+                mass += float(prob[peak])
+            found.append(Prediction(float(self.latlon[peak, 0]), float(self.latlon[peak, 1]), mass, int(peak), level=level))
         return found
 
     @staticmethod
@@ -125,16 +127,18 @@ class GalleryPlaces:
 
     def distances_km(self, centre: int) -> np.ndarray:
         """Great-circle distance from gallery point ``centre`` to every gallery point, from the unit vectors' dot
-        products: sin^2(angle / 2) = (1 - cos) / 2 (to about 0.1 km near 0 km, far finer beyond)."""
-        half = np.clip((1.0 - self.unit @ self.unit[centre]) / 2, 0.0, 1.0)
-        return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(half))
+        products: sin^2(angle / 2) = (1 - cos) / 2 in float64 (to about 0.1 km near 0 km, far finer beyond), its square root
+        and arcsine in float32 (to about a metre: the answers are in whole km)."""
+        half = np.clip((1.0 - self.unit @ self.unit[centre]) / 2, 0.0, 1.0).astype(np.float32)  # float32 from here: ~1 m
+        return (2 * EARTH_RADIUS_KM) * np.arcsin(np.sqrt(half)).astype(np.float64)
 
     def confidence(self, prob: np.ndarray, centre: int, level: float = LEVEL,
                    within_km: tuple[int, ...] = WITHIN_KM) -> tuple[dict[int, float], float]:
         """Around gallery point ``centre``: the mass within each of ``within_km``, and the smallest radius in whole km
         holding ``level`` of the whole mass (the distance at which the mass, gathered nearest first, reaches it,
-        rounded up to the km: a histogram of the mass by km, O(N))."""
+        rounded up to the km). One histogram of the mass by km, O(N): a point d km away lies within t km (t whole)
+        exactly when ceil(d) <= t, so the histogram's cumulative sums answer both."""
         distance = self.distances_km(centre)
-        inside = {t: float(prob[distance <= t].sum()) for t in within_km}
         gathered = np.cumsum(np.bincount(np.ceil(distance).astype(np.int64), weights=prob))  # [j]: the mass within j km
+        inside = {t: float(gathered[min(int(t), len(gathered) - 1)]) for t in within_km}
         return inside, float(np.searchsorted(gathered, level * gathered[-1]))
