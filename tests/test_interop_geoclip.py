@@ -159,14 +159,10 @@ def test_the_hub_layout_loads_with_geoclips_own_from_pretrained(tmp_path, geocli
     """export-geoclip --layout hub, read back by GeoCLIP 1.3.0's GeoCLIP.from_pretrained (its config and key checks,
     its safetensors and gallery readers). Only what needs the hub is stood in for: the CLIP backbone it downloads by
     repo id, replaced by a pass-through taking features, as in the parity test."""
-    import importlib
-    import importlib.machinery
-    import importlib.util
     import json
-    import sys
     import types
 
-    from geovario.interop.geoclip import _FeaturesPassThrough
+    from geovario.interop.geoclip import _FeaturesPassThrough, geoclip_package
     from geovario.model import GeoLocModel, ModelConfig
     from geovario.modeldir import save_model_dir
 
@@ -178,23 +174,12 @@ def test_the_hub_layout_loads_with_geoclips_own_from_pretrained(tmp_path, geocli
     assert "GeoCLIP.from_pretrained" in capsys.readouterr().out
     config = json.loads((tmp_path / "hub" / "config.json").read_text())
     assert config["backbone"]["repo_id"] == "openai/clip-vit-large-patch14" and config["sigma"] == [1.0, 16.0, 256.0]
-    root = unpack_wheel(geoclip_wheel, tmp_path / "site") / "geoclip"
-    saved = {k: v for k, v in sys.modules.items() if k == "geoclip" or k.startswith("geoclip.")}
-    try:
-        for name, path in (("geoclip", root), ("geoclip.model", root / "model")):
-            module = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(name, None, is_package=True))
-            module.__path__ = [str(path)]
-            sys.modules[name] = module
-        image_encoder = importlib.import_module("geoclip.model.image_encoder")
+    with geoclip_package(unpack_wheel(geoclip_wheel, tmp_path / "site")) as import_module:
+        image_encoder = import_module("geoclip.model.image_encoder")
         image_encoder.CLIPModel = types.SimpleNamespace(from_pretrained=lambda path: _FeaturesPassThrough())
         image_encoder.AutoProcessor = types.SimpleNamespace(from_pretrained=lambda path: None)
-        hub = importlib.import_module("geoclip.model._hub")
-        hub.download_backbone = lambda config, **options: "the CLIP backbone"
-        theirs = importlib.import_module("geoclip.model.GeoCLIP").GeoCLIP.from_pretrained(str(tmp_path / "hub"))
-    finally:
-        for key in [k for k in sys.modules if k == "geoclip" or k.startswith("geoclip.")]:
-            del sys.modules[key]
-        sys.modules.update(saved)
+        import_module("geoclip.model._hub").download_backbone = lambda config, **options: "the CLIP backbone"
+        theirs = import_module("geoclip.model.GeoCLIP").GeoCLIP.from_pretrained(str(tmp_path / "hub"))
     features = torch.from_numpy(np.random.default_rng(2).normal(size=(8, 768)).astype(np.float32))
     with torch.no_grad():
         expected = model(features, torch.from_numpy(gallery).float())

@@ -8,6 +8,7 @@ Every file is checked against the sha256 of the published release before it is u
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -294,31 +295,37 @@ class _FeaturesPassThrough(torch.nn.Module):
         return pixel_values
 
 
-def reference_geoclip(site_dir: str | Path):
-    """GeoCLIP 1.3.0's own ``GeoCLIP`` module, loaded from an unpacked wheel at ``site_dir``.
-
-    Only its image encoder's CLIP is replaced by a pass-through, so its ``forward(features, gps)``
-    is GeoCLIP's own code path from backbone features to logits. Its package ``__init__`` (which
-    pulls torchvision for training) is never run.
-    """
-    site_dir = Path(site_dir)
-    root = site_dir / "geoclip"
+@contextlib.contextmanager
+def geoclip_package(site_dir: str | Path):
+    """Import GeoCLIP 1.3.0's modules from an unpacked wheel at ``site_dir`` (yields ``importlib.import_module``)
+    without running its package ``__init__`` (which pulls torchvision for training); ``sys.modules`` is as it was
+    afterwards."""
+    root = Path(site_dir) / "geoclip"
     saved = {k: v for k, v in sys.modules.items() if k == "geoclip" or k.startswith("geoclip.")}
     try:
         for name, path in (("geoclip", root), ("geoclip.model", root / "model")):
             module = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(name, None, is_package=True))
             module.__path__ = [str(path)]
             sys.modules[name] = module
-        image_encoder = importlib.import_module("geoclip.model.image_encoder")
-        image_encoder.CLIPConfig = lambda **kwargs: None
-        image_encoder.CLIPModel = lambda config: _FeaturesPassThrough()
-        image_encoder.CLIPImageProcessor = lambda: None
-        geoclip_module = importlib.import_module("geoclip.model.GeoCLIP")
-        return geoclip_module.GeoCLIP(from_pretrained=True, clip_pretrained=False).eval()
+        yield importlib.import_module
     finally:
         for key in [k for k in sys.modules if k == "geoclip" or k.startswith("geoclip.")]:
             del sys.modules[key]
         sys.modules.update(saved)
+
+
+def reference_geoclip(site_dir: str | Path):
+    """GeoCLIP 1.3.0's own ``GeoCLIP`` module, loaded from an unpacked wheel at ``site_dir``.
+
+    Only its image encoder's CLIP is replaced by a pass-through, so its ``forward(features, gps)``
+    is GeoCLIP's own code path from backbone features to logits.
+    """
+    with geoclip_package(site_dir) as import_module:
+        image_encoder = import_module("geoclip.model.image_encoder")
+        image_encoder.CLIPConfig = lambda **kwargs: None
+        image_encoder.CLIPModel = lambda config: _FeaturesPassThrough()
+        image_encoder.CLIPImageProcessor = lambda: None
+        return import_module("geoclip.model.GeoCLIP").GeoCLIP(from_pretrained=True, clip_pretrained=False).eval()
 
 
 def unpack_wheel(wheel: str | Path, dest: str | Path) -> Path:
