@@ -136,7 +136,9 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.top_k > len(predictor.gallery):
         raise GeovarioError(f"--top-k must be between 1 and the gallery size {len(predictor.gallery)}, got {args.top_k}")
     if args.text is not None:
-        inputs, results = args.text, predictor.predict_texts(args.text, args.top_k, args.backbone, args.pool_km, args.level)
+        # Predictor.predict_texts's two steps, so that a heatmap reuses the text embeddings
+        features = predictor.text_tower(args.backbone).encode_texts(args.text)
+        inputs, results = args.text, predictor.predict_features(features, args.top_k, args.pool_km, args.level)
     elif args.features is not None:
         features = predictor.check_features(features, str(args.features))
         inputs = [f"{args.features}[{i}]" for i in range(len(features))]
@@ -164,8 +166,6 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         entries = [{"input": name, "predictions": [p.to_dict() for p in result]} for name, result in zip(inputs, results)]
     if args.heatmap is not None:
-        if args.text is not None:
-            features = predictor.text_tower(args.backbone).encode_texts(args.text)
         _draw_heatmaps(predictor, features, results, entries, args.heatmap)
     if args.places:
         _add_places(entries)
