@@ -1,10 +1,10 @@
 """How honest is the confidence, before and after `geovario calibrate`? Measured on the simulated world.
 
 Simulates the README's first-model world (with 5,000 validation and 5,000 test photos), trains the first model
-(configs/first_model.yaml), fits the temperature on the validation photos with the training positions as the
-gallery, and reports on the test photos, at temperature 1 and at the fitted one: for each within-t probability of
-the best guess its mean, how often the photo is that close, and the expected calibration error; and how often the
-90 % radius holds the photo. Targets (issue 27): coverage between 87 and 93 %, ECE of the 25 km probability at most
+(configs/first_model.yaml), fits the temperature and the Platt coefficients (`geovario calibrate`) on the validation photos with the training
+positions as the gallery, and reports on the test photos, before calibration, with the temperature alone and with
+both: for each within-t probability of the best guess its mean, how often the photo is that close, and the expected
+calibration error; and how often the 90 % radius holds the photo. Targets (issue 27): coverage between 87 and 93 %, ECE of the 25 km probability at most
 0.03, on the test photos after calibration on the validation ones.
 
     python benchmarks/confidence_calibration.py [--work DIR] [--out benchmarks/results/confidence-calibration.json]
@@ -31,7 +31,8 @@ def main() -> int:
     parser.add_argument("--photos", type=int, default=5000, help="validation and test photos each (default 5000)")
     args = parser.parse_args()
 
-    from geovario.calibration import calibrate, calibration_report
+    from geovario.calibration import best_guesses, calibrate
+    from geovario.cli.predict import calibration_table
     from geovario.config import load_config
     from geovario.data.store import FeatureStore
     from geovario.lab.study import current_commit
@@ -53,25 +54,22 @@ def main() -> int:
         predictor = Predictor(run / "best", gallery=gallery, device="cpu", progress=False)
         record = calibrate(predictor, FeatureStore(world / "val"))
         test = FeatureStore(world / "test")
-        features, truth = test.features(), np.asarray(test.gps, np.float64)
-        predictor.temperature = 1.0
-        before = calibration_report(predictor, features, truth)
+        batches = [(test.features(), np.asarray(test.gps, np.float64))]
+        predictor.temperature, predictor.platt = 1.0, None
+        before = best_guesses(predictor, batches).report(1.0)
         predictor.temperature = record["temperature"]
-        after = calibration_report(predictor, features, truth)
+        tempered = best_guesses(predictor, batches)
+        stages = {"before": before, "temperature_only": tempered.report(record["temperature"]),
+                  "after": tempered.report(record["temperature"], record["platt"])}
         seconds = time.perf_counter() - start
 
     result = {"commit": current_commit(REPO), "command": "python benchmarks/confidence_calibration.py", "photos": args.photos,
-              "temperature": record["temperature"], "validation": {"before": record["before"], "after": record["after"]},
-              "test": {"before": before, "after": after}, "seconds": round(seconds, 1),
-              "targets": {"coverage_90": [0.87, 0.93], "ece_25km": 0.03}}
+              "temperature": record["temperature"], "platt": record["platt"],
+              "validation": {k: record[k] for k in ("before", "temperature_only", "after")}, "test": stages,
+              "seconds": round(seconds, 1), "targets": {"coverage_90": [0.87, 0.93], "ece_25km": 0.03}}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"temperature {record['temperature']:.4g} (fitted on {args.photos} validation photos); test photos:")
-    print(f"  {'':>20}  {'T = 1':>24}  {'fitted':>24}")
-    for t in before["within_km"]:
-        cells = [r["within_km"][t] for r in (before, after)]
-        print(f"  P(within {int(t):>5,} km)  " + "  ".join(f"{c['forecast']:.3f} vs {c['observed']:.3f}, ECE {c['ece']:.3f}" for c in cells))
-    print("  90 % radius holds   " + "  ".join(f"{100 * r['radius']['coverage']:5.1f} % (median {r['radius']['median_km']:,.0f} km)"
-                                               for r in (before, after)))
+    print(f"temperature {record['temperature']:.4g} and Platt scaling fitted on {args.photos} validation photos; test photos:")
+    print(calibration_table([("before", stages["before"]), ("temperature", stages["temperature_only"]), ("after", stages["after"])]))
     print(f"wrote {args.out} ({seconds:.0f} s)")
     return 0
 

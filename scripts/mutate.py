@@ -63,6 +63,8 @@ MODULES = {
     "train": ["train/*.py"],
     "sim": ["lab/world.py"],
     "study": ["lab/study.py"],
+    "confidence": ["confidence.py", "calibration.py"],
+    "predict": ["predict.py", "predict_folder.py", "api.py"],
 }
 # Tests that run geovario in subprocesses (torchrun's ranks): no coverage reaches them, so they run for a group's
 # survivors only, as a second stage. They catch what only a job of several processes exercises (local_loss, DDP).
@@ -80,6 +82,9 @@ TEST_FILES = {
               "test_bad_input.py", "test_ssl.py"],
     "sim": ["test_sim.py"],
     "study": ["test_study.py"],
+    "confidence": ["test_confidence.py", "test_calibration.py", "test_api.py", "test_cli_predict.py", "test_evaluate.py"],
+    "predict": ["test_api.py", "test_predict_folder.py", "test_tta.py", "test_cli_predict.py", "test_confidence.py",
+                "test_calibration.py", "test_text_queries.py", "test_evaluate.py", "test_serve.py", "test_bad_input.py"],
 }
 
 # Calls that only report (progress bars, warnings): deleting them or changing their arguments is not a bug in a number.

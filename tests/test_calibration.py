@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from geovario.calibration import (CALIBRATION_FILE, calibrate, expected_calibration_error, fit_temperature, gallery_sha256,
-                                  read_temperature, save_calibration, within_forecasts)
+from geovario.calibration import (CALIBRATION_FILE, BestGuesses, calibrate, calibration_report, expected_calibration_error,
+                                  fit_platt, fit_temperature, gallery_sha256, platt_scaled, read_calibration, save_calibration,
+                                  within_forecasts)
 from geovario.confidence import WITHIN_KM
 from geovario.data.store import write_store
 from geovario.errors import GeovarioError
@@ -72,13 +73,31 @@ def test_calibrate_saves_a_temperature_that_the_next_predictor_uses_and_refuses_
     store = write_store(tmp_path / "val", features, truth, dtype="float32")
     record = calibrate(predictor, store)
     assert record["before"]["temperature"] == 1.0 and record["after"]["temperature"] == record["temperature"]
+    assert (record["before"]["platt"], record["temperature_only"]["platt"], record["after"]["platt"]) == (False, False, True)
     assert record["fitted_on"]["photos"] == 300 and record["fitted_on"]["fingerprint"] == store.fingerprint()
     worse = [record["before"]["within_km"][str(t)]["ece"] for t in WITHIN_KM]
     better = [record["after"]["within_km"][str(t)]["ece"] for t in WITHIN_KM]
     assert sum(better) < sum(worse)
     save_calibration(tiny_model_dir, record)
     again = Predictor(tiny_model_dir, progress=False)
-    assert again.temperature == record["temperature"]
+    assert again.temperature == record["temperature"] and again.platt == record["platt"]
+    # The saved calibration is what predictions use: a fresh predictor's report on the same photos is the record's.
+    after = calibration_report(again, store.features(), np.asarray(store.gps, np.float64))
+    for t in WITHIN_KM:
+        assert after["within_km"][str(t)] == pytest.approx(record["after"]["within_km"][str(t)], rel=1e-9)
+    assert after["radius"] == record["after"]["radius"] == record["temperature_only"]["radius"]
+    # Platt scaling moves every place's within-t probabilities, by each threshold's coefficients, and nothing else.
+    raw = Predictor(tiny_model_dir, progress=False)
+    raw.platt = None
+    for scaled, plain in zip(again.predict_features(features[:5], top_k=3), raw.predict_features(features[:5], top_k=3)):
+        for a, b in zip(scaled, plain):
+            assert (a.lat, a.lon, a.prob, a.radius_km) == (b.lat, b.lon, b.prob, b.radius_km)
+            by_hand = []
+            for t in WITHIN_KM:
+                slope, intercept = record["platt"][str(t)]
+                p = min(max(b.within_km[t], 1e-6), 1 - 1e-6)
+                by_hand.append(max(by_hand + [1 / (1 + (p / (1 - p)) ** -slope * np.exp(-intercept))]))
+            assert [a.within_km[t] for t in WITHIN_KM] == pytest.approx(by_hand, rel=1e-9)
     from geovario.evaluate import predict_source  # evaluation reports the calibrated top-1 probability
 
     frame = predict_source(again, store, top_k=1, progress=False)
@@ -89,13 +108,21 @@ def test_calibrate_saves_a_temperature_that_the_next_predictor_uses_and_refuses_
         other = Predictor(tiny_model_dir, gallery=predictor.gallery[:100], progress=False)
     assert other.temperature == 1.0
     # For other weights, or with a temperature that is no positive number, calibration.json is refused by name.
-    assert read_temperature(tiny_model_dir, record["weights_sha256"], predictor.gallery) == (record["temperature"], None)
+    assert read_calibration(tiny_model_dir, record["weights_sha256"], predictor.gallery) == (record["temperature"], record["platt"], None)
     with pytest.raises(GeovarioError, match=f"{CALIBRATION_FILE}: fitted for other weights"):
-        read_temperature(tiny_model_dir, "0" * 64, predictor.gallery)
-    for bad in (0.0, -1.0, "hot", None):
+        read_calibration(tiny_model_dir, "0" * 64, predictor.gallery)
+    for bad in (0.0, -1.0, "hot", None, True, float("nan")):
         (tiny_model_dir / CALIBRATION_FILE).write_text(json.dumps(record | {"temperature": bad}))
         with pytest.raises(GeovarioError, match="temperature must be a positive number"):
             Predictor(tiny_model_dir, progress=False)
+    good = record["platt"]
+    for bad in ({k: v for k, v in good.items() if k != "25"}, good | {"25": [1.0]}, good | {"25": [1.0, float("nan")]},
+                good | {"25": [True, 0.0]}, good | {"25": "steep"}, [1.0, 0.0]):
+        (tiny_model_dir / CALIBRATION_FILE).write_text(json.dumps(record | {"platt": bad}))
+        with pytest.raises(GeovarioError, match="platt must map each of 25, 200, 750, 2500 km to two finite numbers"):
+            Predictor(tiny_model_dir, progress=False)
+    (tiny_model_dir / CALIBRATION_FILE).write_text(json.dumps(record | {"platt": None}))  # a temperature alone is valid
+    assert Predictor(tiny_model_dir, progress=False).platt is None
     assert gallery_sha256(predictor.gallery) != gallery_sha256(predictor.gallery[:100])
 
 
@@ -118,3 +145,88 @@ def test_the_calibrate_command_saves_and_prints_its_record_and_refuses_a_store_o
     assert main(["calibrate", "--model", str(tiny_model_dir), "--store", str(tmp_path / "wide")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "wide: 16-d features, but the model expects 32-d" in err
+
+
+def test_platt_coefficients_drawn_into_outcomes_are_recovered():
+    """Outcomes drawn at sigmoid(a * logit(p) + b) with known a and b per threshold: the fit finds them."""
+    rng = np.random.default_rng(4)
+    truth = {25: (1.7, -0.4), 200: (0.6, 0.3), 750: (1.0, 0.0), 2500: (2.2, 0.8)}
+    forecasts = rng.uniform(0.01, 0.99, size=(20_000, len(WITHIN_KM)))
+    logit = np.log(forecasts / (1 - forecasts))
+    outcomes = np.stack([rng.random(len(forecasts)) < 1 / (1 + np.exp(-(a * logit[:, k] + b))) for k, (a, b) in enumerate(truth.values())], 1)
+    fitted = fit_platt(forecasts, outcomes)
+    for t, (a, b) in truth.items():
+        assert fitted[str(t)] == pytest.approx([a, b], abs=0.1)
+    # A threshold every photo met (or none did) has nothing to fit: its forecasts pass through.
+    outcomes[:, 3] = True
+    assert fit_platt(forecasts, outcomes)["2500"] == [1.0, 0.0]
+    outcomes[:, 3] = False
+    assert fit_platt(forecasts, outcomes)["2500"] == [1.0, 0.0]
+
+
+def test_platt_scaling_on_hand_values_stays_non_decreasing_in_the_distance():
+    """a = 2, b = 0 maps 1/4 (odds 1/3) to odds 1/9, 0.1; b = ln 3 at a = 1 maps it to odds 1, 0.5; a forecast at
+    200 km pulled below the 25 km one is raised to it; 0 and 1 are clipped to 1e-6 from the ends first."""
+    platt = {"25": [2.0, 0.0], "200": [1.0, float(np.log(3))], "750": [1.0, -5.0], "2500": [1.0, 0.0]}
+    scaled = platt_scaled(np.array([[0.25, 0.25, 0.25, 0.5], [0.5, 0.0, 0.9, 1.0]]), platt)
+    odds = 9 * np.exp(-5)
+    np.testing.assert_allclose(scaled[0], [0.1, 0.5, 0.5, 0.5])  # 750 km: 1/3 * e^-5 -> raised to 200 km's 0.5
+    np.testing.assert_allclose(scaled[1], [0.5, 0.5, max(0.5, odds / (1 + odds)), 1 - 1e-6], rtol=1e-9)
+
+
+def test_reliability_bins_against_a_per_photo_count():
+    rng = np.random.default_rng(5)
+    forecasts = np.sort(rng.uniform(0, 1, size=(200, len(WITHIN_KM))), axis=1)
+    forecasts[:3] = [0.0, 0.1, 0.999, 1.0]  # a forecast of 1 falls in the last bin
+    error = rng.uniform(0, 3000, 200)
+    guesses = BestGuesses(forecasts, error, np.full(200, 1000.0))
+    curves = guesses.reliability(bins=5)
+    for k, t in enumerate(WITHIN_KM):
+        for b in range(5):
+            inside = [i for i in range(200) if b / 5 <= forecasts[i, k] < (b + 1) / 5 or (b == 4 and forecasts[i, k] == 1.0)]
+            assert curves[str(t)]["photos"][b] == len(inside)
+            if inside:
+                assert curves[str(t)]["forecast"][b] == pytest.approx(np.mean(forecasts[inside, k]))
+                assert curves[str(t)]["observed"][b] == pytest.approx(np.mean(error[inside] <= t))
+            else:
+                assert curves[str(t)]["forecast"][b] is None and curves[str(t)]["observed"][b] is None
+    report = guesses.report(0.5)
+    assert report["radius"]["coverage"] == pytest.approx(np.mean(error <= 1000)) and report["photos"] == 200
+    assert report["within_km"]["200"]["ece"] == pytest.approx(expected_calibration_error(forecasts[:, 1], error <= 200))
+
+
+def test_evaluate_reports_the_calibration_streamed_and_draws_the_reliability_diagram(tiny_model_dir, tmp_path, capsys):
+    """evaluate --calibration, in batches smaller than the store, reports what a one-pass report on all the photos
+    reports (the saved temperature and Platt coefficients applied), and draws reliability.png with --plots."""
+    from geovario.cli import main
+    from geovario.evaluate import calibration_of
+
+    predictor = Predictor(tiny_model_dir, progress=False)
+    rng = np.random.default_rng(6)
+    features = (3 * rng.normal(size=(150, 32))).astype(np.float32)
+    prob = model_softmax(predictor, features, 0.5)
+    truth = predictor.gallery[[rng.choice(300, p=row / row.sum()) for row in prob]].astype(np.float64)
+    store = write_store(tmp_path / "val", features, truth, dtype="float32")
+    save_calibration(tiny_model_dir, calibrate(predictor, store))
+    calibrated = Predictor(tiny_model_dir, progress=False)
+    one_pass = calibration_report(calibrated, features, truth)
+    streamed = calibration_of(calibrated, store, batch_size=40, progress=False)
+    for t in WITHIN_KM:
+        assert streamed["within_km"][str(t)] == pytest.approx(one_pass["within_km"][str(t)], rel=1e-9)
+    assert streamed["radius"] == one_pass["radius"]
+    assert sum(streamed["reliability"]["25"]["photos"]) == 150 and streamed["platt"] is True
+    out, plots = tmp_path / "report.json", tmp_path / "plots"
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--store", str(store.folder), "--out", str(out), "--plots", str(plots),
+                 "--calibration", "--no-admin", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["calibration"]["within_km"]["25"] == pytest.approx(one_pass["within_km"]["25"], rel=1e-9)
+    assert "P(within    25 km)" in printed and "90 % radius holds" in printed
+    from PIL import Image
+
+    with Image.open(plots / "reliability.png") as image:
+        assert image.size[0] > 2 * image.size[1]  # four panels side by side
+    # Without --calibration, neither the report's section nor the diagram.
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--store", str(store.folder), "--out", str(out), "--plots",
+                 str(tmp_path / "plain"), "--no-admin", "--no-progress"]) == 0
+    assert "calibration" not in json.loads(out.read_text()) and not (tmp_path / "plain" / "reliability.png").exists()

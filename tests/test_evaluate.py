@@ -200,3 +200,35 @@ def test_library_calls_without_options_report_like_the_command(tmp_path, tiny_mo
     assert distance_summary(two, (threshold,))["accuracy"] == {f"{threshold:g}": 100 * np.mean(within(two, threshold))}
     per_continent = by_continent(two, pd.Series(["FR", "FR"]), (threshold,))
     assert per_continent["Europe"]["accuracy"] == {f"{threshold:g}": 100 * np.mean(within(two, threshold))}
+
+
+def test_evaluate_with_pool_km_scores_the_places_predict_answers(tmp_path, tiny_model_dir, capsys):
+    """--pool-km: the top-1 is predict's best place (the most mass within the radius), not the most probable point;
+    a gallery of clusters, where a cluster's many points outweigh a lone more probable one, makes the two differ."""
+    from geovario.data.store import write_store
+    from geovario.errors import ParameterError
+    from geovario.evaluate import predict_source
+    from geovario.geo import haversine_km
+
+    predictor = Predictor(tiny_model_dir, progress=False)
+    rng = np.random.default_rng(9)
+    features = (3 * rng.normal(size=(40, predictor.feature_dim))).astype(np.float32)
+    truth = random_gallery(40, seed=9)
+    store = write_store(tmp_path / "test", features, truth, dtype="float32")
+    pooled = predict_source(predictor, store, top_k=2, progress=False, pool_km=500.0)
+    plain = predict_source(predictor, store, top_k=2, progress=False)
+    best = [places[0] for places in predictor.predict_features(features, top_k=2, pool_km=500.0)]
+    assert list(pooled["pred_lat"]) == pytest.approx([p.lat for p in best]) and list(pooled["prob"]) == pytest.approx([p.prob for p in best])
+    assert list(pooled["error_km"]) == pytest.approx(list(haversine_km(np.array([p.lat for p in best]), np.array([p.lon for p in best]),
+                                                                        truth[:, 0], truth[:, 1])), rel=1e-6)
+    assert (pooled["pred_lat"].to_numpy() != plain["pred_lat"].to_numpy()).any() and (pooled["prob"] >= plain["prob"] - 1e-6).all()
+    with pytest.raises(ParameterError, match="does not go with FAISS"):
+        predict_source(predictor, store, top_k=1, progress=False, pool_km=25.0, faiss_factory="Flat")
+    with pytest.raises(ParameterError, match="distinct places at pool_km 20000 do not exist"):
+        predict_source(predictor, store, top_k=2, progress=False, pool_km=20000.0)
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--store", str(store.folder), "--out", str(out), "--pool-km", "500",
+                 "--no-admin", "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    assert report["pool_km"] == 500.0 and report["n"] == 40
+    assert report["median_km"] == pytest.approx(float(np.median(pooled["error_km"])), rel=1e-6)

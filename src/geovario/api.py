@@ -57,10 +57,11 @@ class Geolocator:
     def __init__(self, predictor, backbone: str | None = None):
         self.predictor, self.backbone_name = predictor, backbone
 
-    def predict(self, images, top_k: int = 5, pool_km: float | None = POOL_KM, level: float = LEVEL, errors: str = "raise"):
+    def predict(self, images, top_k: int = 5, pool_km: float | None = POOL_KM, level: float = LEVEL, errors: str = "raise",
+                tta: str = "none"):
         """One image: its ``top_k`` places, best first. A list (or tuple) of images: one such list per image, in order.
         ``errors="raise"`` (default) raises for the first image that cannot be read, naming it; ``"report"`` puts the
-        reason (a string) in its place and predicts the others."""
+        reason (a string) in its place and predicts the others. ``tta="ten-crop"``: the mean logits of ten crops."""
         if errors not in ("raise", "report"):
             raise ValueError(f'errors must be "raise" or "report", got {errors!r}')
         one = not isinstance(images, (list, tuple))
@@ -68,7 +69,8 @@ class Geolocator:
         results: list = [None] * len(items)
         paths = [i for i, item in enumerate(items) if isinstance(item, (str, os.PathLike))]
         if paths:
-            found = self.predictor.predict_images([items[i] for i in paths], top_k, self.backbone_name, pool_km=pool_km, level=level)
+            found = self.predictor.predict_images([items[i] for i in paths], top_k, self.backbone_name, pool_km=pool_km, level=level,
+                                                  tta=tta)
             for i, result in zip(paths, found):
                 results[i] = result
         decoded = {}
@@ -81,7 +83,7 @@ class Geolocator:
         if decoded:
             from geovario.image_batches import encode_decoded
 
-            features = encode_decoded(list(decoded.values()), self.predictor.backbone(self.backbone_name))
+            features = encode_decoded(list(decoded.values()), self.predictor.backbone(self.backbone_name), tta)
             for i, places in zip(decoded, self.predictor.predict_features(features, top_k, pool_km, level)):
                 results[i] = places
         if errors == "raise":

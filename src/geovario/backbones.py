@@ -28,6 +28,9 @@ from geovario.images import load_rgb
 # trains with ImageNet statistics but predicts with these; geovario uses CLIP's everywhere.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Test-time augmentation: the options, and the views each gives per image.
+TTA_VIEWS = {"none": 1, "ten-crop": 10}
+TEN_CROP_SCALE = 256 / 224  # ten crops of 224 from an image resized to 256 (ImageNet practice)
 
 
 @dataclass(frozen=True)
@@ -41,13 +44,7 @@ class Preprocess:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """RGB PIL image -> (3, crop, crop) float32 array, as transformers' CLIPImageProcessor does."""
-        width, height = image.size
-        short, long = (width, height) if width <= height else (height, width)
-        new_long = int(self.resize * long / short)  # transformers truncates, like torchvision
-        size = (self.resize, new_long) if width <= height else (new_long, self.resize)
-        if image.size != size:
-            image = image.resize(size, Image.Resampling.BICUBIC)
-        array = np.asarray(image, dtype=np.float32)
+        array = self._resized(image, self.resize)
         height, width = array.shape[:2]
         if height < self.crop or width < self.crop:  # only when resize < crop: pad like transformers
             padded = np.zeros((max(height, self.crop), max(width, self.crop), 3), dtype=np.float32)
@@ -55,7 +52,32 @@ class Preprocess:
             padded[top : top + height, left : left + width] = array
             array, height, width = padded, *padded.shape[:2]
         top, left = int((height - self.crop) / 2.0), int((width - self.crop) / 2.0)
-        array = array[top : top + self.crop, left : left + self.crop]
+        return self._normalised(array[top : top + self.crop, left : left + self.crop])
+
+    def ten_crop(self, image: Image.Image) -> np.ndarray:
+        """RGB PIL image -> (10, 3, crop, crop): the shortest side to ``crop`` x 256/224 (bicubic), its four corners and
+        centre at ``crop``, then the same five of the mirrored image (torchvision's ``TenCrop`` after ``Resize(256)``,
+        the ImageNet test-time practice since Krizhevsky et al. 2012). GeoCLIP's authors average the logits of these
+        ten crops (VicenteVivan/geo-clip issue #9)."""
+        array = self._resized(image, round(self.crop * TEN_CROP_SCALE))
+        height, width, c = array.shape[0], array.shape[1], self.crop
+        corners = [(0, 0), (0, width - c), (height - c, 0), (height - c, width - c), (int((height - c) / 2.0), int((width - c) / 2.0))]
+        crops = [array[top : top + c, left : left + c] for top, left in corners]
+        return np.stack([self._normalised(crop) for crop in crops + [crop[:, ::-1] for crop in crops]])
+
+    @staticmethod
+    def _resized(image: Image.Image, shortest: int) -> np.ndarray:
+        """The image with its shortest side at ``shortest`` pixels (bicubic; the long side truncated, as transformers
+        and torchvision do), as an (H, W, 3) float32 array."""
+        width, height = image.size
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(shortest * long / short)
+        size = (shortest, new_long) if width <= height else (new_long, shortest)
+        if image.size != size:
+            image = image.resize(size, Image.Resampling.BICUBIC)
+        return np.asarray(image, dtype=np.float32)
+
+    def _normalised(self, array: np.ndarray) -> np.ndarray:
         array = (array * np.float32(1 / 255) - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(array.transpose(2, 0, 1))
 

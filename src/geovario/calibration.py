@@ -1,4 +1,5 @@
-"""Calibrated confidence: one temperature for a model's softmax over its gallery, fitted on a validation split.
+"""Calibrated confidence: a temperature for a model's softmax over its gallery, then Platt scaling of each within-t
+probability, both fitted on a validation split.
 
 A model's logit scale is learned for ranking, not for honest probabilities: its softmax over a large gallery
 can be far too sure or not sure enough. Temperature scaling (Guo et al., ICML 2017, "On Calibration of Modern
@@ -12,15 +13,26 @@ scoring rule) over a log-spaced grid, refined once around its best point. The mo
 not depend on T; predictions centre their confidence on the most probable *place* (pooled mass,
 :mod:`geovario.confidence`), the same point in the common case, and the report below measures those.
 
-``calibration.json`` in the model directory records T, the sha256 of the weights and of the gallery it was
-fitted for, the validation store, and the calibration before and after: the expected calibration error (ECE,
-10 equal-width bins) of each within-t forecast and how often the 90 % radius holds the photo (its coverage).
+One temperature cannot serve every scale: on the simulated world the 25 km forecasts want a sharper softmax and
+the 2,500 km ones a flatter one, so T trades them against each other. Platt scaling (Platt 1999; a logistic
+regression on the forecast's log-odds, scikit-learn's) then maps each within-t forecast of the best place at
+the fitted T to sigmoid(a_t * logit(p) + b_t), fitted per t on the same validation photos; forecasts stay
+non-decreasing in t (each at least the one of the smaller t). The radius comes from the tempered distribution
+alone: its coverage is what T is checked against. The places' ranking and masses (``prob``) are the tempered
+softmax's; Platt scaling touches only ``within_km``, of every place (fitted on best places, where it is
+measured).
+
+``calibration.json`` in the model directory records T, the Platt coefficients, the sha256 of the weights and of
+the gallery it was fitted for, the validation store, and the calibration before, after the temperature alone
+and after both: the expected calibration error (ECE, 10 equal-width bins) of each within-t forecast and how often
+the 90 % radius holds the photo (its coverage).
 """
 
 from __future__ import annotations
 
 import hashlib
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +46,7 @@ from geovario.jsonio import read_json, write_json
 CALIBRATION_FILE = "calibration.json"
 COARSE = np.exp(np.linspace(np.log(1 / 30), np.log(30), 49))  # neighbours 15 % apart
 ECE_BINS = 10
+PLATT_EPS = 1e-6  # forecasts are clipped to [eps, 1 - eps] before their log-odds
 
 
 def gallery_sha256(gallery: np.ndarray) -> str:
@@ -95,24 +108,107 @@ def fit_temperature(predictor, features: np.ndarray, truth: np.ndarray) -> float
     return float(fine[int(np.argmin(_cross_entropy(forecasts, outcomes)))])
 
 
+@dataclass
+class BestGuesses:
+    """Each photo's best place as a prediction reports it: (N, len(WITHIN_KM)) within-t forecasts, the (N,) error in km
+    and the (N,) radius at ``level``."""
+
+    forecasts: np.ndarray
+    error_km: np.ndarray
+    radius_km: np.ndarray
+    level: float = LEVEL
+
+    def report(self, temperature: float, platt: dict | None = None) -> dict:
+        """Per within-t forecast its mean, the rate it forecasts, and the ECE; the coverage and median of the radius;
+        with ``platt`` (per-t coefficients), of the Platt-scaled forecasts."""
+        forecasts = self.forecasts if platt is None else platt_scaled(self.forecasts, platt)
+        report = {"temperature": temperature, "platt": platt is not None, "photos": len(self.error_km), "within_km": {}}
+        for column, t in enumerate(WITHIN_KM):
+            hit = self.error_km <= t
+            report["within_km"][str(t)] = {"forecast": float(forecasts[:, column].mean()), "observed": float(hit.mean()),
+                                           "ece": expected_calibration_error(forecasts[:, column], hit)}
+        report["radius"] = {"level": self.level, "coverage": float((self.error_km <= self.radius_km).mean()),
+                            "median_km": float(np.median(self.radius_km))}
+        return report
+
+    def reliability(self, platt: dict | None = None, bins: int = ECE_BINS) -> dict:
+        """Per within-t forecast and equal-width bin: the photos, their mean forecast and the rate observed (None in an
+        empty bin), the reliability diagram's points."""
+        forecasts = self.forecasts if platt is None else platt_scaled(self.forecasts, platt)
+        curves = {}
+        for column, t in enumerate(WITHIN_KM):
+            which = np.minimum((forecasts[:, column] * bins).astype(int), bins - 1)
+            count = np.bincount(which, minlength=bins)
+            sums = {"forecast": np.bincount(which, forecasts[:, column], bins), "observed": np.bincount(which, self.error_km <= t, bins)}
+            curves[str(t)] = {"photos": count.tolist()} | {
+                name: [float(total / n) if n else None for total, n in zip(values, count)] for name, values in sums.items()}
+        return curves
+
+
+def best_guesses(predictor, batches, level: float = LEVEL) -> BestGuesses:
+    """The best place of every photo in ``batches`` ((features, (B, 2) true lat/lon) pairs, streamed), before Platt
+    scaling (the predictor's own Platt coefficients are set aside for the pass)."""
+    platt, predictor.platt = predictor.platt, None
+    forecasts, errors, radii = [], [], []
+    try:
+        for features, truth in batches:
+            best = [places[0] for places in predictor.predict_features(features, top_k=1, level=level)]
+            forecasts.append(np.array([[p.within_km[t] for t in WITHIN_KM] for p in best]).reshape(-1, len(WITHIN_KM)))
+            errors.append(haversine_km(np.array([p.lat for p in best]), np.array([p.lon for p in best]),
+                                       np.asarray(truth, np.float64)[:, 0], np.asarray(truth, np.float64)[:, 1]))
+            radii.append(np.array([p.radius_km for p in best]))
+    finally:
+        predictor.platt = platt
+    return BestGuesses(np.concatenate(forecasts), np.concatenate(errors), np.concatenate(radii), level)
+
+
+def _log_odds(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), PLATT_EPS, 1 - PLATT_EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def fit_platt(forecasts: np.ndarray, outcomes: np.ndarray) -> dict[str, list[float]]:
+    """Per threshold t (a column), the [a_t, b_t] of sigmoid(a_t * logit(p) + b_t) that best predict the outcomes: an
+    unpenalised logistic regression on the log-odds. A column whose outcomes are all equal keeps p (a = 1, b = 0)."""
+    from sklearn.linear_model import LogisticRegression
+
+    platt = {}
+    for column, t in enumerate(WITHIN_KM):
+        hit = np.asarray(outcomes[:, column], bool)
+        if hit.all() or not hit.any():
+            platt[str(t)] = [1.0, 0.0]
+            continue
+        fit = LogisticRegression(C=1e6, max_iter=1000).fit(_log_odds(forecasts[:, column])[:, None], hit)
+        platt[str(t)] = [float(fit.coef_[0, 0]), float(fit.intercept_[0])]
+    return platt
+
+
+def platt_scaled(forecasts: np.ndarray, platt: dict) -> np.ndarray:
+    """(N, len(WITHIN_KM)) forecasts mapped through each threshold's Platt coefficients, then made non-decreasing in t."""
+    forecasts = np.asarray(forecasts, np.float64).reshape(-1, len(WITHIN_KM))
+    scaled = np.empty_like(forecasts)
+    for column, t in enumerate(WITHIN_KM):
+        a, b = platt[str(t)]
+        scaled[:, column] = 1 / (1 + np.exp(-(a * _log_odds(forecasts[:, column]) + b)))
+    return np.maximum.accumulate(scaled, axis=1)
+
+
+def platt_within(within_km: dict[int, float], platt: dict) -> dict[int, float]:
+    """One place's within-t probabilities (keyed by WITHIN_KM) after Platt scaling."""
+    return dict(zip(WITHIN_KM, platt_scaled(np.array([within_km[t] for t in WITHIN_KM]), platt)[0].tolist()))
+
+
 def calibration_report(predictor, features: np.ndarray, truth: np.ndarray, level: float = LEVEL) -> dict:
-    """How calibrated the predictor's best guesses are on these photos, at its current temperature: per within-t
-    forecast its mean, the rate it forecasts, and the ECE; the coverage and median of the ``level`` radius."""
-    best = [places[0] for places in predictor.predict_features(features, top_k=1, level=level)]
-    error = haversine_km(np.array([p.lat for p in best]), np.array([p.lon for p in best]), truth[:, 0], truth[:, 1])
-    radius = np.array([p.radius_km for p in best])
-    report = {"temperature": predictor.temperature, "photos": len(best), "within_km": {}}
-    for t in WITHIN_KM:
-        forecast = np.array([p.within_km[t] for p in best])
-        report["within_km"][str(t)] = {"forecast": float(forecast.mean()), "observed": float((error <= t).mean()),
-                                       "ece": expected_calibration_error(forecast, error <= t)}
-    report["radius"] = {"level": level, "coverage": float((error <= radius).mean()), "median_km": float(np.median(radius))}
-    return report
+    """How calibrated the predictor's best places are on these photos, with its temperature and Platt coefficients:
+    per within-t forecast its mean, the rate it forecasts, and the ECE; the coverage and median of the radius."""
+    guesses = best_guesses(predictor, [(features, truth)], level)
+    return guesses.report(predictor.temperature, predictor.platt)
 
 
 def calibrate(predictor, store, max_photos: int | None = None, seed: int = 0) -> dict:
-    """Fit the predictor's temperature on a validation feature store (all its photos, or ``max_photos`` drawn at
-    random), set it, and return the record for calibration.json with the report before and after."""
+    """Fit the predictor's temperature, then the Platt coefficients of its within-t forecasts, on a validation feature
+    store (all its photos, or ``max_photos`` drawn at random); set them and return the record for calibration.json,
+    with the report before, with the temperature alone and with both."""
     rows = np.arange(len(store))
     if max_photos is not None and max_photos < len(rows):
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_photos, replace=False))
@@ -121,17 +217,19 @@ def calibrate(predictor, store, max_photos: int | None = None, seed: int = 0) ->
     if store.dim != predictor.feature_dim:
         raise GeovarioError(f"{store.folder}: {store.dim}-d features, but the model expects {predictor.feature_dim}-d")
     features, truth = store.rows(rows), np.asarray(store.gps, np.float64)[rows]
-    predictor.temperature = 1.0
-    before = calibration_report(predictor, features, truth)
+    predictor.temperature, predictor.platt = 1.0, None
+    before = best_guesses(predictor, [(features, truth)]).report(1.0)
     predictor.temperature = fit_temperature(predictor, features, truth)
     if not COARSE[0] < predictor.temperature < COARSE[-1]:
         warnings.warn(f"{store.folder}: the fitted temperature is the search's bound ({predictor.temperature:.3g}): on these photos "
                       "the model's probabilities carry little or no information about where they are", GeovarioWarning, stacklevel=2)
-    after = calibration_report(predictor, features, truth)
-    return {"temperature": predictor.temperature, "weights_sha256": predictor.weights_sha256,
+    tempered = best_guesses(predictor, [(features, truth)])
+    predictor.platt = fit_platt(tempered.forecasts, tempered.error_km[:, None] <= np.array(WITHIN_KM))
+    return {"temperature": predictor.temperature, "platt": predictor.platt, "weights_sha256": predictor.weights_sha256,
             "gallery_sha256": gallery_sha256(predictor.gallery), "fitted_on": {"store": str(store.folder),
                                                                                "fingerprint": store.fingerprint(), "photos": len(rows)},
-            "before": before, "after": after}
+            "before": before, "temperature_only": tempered.report(predictor.temperature),
+            "after": tempered.report(predictor.temperature, predictor.platt)}
 
 
 def save_calibration(model_dir: str | Path, record: dict) -> Path:
@@ -140,18 +238,29 @@ def save_calibration(model_dir: str | Path, record: dict) -> Path:
     return path
 
 
-def read_temperature(model_dir: Path, weights_sha256: str, gallery: np.ndarray) -> tuple[float, str | None]:
-    """The model directory's fitted temperature, and why not where it does not apply: (1.0, None) without a
-    calibration; a calibration fitted for other weights is refused; for another gallery, (1.0, the reason)."""
+def read_calibration(model_dir: Path, weights_sha256: str, gallery: np.ndarray) -> tuple[float, dict | None, str | None]:
+    """The model directory's fitted temperature and Platt coefficients, and why not where they do not apply:
+    (1.0, None, None) without a calibration; a calibration fitted for other weights, or not a valid one, is refused;
+    for another gallery, (1.0, None, the reason)."""
     path = Path(model_dir) / CALIBRATION_FILE
     if not path.is_file():
-        return 1.0, None
+        return 1.0, None, None
     record = read_json(path, "calibration")
     temperature = record.get("temperature") if isinstance(record, dict) else None
-    if not isinstance(temperature, (int, float)) or not np.isfinite(temperature) or temperature <= 0:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not np.isfinite(temperature) or temperature <= 0:
         raise GeovarioError(f"{path}: temperature must be a positive number, got {temperature!r}; rerun `geovario calibrate`")
+    platt = record.get("platt")
+    if platt is not None and not _valid_platt(platt):
+        raise GeovarioError(f"{path}: platt must map each of {', '.join(map(str, WITHIN_KM))} km to two finite numbers, "
+                            f"got {platt!r}; rerun `geovario calibrate`")
     if record.get("weights_sha256") != weights_sha256:
         raise GeovarioError(f"{path}: fitted for other weights than model.safetensors; rerun `geovario calibrate` or remove it")
     if record.get("gallery_sha256") != gallery_sha256(gallery):
-        return 1.0, f"{path}: fitted for another gallery; probabilities are uncalibrated (temperature 1)"
-    return float(temperature), None
+        return 1.0, None, f"{path}: fitted for another gallery; probabilities are uncalibrated (temperature 1, no Platt scaling)"
+    return float(temperature), platt, None
+
+
+def _valid_platt(platt) -> bool:
+    return (isinstance(platt, dict) and set(platt) == {str(t) for t in WITHIN_KM}
+            and all(isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                                and np.isfinite(x) for x in v) for v in platt.values()))

@@ -75,7 +75,8 @@ def decoded_batches(images: Sequence, preprocess, batches: list[list[int]], work
 
 
 class BatchEncoder:
-    """The backbone on stacked pixels, ``batch_size`` at a time, as a numpy array in ``dtype``."""
+    """The backbone on stacked pixels, ``batch_size`` at a time, as a numpy array in ``dtype``: (B, D) features for
+    (B, 3, H, W) pixels, (B, V, D) for (B, V, 3, H, W) views."""
 
     def __init__(self, backbone, batch_size: int, dtype=np.float32):
         self.backbone, self.batch_size, self.dtype = backbone, batch_size, np.dtype(dtype)
@@ -83,19 +84,36 @@ class BatchEncoder:
     def __call__(self, pixels: torch.Tensor | None) -> np.ndarray:
         if pixels is None:
             return np.zeros((0, self.backbone.feature_dim), self.dtype)
-        out = [self.backbone.encode_pixels(pixels[s : s + self.batch_size]).cpu().numpy().astype(self.dtype)
-               for s in range(0, len(pixels), self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.backbone.feature_dim), self.dtype)
+        views = pixels.shape[1:-3]  # () or (V,)
+        flat = pixels.reshape(-1, *pixels.shape[-3:])
+        out = [self.backbone.encode_pixels(flat[s : s + self.batch_size]).cpu().numpy().astype(self.dtype)
+               for s in range(0, len(flat), self.batch_size)]
+        features = np.concatenate(out) if out else np.zeros((0, self.backbone.feature_dim), self.dtype)
+        return features.reshape(len(pixels), *views, -1)
 
 
-def image_features(images: Sequence, backbone, batch_size: int = 32, workers: int = 0) -> Iterator[tuple[dict, np.ndarray]]:
-    """Each batch of ``images`` (paths or archive members) with the float32 features of its readable ones (``batch["kept"]``)."""
+def tta_preprocess(backbone, tta: str = "none"):
+    """The preprocessing of one image for ``tta`` (see :data:`geovario.backbones.TTA_VIEWS`): the backbone's own, or
+    its ten crops."""
+    from geovario.backbones import TTA_VIEWS
+
+    if tta not in TTA_VIEWS:
+        raise GeovarioError(f"test-time augmentation {tta!r}: expected one of {', '.join(TTA_VIEWS)}")
+    return backbone.preprocess if tta == "none" else backbone.preprocess.ten_crop
+
+
+def image_features(images: Sequence, backbone, batch_size: int = 32, workers: int = 0,
+                   tta: str = "none") -> Iterator[tuple[dict, np.ndarray]]:
+    """Each batch of ``images`` (paths or archive members) with the float32 features of its readable ones
+    (``batch["kept"]``): (B, D), or (B, V, D) with test-time augmentation's V views."""
+    preprocess = tta_preprocess(backbone, tta)
     batches = [list(range(s, min(s + batch_size, len(images)))) for s in range(0, len(images), batch_size)]
     encode = BatchEncoder(backbone, batch_size)
-    for batch in decoded_batches(images, backbone.preprocess, batches, workers, pin=backbone.device.type == "cuda"):
+    for batch in decoded_batches(images, preprocess, batches, workers, pin=backbone.device.type == "cuda"):
         yield batch, encode(batch["pixels"])
 
 
-def encode_decoded(images: list[Image.Image], backbone) -> np.ndarray:
+def encode_decoded(images: list[Image.Image], backbone, tta: str = "none") -> np.ndarray:
     """Features of images already decoded to RGB (``serve``'s uploads), through the same preprocessing."""
-    return BatchEncoder(backbone, max(1, len(images)))(torch.from_numpy(np.stack([backbone.preprocess(i) for i in images])))
+    preprocess = tta_preprocess(backbone, tta)
+    return BatchEncoder(backbone, max(1, len(images)))(torch.from_numpy(np.stack([preprocess(i) for i in images])))

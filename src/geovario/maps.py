@@ -9,6 +9,26 @@ from pathlib import Path
 import numpy as np
 
 DECADES = 4  # the colour scale spans this many powers of ten below the most probable point
+# Where a place's label may sit, in points from its star, tried in order until it overlaps no label placed before.
+LABEL_OFFSETS = [(6, 6), (6, -16), (-52, 6), (-52, -16), (6, 20), (-52, 20), (6, -30), (-52, -30), (20, 34), (20, -44)]
+
+
+def label_places(ax, places: list) -> list:
+    """Each place's label ("rank: prob") beside its star, at the first offset of LABEL_OFFSETS where its box overlaps
+    no earlier label (the last offset if every one does), so places a few km apart stay readable; the annotations."""
+    renderer = ax.figure.canvas.get_renderer()
+    placed, boxes = [], []
+    for rank, place in enumerate(places, 1):
+        for offset in LABEL_OFFSETS:
+            label = ax.annotate(f"{rank}: {place.prob:.2f}", (place.lon, place.lat), xytext=offset, textcoords="offset points",
+                                fontsize=9, zorder=5, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.7, "lw": 0})
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in boxes) or offset == LABEL_OFFSETS[-1]:
+                break
+            label.remove()
+        placed.append(label)
+        boxes.append(box)
+    return placed
 
 
 def draw_coastlines(ax, color: str = "0.55", linewidth: float = 0.5) -> int:
@@ -26,7 +46,7 @@ def draw_coastlines(ax, color: str = "0.55", linewidth: float = 0.5) -> int:
 def probability_map(gallery_latlon: np.ndarray, prob: np.ndarray, places: list, out: str | Path,
                     truth: tuple[float, float] | None = None, title: str = "") -> dict:
     """Draw and save the map; returns what was drawn (the points in drawing order with their log10 probabilities,
-    the marked places, the number of coastline rings)."""
+    the marked places, the number of coastline rings, the labels and their offsets)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,9 +65,8 @@ def probability_map(gallery_latlon: np.ndarray, prob: np.ndarray, places: list, 
                       linewidths=0)
     fig.colorbar(dots, ax=ax, shrink=0.8, label="log10 probability of the gallery point")
     marked = []
-    for rank, place in enumerate(places, 1):
+    for place in places:
         ax.plot(place.lon, place.lat, marker="*", markersize=14, color="tab:cyan", markeredgecolor="black", zorder=4)
-        ax.annotate(f"{rank}: {place.prob:.2f}", (place.lon, place.lat), xytext=(6, 6), textcoords="offset points", fontsize=9, zorder=5)
         marked.append((place.lon, place.lat))
     if truth is not None:
         ax.plot(truth[1], truth[0], marker="X", markersize=11, color="limegreen", markeredgecolor="black", zorder=4, label="EXIF GPS")
@@ -59,6 +78,8 @@ def probability_map(gallery_latlon: np.ndarray, prob: np.ndarray, places: list, 
     ax.set_ylabel("latitude")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
+    labels = label_places(ax, places)  # after the layout: the boxes are measured where they will be drawn
     save_figure(fig, Path(out), dpi=130)
     plt.close(fig)
-    return {"points": gallery[order][:, ::-1], "values": values, "marked": marked, "coastlines": rings}
+    return {"points": gallery[order][:, ::-1], "values": values, "marked": marked, "coastlines": rings,
+            "labels": [label.get_text() for label in labels], "label_offsets": [label.xyann for label in labels]}

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from geovario.backbones import ClipBackbone, ClipTextTower, resolve_device
-from geovario.calibration import read_temperature
+from geovario.calibration import platt_within, read_calibration
 from geovario.confidence import LEVEL, POOL_KM, GalleryPlaces, Prediction
 from geovario.data.feature_arrays import check_feature_array
 from geovario.errors import GeovarioError, GeovarioWarning, ParameterError
@@ -47,8 +47,9 @@ class Predictor:
             self.gallery = read_gallery(gallery_path)
         self.weights_sha256, self._progress, self._gallery_embeddings = loaded.weights_sha256, progress, None
         self.logit_scale = float(self.model.logit_scale.detach().exp())
-        # A temperature fitted by `geovario calibrate` for these weights and this gallery (1 without one).
-        self.temperature, uncalibrated = read_temperature(self.model_dir, self.weights_sha256, self.gallery)
+        # The temperature and Platt coefficients `geovario calibrate` fitted for these weights and this gallery (1 and
+        # None without them).
+        self.temperature, self.platt, uncalibrated = read_calibration(self.model_dir, self.weights_sha256, self.gallery)
         if uncalibrated:
             warnings.warn(uncalibrated, GeovarioWarning, stacklevel=2)
         self._backbone: ClipBackbone | None = None
@@ -62,7 +63,7 @@ class Predictor:
         self.device, self.model, self.model_dir, self.backbone_name, self.weights_sha256 = torch.device(device), model, None, None, None
         self.gallery = np.ascontiguousarray(gallery, dtype=np.float32)
         self._gallery_embeddings = embed_locations(model, self.gallery, batch_size=8192, normalize=True, device=self.device)
-        self.logit_scale, self.temperature = float(model.logit_scale.detach().exp()), 1.0
+        self.logit_scale, self.temperature, self.platt = float(model.logit_scale.detach().exp()), 1.0, None
         self._backbone, self._text_tower, self._places = None, None, None
         return self
 
@@ -126,7 +127,8 @@ class Predictor:
         return self.predict_features(self.text_tower(backbone).encode_texts(texts), top_k, pool_km, level)
 
     def predict_images(self, images, top_k: int = 5, backbone: str | None = None, batch_size: int = 32, workers: int = 0,
-                       pool_km: float | None = POOL_KM, level: float = LEVEL) -> list[list[Prediction] | str] | list[Prediction]:
+                       pool_km: float | None = POOL_KM, level: float = LEVEL,
+                       tta: str = "none") -> list[list[Prediction] | str] | list[Prediction]:
         """Geolocate images: one (a path) or a list (paths or archive members).
 
         For one image, its top-k predictions, best first; a :class:`GeovarioError` if it cannot be read.
@@ -135,39 +137,43 @@ class Predictor:
 
         Images stream through :mod:`geovario.image_batches` (the pipeline ``extract`` uses). With
         ``workers=0`` the backbone loads only once a readable image exists; worker processes need its
-        preprocessing up front.
+        preprocessing up front. ``tta="ten-crop"`` averages the logits of each image's ten crops
+        (:meth:`geovario.backbones.Preprocess.ten_crop`), ten times the backbone's work.
         """
-        from geovario.image_batches import image_features
-
         if isinstance(images, (str, os.PathLike)):
-            result = self.predict_images([images], top_k, backbone, batch_size, workers, pool_km, level)[0]
+            result = self.predict_images([images], top_k, backbone, batch_size, workers, pool_km, level, tta)[0]
             if isinstance(result, str):
                 raise GeovarioError(result)
             return result
         self._check_top_k(top_k)
         results: list[list[Prediction] | str] = [""] * len(images)
-        source = _LazyBackbone(self, backbone) if workers == 0 else self.backbone(backbone)
-        for batch, features in image_features(images, source, batch_size, workers):
-            for position, why in batch["failed"]:
+        for failed, kept, features in self._image_batches(images, backbone, batch_size, workers, tta):
+            for position, why in failed:
                 results[position] = why
-            if batch["kept"]:
-                for position, predictions in zip(batch["kept"], self.predict_features(features, top_k, pool_km, level)):
+            if kept:
+                for position, predictions in zip(kept, self.predict_features(features, top_k, pool_km, level)):
                     results[position] = predictions
         return results
 
-    def encode_images(self, images, backbone: str | None = None, batch_size: int = 32, workers: int = 0) -> list[np.ndarray | str]:
-        """Each image's backbone features in order, or (a string) why it could not be read; all in memory (the
-        heatmap's path; ``predict_images`` streams instead)."""
-        from geovario.image_batches import image_features
-
+    def encode_images(self, images, backbone: str | None = None, batch_size: int = 32, workers: int = 0,
+                      tta: str = "none") -> list[np.ndarray | str]:
+        """Each image's backbone features in order ((D,), or (V, D) with test-time augmentation), or (a string) why it
+        could not be read; all in memory (the heatmap's path; ``predict_images`` streams instead)."""
         found: list[np.ndarray | str] = [""] * len(images)
-        source = _LazyBackbone(self, backbone) if workers == 0 else self.backbone(backbone)
-        for batch, features in image_features(images, source, batch_size, workers):
-            for position, why in batch["failed"]:
+        for failed, kept, features in self._image_batches(images, backbone, batch_size, workers, tta):
+            for position, why in failed:
                 found[position] = why
-            for position, row in zip(batch["kept"], features):
+            for position, row in zip(kept, features):
                 found[position] = row
         return found
+
+    def _image_batches(self, images, backbone: str | None, batch_size: int, workers: int, tta: str):
+        """(failed (position, why) pairs, kept positions, their features) per batch of the image pipeline."""
+        from geovario.image_batches import image_features
+
+        source = _LazyBackbone(self, backbone) if workers == 0 else self.backbone(backbone)
+        for batch, features in image_features(images, source, batch_size, workers, tta):
+            yield batch["failed"], batch["kept"], features
 
     def _check_top_k(self, top_k: int) -> None:
         if not 1 <= top_k <= len(self.gallery):
@@ -196,27 +202,40 @@ class Predictor:
             cosines[:, start : start + len(block)] = queries @ block.T
         return (cosines.double() * self.logit_scale).cpu().numpy()
 
-    def probabilities(self, queries: torch.Tensor) -> np.ndarray:
-        """(B, N) float64 softmax over the whole gallery of the logits divided by the temperature."""
-        return torch.softmax(torch.from_numpy(self.logits(queries)) / self.temperature, dim=1).numpy()
+    def probabilities(self, queries: torch.Tensor, views: int = 1) -> np.ndarray:
+        """(B, N) float64 softmax over the whole gallery of the logits divided by the temperature; with ``views`` > 1,
+        ``queries`` holds B x views rows, each photo's views in a row, and a photo's logits are its views' mean (as
+        GeoCLIP's authors average ten crops)."""
+        logits = self.logits(queries)
+        logits = logits.reshape(-1, views, logits.shape[1]).mean(axis=1)
+        return torch.softmax(torch.from_numpy(logits) / self.temperature, dim=1).numpy()
 
     @torch.inference_mode()
     def predict_features(self, features: np.ndarray | torch.Tensor, top_k: int = 5, pool_km: float | None = POOL_KM,
                          level: float = LEVEL, batch_size: int = 1024) -> list[list[Prediction]]:
         """For each feature row, its ``top_k`` distinct places, most probable first, each with its confidence
-        (see :mod:`geovario.confidence`); fewer where the whole gallery pools into fewer places. ``pool_km=None``
-        pools nothing: the top-k gallery points, as GeoCLIP's ``predict`` gives them."""
+        (see :mod:`geovario.confidence`; its within-t probabilities Platt-scaled where ``geovario calibrate`` fitted
+        that, :mod:`geovario.calibration`); fewer where the whole gallery pools into fewer places. ``pool_km=None``
+        pools nothing: the top-k gallery points, as GeoCLIP's ``predict`` gives them. (N, V, D) features are V views
+        of each photo (test-time augmentation): one prediction per photo, from its views' mean logits."""
         if isinstance(features, torch.Tensor):
             features = features.detach().cpu().numpy()
-        features = self.check_features(features)
+        views = features.shape[1] if getattr(features, "ndim", 0) == 3 else 1
+        if views == 0:
+            raise GeovarioError(f"features: no views (shape {features.shape})")
+        features = self.check_features(features.reshape(-1, features.shape[-1]) if getattr(features, "ndim", 0) == 3 else features)
         self._check_top_k(top_k)
         results: list[list[Prediction]] = []
-        rows = max(1, PROBABILITY_BLOCK // len(self.gallery))
-        for start in range(0, len(features), batch_size):
-            queries = self.encode_queries(features[start : start + batch_size], start)
+        rows = views * max(1, PROBABILITY_BLOCK // (len(self.gallery) * views))  # whole photos, about PROBABILITY_BLOCK
+        for start in range(0, len(features), batch_size * views):
+            queries = self.encode_queries(features[start : start + batch_size * views], start)
             for first in range(0, len(queries), rows):
-                for prob in self.probabilities(queries[first : first + rows]):
-                    results.append(self.places.places(prob, top_k, pool_km, level))
+                for prob in self.probabilities(queries[first : first + rows], views):
+                    places = self.places.places(prob, top_k, pool_km, level)
+                    if self.platt is not None:
+                        for place in places:
+                            place.within_km = platt_within(place.within_km, self.platt)
+                    results.append(places)
         return results
 
 
@@ -226,9 +245,7 @@ class _LazyBackbone:
     def __init__(self, predictor: Predictor, name_or_dir: str | None):
         self.predictor, self.name_or_dir = predictor, name_or_dir
         self.device = predictor.device
-
-    def preprocess(self, image):
-        return self.predictor.backbone(self.name_or_dir).preprocess(image)
+        self.preprocess = _LazyPreprocess(self)
 
     def encode_pixels(self, pixels):
         return self.predictor.backbone(self.name_or_dir).encode_pixels(pixels)
@@ -236,3 +253,16 @@ class _LazyBackbone:
     @property
     def feature_dim(self) -> int:
         return self.predictor.feature_dim
+
+
+class _LazyPreprocess:
+    """The backbone's preprocessing (one view, or ten crops), loading the backbone on first use."""
+
+    def __init__(self, lazy: _LazyBackbone):
+        self.lazy = lazy
+
+    def __call__(self, image):
+        return self.lazy.predictor.backbone(self.lazy.name_or_dir).preprocess(image)
+
+    def ten_crop(self, image):
+        return self.lazy.predictor.backbone(self.lazy.name_or_dir).preprocess.ten_crop(image)

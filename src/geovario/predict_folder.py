@@ -3,8 +3,8 @@
 The folder is walked recursively for image files (by suffix: .jpg, .jpeg, .png, .webp, .tif, .tiff, .bmp), in the
 order of their relative paths, so a rerun sees the same order. Photos are predicted in chunks; after each chunk its
 records are appended to a journal beside the output (``OUT.partial.jsonl``) and flushed to disk, so a kill loses at
-most the chunk being encoded. The journal's first line holds the settings (weights and gallery sha256, temperature,
-top-k, pooling, level, folder): ``resume=True`` reads it back, refuses other settings, and skips the photos already
+most the chunk being encoded. The journal's first line holds the settings (weights and gallery sha256, temperature
+and Platt coefficients, top-k, pooling, level, test-time augmentation, folder): ``resume=True`` reads it back, refuses other settings, and skips the photos already
 there, after checking that each of them is still the same file (its size). Once every photo is done the journal is rendered into the output's format, atomically, and removed:
 
 - ``.jsonl``: one object per photo: ``input``, ``predictions`` (or ``error``), ``exif`` and ``error_km``;
@@ -59,7 +59,7 @@ class FolderResult:
 
 def predict_folder(predictor, folder: str | Path, out: str | Path, top_k: int = 5, pool_km: float | None = POOL_KM,
                    level: float = LEVEL, backbone: str | None = None, batch_size: int = 32, workers: int = 0,
-                   resume: bool = False, regions: bool = False, progress: bool = True) -> FolderResult:
+                   resume: bool = False, regions: bool = False, progress: bool = True, tta: str = "none") -> FolderResult:
     """Predict every photo under ``folder`` into ``out`` (see the module); a photo that cannot be read is listed in
     ``failed``, never dropped."""
     from geovario.progress import progress as progress_bar
@@ -69,8 +69,9 @@ def predict_folder(predictor, folder: str | Path, out: str | Path, top_k: int = 
         raise GeovarioError(f"{out}: the output must end in {', '.join(FORMATS)}")
     images = list_images(folder)
     settings = {"folder": str(Path(folder).resolve()), "weights_sha256": predictor.weights_sha256,
-                "gallery_sha256": _gallery_sha256(predictor), "temperature": predictor.temperature, "top_k": top_k,
-                "pool_km": pool_km, "level": level, "backbone": backbone}
+                "gallery_sha256": _gallery_sha256(predictor), "temperature": predictor.temperature,
+                "platt": predictor.platt, "top_k": top_k,
+                "pool_km": pool_km, "level": level, "backbone": backbone, "tta": tta}
     journal = journal_path(out)
     done = _open_journal(journal, settings, resume, out)
     result = FolderResult(out, len(images), resumed=len(done))
@@ -80,7 +81,7 @@ def predict_folder(predictor, folder: str | Path, out: str | Path, top_k: int = 
             open(journal, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), chunk):
             paths = todo[start : start + chunk]
-            found = predictor.predict_images([str(p) for p in paths], top_k, backbone, batch_size, workers, pool_km, level)
+            found = predictor.predict_images([str(p) for p in paths], top_k, backbone, batch_size, workers, pool_km, level, tta)
             for path, places in zip(paths, found):
                 f.write(json.dumps(image_record(path, places) | {"bytes": path.stat().st_size}) + "\n")
             f.flush()

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from geovario.cli.options import add_feature_source_args, add_metric_args, positive_int
+from geovario.cli.options import add_feature_source_args, add_metric_args, non_negative_float, positive_int
 
 
 def register(commands) -> None:
@@ -29,6 +29,13 @@ def register(commands) -> None:
                           help="per-image predictions CSV (default: <out without .json>.predictions.csv)")
     evaluate.add_argument("--faiss", nargs="?", const="Flat", metavar="FACTORY",
                           help="retrieve through FAISS (optional extra); FACTORY as in faiss.index_factory, default Flat (exact)")
+    evaluate.add_argument("--pool-km", type=non_negative_float, metavar="KM",
+                          help="score the distinct places `predict` answers, pooled within KM (as its --pool-km; 25 there) "
+                               "instead of the most probable gallery point, GeoCLIP's protocol and the default")
+    evaluate.add_argument("--calibration", action="store_true",
+                          help="also report how honest the confidence is: the expected calibration error of each within-t "
+                               "probability of the best place and the coverage of its 90 %% radius (and, with --plots, "
+                               "a reliability diagram); one more pass over the photos")
     evaluate.add_argument("--device", help="torch device (default: cuda when available)")
     evaluate.add_argument("--json", action="store_true", help="print the report JSON")
     evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -68,7 +75,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     predictions = args.predictions or args.out.with_name(args.out.stem + ".predictions.csv")
     _check_outputs(args.out, predictions, args.plots)
     report, frame = evaluate_model(args.model, source, predictions, args.gallery, args.top_k, args.thresholds, args.strict_less,
-                                   admin=not args.no_admin, faiss_factory=args.faiss, device=args.device, progress=not args.no_progress)
+                                   admin=not args.no_admin, faiss_factory=args.faiss, device=args.device, progress=not args.no_progress,
+                                   calibration=args.calibration, pool_km=args.pool_km)
     report["data"] = str(args.store or args.features)
     return _finish(args, report, *prediction_coordinates(frame), str(args.model))
 
@@ -121,6 +129,10 @@ def _finish(args, report: dict, true_latlon, pred_latlon, label: str) -> int:
               f"  median {report['median_km']:.1f} km, mean {report['mean_km']:.1f} km, GeoScore {report['geoscore']:.0f}")
         if report.get("admin"):
             print("  admin: " + "  ".join(f"{k} {v:.2f}%" for k, v in report["admin"].items() if not k.startswith("_")))
+        if report.get("calibration"):
+            from geovario.cli.predict import calibration_table
+
+            print("  calibration of the best place's confidence:\n" + calibration_table([("", report["calibration"])]))
         if report.get("dropped_rows"):
             print(f"  dropped {len(report['dropped_rows'])} rows, first: {report['dropped_rows'][0]}")
     return 0

@@ -44,6 +44,10 @@ def register(commands) -> None:
                               "gives them)")
     predict.add_argument("--level", type=probability, default=LEVEL,
                          help=f"the share of the probability mass the radius holds (default {LEVEL:g})")
+    predict.add_argument("--tta", choices=["none", "ten-crop"], default="none",
+                         help="test-time augmentation for --image: ten-crop averages the logits of each image's four corner "
+                              "and centre crops and their mirror images, as GeoCLIP's authors evaluate (ten times the "
+                              "backbone's work; default none)")
     predict.add_argument("--batch-size", type=positive_int, default=32, help="images per backbone batch (default 32)")
     predict.add_argument("--workers", type=int, default=None, metavar="N",
                          help="processes that decode images while the backbone runs (default: none for one batch of "
@@ -70,18 +74,21 @@ def register(commands) -> None:
 
     calibrate = commands.add_parser(
         "calibrate",
-        help="fit the temperature that makes a model's confidence honest, on a validation store",
+        help="fit the temperature and Platt scaling that make a model's confidence honest, on a validation store",
         description=("Fit one temperature for the model's softmax over its gallery on a validation feature store (Guo et "
-                     "al. 2017, temperature scaling): the probability mass within 25, 200, 750 and 2,500 km of the best "
-                     "guess should be how often the photo lies that close. Saves calibration.json in the model directory "
-                     "(for these weights and this gallery); predict, serve and the library use it. Prints the expected "
-                     "calibration error of each within-t probability and the coverage of the 90 %% radius, before and after. "
-                     "The ranking, and so the accuracy, does not change."),
+                     "al. 2017, temperature scaling), then Platt scaling of each within-t probability (Platt 1999): the "
+                     "probability that the photo lies within 25, 200, 750 and 2,500 km of the best guess should be how "
+                     "often it lies that close. Saves calibration.json in the model directory (for these weights and this "
+                     "gallery); predict, serve, evaluate and the library use it. Prints the expected calibration error of "
+                     "each within-t probability and the coverage of the 90 % radius, before, with the temperature alone and "
+                     "after both. The ranking, and so the accuracy, does not change."),
     )
     calibrate.add_argument("--model", required=True, type=Path, help="geovario model directory")
     calibrate.add_argument("--store", required=True, type=Path, metavar="VAL",
                            help="a validation feature store (`geovario extract` or `geovario simulate`), never the test split")
-    calibrate.add_argument("--gallery", type=Path, metavar="CSV", help="GPS gallery CSV instead of the model's own")
+    calibrate.add_argument("--gallery", metavar="CSV|STORE",
+                           help="GPS gallery: a LAT,LON CSV or a feature store's positions (default: the model's); predict "
+                                "and evaluate must use the same one for the calibration to apply")
     calibrate.add_argument("--max-photos", type=positive_int, metavar="N", help="fit on N photos drawn at random (default: all)")
     calibrate.add_argument("--device", help="torch device (default: cuda when available)")
     calibrate.add_argument("--json", action="store_true", help="print the saved record as JSON")
@@ -124,6 +131,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 0:
         raise GeovarioError(f"--workers must not be negative, got {args.workers}")
+    if args.tta != "none" and args.image is None:
+        raise GeovarioError("--tta crops images: it goes with --image (features and texts have no pixels to crop)")
     if args.out is not None or args.resume or args.regions:
         return _predict_folder_to_file(args)
     if args.features is not None:
@@ -152,13 +161,14 @@ def run_predict(args: argparse.Namespace) -> int:
         workers = args.workers if args.workers is not None else (0 if len(images) <= args.batch_size else available_cores())
         inputs = [str(path) for path in images]
         if args.heatmap is None:
-            results = predictor.predict_images(images, args.top_k, args.backbone, args.batch_size, workers, args.pool_km, args.level)
+            results = predictor.predict_images(images, args.top_k, args.backbone, args.batch_size, workers, args.pool_km, args.level,
+                                               args.tta)
         else:  # the features are kept for the maps
-            encoded = predictor.encode_images(images, args.backbone, args.batch_size, workers)
+            encoded = predictor.encode_images(images, args.backbone, args.batch_size, workers, args.tta)
             rows = [row for row in encoded if not isinstance(row, str)]
             found = iter(predictor.predict_features(np.stack(rows), args.top_k, args.pool_km, args.level) if rows else [])
             results = [row if isinstance(row, str) else next(found) for row in encoded]
-            features = np.stack([row if not isinstance(row, str) else np.zeros(predictor.feature_dim, np.float32) for row in encoded])
+            features = [None if isinstance(row, str) else row for row in encoded]
     if args.image is not None:
         from geovario.predict_folder import image_record
 
@@ -190,7 +200,7 @@ def _predict_folder_to_file(args: argparse.Namespace) -> int:
     predictor = Predictor(args.model, gallery=args.gallery, device=args.device, progress=not args.no_progress)
     workers = args.workers if args.workers is not None else available_cores()
     done = predict_folder(predictor, args.image[0], args.out, args.top_k, args.pool_km, args.level, args.backbone, args.batch_size,
-                          workers, args.resume, args.regions, progress=not args.no_progress)
+                          workers, args.resume, args.regions, progress=not args.no_progress, tta=args.tta)
     summary = {"out": str(done.out), "images": done.images, "predicted": done.predicted, "resumed": done.resumed,
                "failed": [{"input": name, "error": why} for name, why in done.failed]}
     if args.json:
@@ -210,7 +220,8 @@ def _draw_heatmaps(predictor, features, results, entries, out: Path) -> None:
 
     drawn = [i for i, result in enumerate(results) if not isinstance(result, str)]
     for i in drawn:
-        prob = predictor.probabilities(predictor.encode_queries(np.asarray(features[i : i + 1], np.float32), i))[0]
+        rows = np.asarray(features[i], np.float32).reshape(-1, predictor.feature_dim)  # one row, or one per view
+        prob = predictor.probabilities(predictor.encode_queries(rows, i), views=len(rows))[0]
         path = out if len(results) == 1 else out.with_name(f"{out.stem}-{i + 1}{out.suffix or '.png'}")
         exif = entries[i].get("exif")
         maps.probability_map(predictor.gallery, prob, results[i], path, (exif["lat"], exif["lon"]) if exif else None, entries[i]["input"])
@@ -254,22 +265,33 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from geovario.data.store import FeatureStore
     from geovario.predict import Predictor
 
+    from geovario.evaluate import load_gallery
+
     store = FeatureStore(args.store)
-    predictor = Predictor(args.model, gallery=args.gallery, device=args.device, progress=not args.no_progress)
+    predictor = Predictor(args.model, gallery=load_gallery(args.gallery), device=args.device, progress=not args.no_progress)
     record = calibrate(predictor, store, args.max_photos)
     path = save_calibration(args.model, record)
     if args.json:
         print(json.dumps(record, indent=1))
         return 0
-    print(f"temperature {record['temperature']:.4g} on {record['fitted_on']['photos']} photos of {args.store}; saved to {path}")
-    print(f"  {'':>22}  {'before':>16}  {'after':>16}")
-    for t in record["before"]["within_km"]:
-        cells = [record[when]["within_km"][t] for when in ("before", "after")]
-        print(f"  P(within {int(t):>5,} km)  " + "  ".join(f"{c['forecast']:6.3f} vs {c['observed']:5.3f}" for c in cells)
-              + "   ECE " + " -> ".join(f"{c['ece']:.3f}" for c in cells))
-    radius = [record[when]["radius"] for when in ("before", "after")]
-    print(f"  {int(100 * radius[0]['level'])} % radius holds  " + "  ".join(f"{100 * r['coverage']:5.1f} % (median {r['median_km']:,.0f} km)" for r in radius))
+    print(f"temperature {record['temperature']:.4g} and Platt scaling on {record['fitted_on']['photos']} photos of {args.store}; "
+          f"saved to {path}")
+    print(calibration_table([("before", record["before"]), ("temperature", record["temperature_only"]), ("after", record["after"])]))
     return 0
+
+
+def calibration_table(reports: list[tuple[str, dict]]) -> str:
+    """Calibration reports side by side: each within-t forecast's mean against the rate observed and its ECE, and the
+    radius's coverage."""
+    lines = ["  " + " " * 20 + "".join(f"{name:>30}" for name, _ in reports)] if any(name for name, _ in reports) else []
+    for t in reports[0][1]["within_km"]:
+        cells = [r["within_km"][t] for _, r in reports]
+        lines.append(f"  P(within {int(t):>5,} km)  " + "".join(f"{c['forecast']:>10.3f} vs {c['observed']:.3f}, ECE {c['ece']:.3f}"
+                                                             for c in cells))
+    radius = [r["radius"] for _, r in reports]
+    lines.append(f"  {round(100 * radius[0]['level'])} % radius holds   "
+                 + "".join("{:>30}".format(f"{100 * r['coverage']:.1f} % (median {r['median_km']:,.0f} km)") for r in radius))
+    return "\n".join(lines)
 
 
 def run_embed_gps(args: argparse.Namespace) -> int:

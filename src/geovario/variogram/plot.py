@@ -14,12 +14,26 @@ from geovario.variogram.models import VariogramModel
 def plot_variograms(curves: list[tuple[str, EmpiricalVariogram, VariogramModel | None]], path: str | Path,
                     title: str = "Semivariogram of image features", log_x: bool = False) -> Path:
     """Write a PNG with one (label, empirical, fitted model or None) per curve, overlaid."""
+    import matplotlib.pyplot as plt
+
+    fig = variogram_figure(curves, title, log_x)
+    path = Path(path)
+    save_figure(fig, path)
+    plt.close(fig)
+    return path
+
+
+def variogram_figure(curves: list[tuple[str, EmpiricalVariogram, VariogramModel | None]],
+                     title: str = "Semivariogram of image features", log_x: bool = False):
+    """The figure of :func:`plot_variograms`: the legend below the axes, outside them, so it never covers a point, a
+    curve or a label (nugget, sill, range) however the curves fall."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    fig, ax = plt.subplots(figsize=(8, 5 + 0.2 * sum(2 if model is not None else 1 for _, _, model in curves)), dpi=120,
+                           layout="constrained")
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     largest = max(max(int(e.n.max()), 1) for _, e, _ in curves)
     for k, (label, empirical, model) in enumerate(curves):
@@ -47,9 +61,5 @@ def plot_variograms(curves: list[tuple[str, EmpiricalVariogram, VariogramModel |
     ax.set_ylabel("semivariance γ(h) of 1 − cos(f_i, f_j)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    save_figure(fig, path)
-    plt.close(fig)
-    return path
+    fig.legend(fontsize=7, loc="outside lower center")
+    return fig
