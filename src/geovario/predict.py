@@ -207,7 +207,8 @@ class Predictor:
         ``queries`` holds B x views rows, each photo's views in a row, and a photo's logits are its views' mean (as
         GeoCLIP's authors average ten crops)."""
         logits = self.logits(queries)
-        logits = logits.reshape(-1, views, logits.shape[1]).mean(axis=1)
+        if views > 1:
+            logits = logits.reshape(-1, views, logits.shape[1]).mean(axis=1)
         return torch.softmax(torch.from_numpy(logits) / self.temperature, dim=1).numpy()
 
     @torch.inference_mode()
