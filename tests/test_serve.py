@@ -80,6 +80,35 @@ def test_predict_returns_places_and_the_exif_truth(client):
     assert upload(client, photo()).json()["exif"] is None
 
 
+def test_heat_gives_the_most_probable_gallery_points_for_the_pages_shading(client, served_model, tiny_clip_dir):
+    """?heat=true: [lat, lon, log10 p] of the gallery points within 4 decades of the most probable, the most
+    probable last, checked against the model's own softmax over the gallery; without it, no shading."""
+    import torch
+    import torch.nn.functional as F
+
+    from geovario.backbones import ClipBackbone
+    from geovario.image_batches import encode_decoded
+    from geovario.images import open_image
+    from geovario.predict import Predictor
+
+    data = photo(48.8584, 2.2945)
+    answer = upload(client, data, heat="true").json()
+    predictor = Predictor(served_model, progress=False)
+    image, _ = open_image(io.BytesIO(data), name="photo.jpg")
+    features = encode_decoded([image], ClipBackbone.load(str(tiny_clip_dir), "cpu"))
+    with torch.no_grad():
+        query = F.normalize(predictor.model.encode_images(torch.from_numpy(features)), dim=-1).double()
+        places = F.normalize(predictor.model.encode_locations(torch.from_numpy(predictor.gallery)), dim=-1).double()
+        prob = torch.softmax(predictor.logit_scale * query @ places.T, dim=1)[0].numpy()
+    shown = np.flatnonzero(prob >= prob.max() * 1e-4)
+    points = answer["heat"]["points"]
+    assert answer["heat"]["decades"] == 4 and len(points) == min(len(shown), 2000) and 1 < len(points) < 500
+    assert points[-1][:2] == pytest.approx(predictor.gallery[np.argmax(prob)].tolist(), abs=1e-4)
+    assert [v for _, _, v in points] == sorted(v for _, _, v in points)
+    assert [v for _, _, v in points] == pytest.approx(sorted(np.log10(prob[shown])), abs=2e-3)
+    assert "heat" not in upload(client, data).json()
+
+
 def test_png_and_webp_are_accepted(client):
     for format, content_type in (("PNG", "image/png"), ("WEBP", "image/webp")):
         answer = upload(client, photo(format=format), name=f"x.{format.lower()}", content_type=content_type)

@@ -102,6 +102,7 @@ def test_drop_a_photo_and_see_markers_table_and_truth(server, tmp_path):
             assert "km away" in page.locator("#truth").inner_text()
             assert "%" in rows.nth(0).inner_text()
             assert page.locator(".leaflet-outline-pane path").count() > 100  # country outlines drawn, not a blank map
+            assert page.locator(".leaflet-heat-pane path.heat").count() > 1  # the probability over the gallery, shaded
             assert elsewhere == [], elsewhere  # nothing left the machine...
             assert page.locator("#privacy").inner_text() == "Nothing leaves this machine."  # ...as the header says
             icon = page.request.get(page.evaluate("document.querySelector('link[rel=icon]').href"))
@@ -114,6 +115,7 @@ def test_drop_a_photo_and_see_markers_table_and_truth(server, tmp_path):
             page.wait_for_function("document.getElementById('status').textContent.includes('text query')", timeout=60_000)
             assert rows.count() == 5 and page.locator("path.prediction").count() == 5
             assert page.locator("#truth").is_hidden() and page.locator(".leaflet-marker-icon").count() == 0
+            assert page.locator("path.heat").count() == 0  # a text answer has no shading: the photo's is gone
             page.fill("#text", "")
             page.click("#text-form button")
             assert "Describe a place first" in page.locator("#status").inner_text()

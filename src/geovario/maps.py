@@ -13,6 +13,18 @@ DECADES = 4  # the colour scale spans this many powers of ten below the most pro
 LABEL_OFFSETS = [(6, 6), (6, -16), (-52, 6), (-52, -16), (6, 20), (-52, 20), (6, -30), (-52, -30), (20, 34), (20, -44)]
 
 
+HEAT_POINTS = 2000  # the most probable gallery points the page shades (about 60 KB of JSON)
+
+
+def heat_points(gallery_latlon: np.ndarray, prob: np.ndarray, most: int = HEAT_POINTS) -> list[list[float]]:
+    """The page's shading: the ``most`` most probable gallery points down to 10^-DECADES of the most probable, each
+    [lat, lon, log10 p], the most probable last (drawn on top), as the PNG draws them."""
+    prob = np.asarray(prob, dtype=np.float64)
+    top = np.argsort(-prob, kind="stable")[:most]
+    top = top[prob[top] >= prob[top[0]] * 10.0 ** -DECADES][::-1]
+    return [[float(gallery_latlon[i, 0]), float(gallery_latlon[i, 1]), round(float(np.log10(prob[i])), 3)] for i in top]
+
+
 def label_places(ax, places: list) -> list:
     """Each place's label ("rank: prob") beside its star, at the first offset of LABEL_OFFSETS where its box overlaps
     no earlier label (the last offset if every one does), so places a few km apart stay readable; the annotations."""

@@ -2,7 +2,8 @@
 
     GET  /              the page (static/index.html)
     GET  /api/health    model, gallery size and limits, as JSON
-    POST /api/predict   multipart field "file" (an image); ?top_k=N; JSON answer or {"detail": why}
+    POST /api/predict   multipart field "file" (an image); ?top_k=N; ?heat=true adds the map's shading (the most
+                        probable gallery points, [lat, lon, log10 p]); JSON answer or {"detail": why}
     POST /api/predict-text  JSON {"text": ..., "top_k": N}: a text query, same answer without image and EXIF
     GET  /openapi.json  the API's schema
 """
@@ -95,11 +96,12 @@ def create_app(service: GeoService) -> FastAPI:
 
     @app.post("/api/predict")
     def predict(file: UploadFile = File(..., description="a photo: JPEG, PNG, WebP, GIF, BMP or TIFF"),
-                top_k: int | None = Query(None, description="how many places to return (default: the server's --top-k)")) -> dict:
+                top_k: int | None = Query(None, description="how many places to return (default: the server's --top-k)"),
+                heat: bool = Query(False, description="also return the probability over the gallery for the map's shading")) -> dict:
         # A plain def: FastAPI runs it in a worker thread, so decoding and the forward pass never block the loop.
         data = file.file.read()
         try:
-            return service.predict(data, file.filename or "upload", file.content_type, top_k)
+            return service.predict(data, file.filename or "upload", file.content_type, top_k, heat)
         except UploadError as e:
             raise HTTPException(e.status, str(e)) from None
 

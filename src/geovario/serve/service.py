@@ -90,8 +90,10 @@ class GeoService:
             raise UploadError({"too_large": 413, "not_image": 415}.get(e.kind, 422), str(e)) from None
         return image, ACCEPTED_FORMATS[format]
 
-    def predict(self, data: bytes, filename: str = "upload", content_type: str | None = None, top_k: int | None = None) -> dict:
-        """The JSON answer for one upload: top-k places with probabilities, and the EXIF truth when present."""
+    def predict(self, data: bytes, filename: str = "upload", content_type: str | None = None, top_k: int | None = None,
+                heat: bool = False) -> dict:
+        """The JSON answer for one upload: top-k places with probabilities, and the EXIF truth when present; with
+        ``heat``, the probability over the gallery for the map's shading (:func:`geovario.maps.heat_points`)."""
         top_k = self.settings.top_k if top_k is None else top_k
         if not 1 <= top_k <= min(MAX_TOP_K, len(self.predictor.gallery)):
             raise UploadError(422, f"top_k must be between 1 and {min(MAX_TOP_K, len(self.predictor.gallery))}, got {top_k}")
@@ -100,6 +102,7 @@ class GeoService:
         with self._lock, torch.inference_mode():
             features = encode_decoded([image], self.backbone)
             predictions = self.predictor.predict_features(features, top_k=top_k)[0]
+            prob = self.predictor.probabilities(self.predictor.encode_queries(features))[0] if heat else None
         places = names_people_use([[p.lat, p.lon] for p in predictions])
         answer = {
             "filename": filename,
@@ -108,6 +111,10 @@ class GeoService:
                             for i, (p, place) in enumerate(zip(predictions, places))],
             "exif": None,
         }
+        if heat:
+            from geovario.maps import DECADES, heat_points
+
+            answer["heat"] = {"points": heat_points(self.predictor.gallery, prob), "decades": DECADES}
         truth = exif_location(data)
         if truth is not None:
             best = predictions[0]

@@ -38,6 +38,27 @@
     }).addTo(map);
   }
   const markers = L.layerGroup().addTo(map);
+  // The probability over the gallery: its most probable points shaded dark red to pale yellow over `decades`
+  // powers of ten, under the place markers.
+  map.createPane("heat").style.zIndex = 390;
+  const heat = L.layerGroup().addTo(map);
+  function shade(fraction) {  // 0: the least probable shown, 1: the most probable
+    const stops = [[252, 253, 191], [254, 159, 109], [222, 73, 104], [140, 41, 129], [59, 15, 112]];
+    const x = Math.min(Math.max(fraction, 0), 1) * (stops.length - 1), i = Math.min(Math.floor(x), stops.length - 2), f = x - i;
+    const c = stops[i].map((v, k) => Math.round(v + f * (stops[i + 1][k] - v)));
+    return `rgb(${c[0]},${c[1]},${c[2]})`;
+  }
+  function showHeat(layer) {
+    heat.clearLayers();
+    if (!layer || !layer.points.length) return;
+    const top = layer.points[layer.points.length - 1][2];
+    layer.points.forEach(([lat, lon, value]) => {
+      const color = shade(1 + (value - top) / layer.decades);
+      heat.addLayer(L.circleMarker([lat, lon], {
+        pane: "heat", radius: 3, stroke: false, fillColor: color, fillOpacity: 0.85, interactive: false, className: "heat",
+      }));
+    });
+  }
 
   function setStatus(text, isError) {
     $("status").textContent = text;
@@ -52,6 +73,7 @@
 
   function show(answer) {
     markers.clearLayers();
+    showHeat(answer.heat);
     const body = $("results").querySelector("tbody");
     body.innerHTML = "";
     const points = [];
@@ -96,6 +118,7 @@
 
   function failed(error) {
     markers.clearLayers();
+    heat.clearLayers();
     $("results").hidden = true;
     $("truth").hidden = true;
     setStatus(String(error.message || error), true);
@@ -141,7 +164,7 @@
     const form = new FormData();
     form.append("file", file, file.name);
     try {
-      show(await ask(`/api/predict?top_k=${config.topK}`, { method: "POST", body: form }));
+      show(await ask(`/api/predict?top_k=${config.topK}&heat=true`, { method: "POST", body: form }));
     } catch (error) {
       failed(error);
     }
