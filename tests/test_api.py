@@ -58,3 +58,29 @@ def test_load_geoclip_converts_the_release_once_into_the_user_cache(tmp_path, mo
     assert first.predictor.model_dir == tmp_path / "cache" / "models" / "geoclip-1.3.0" and len(first.predictor.gallery) == 100_000
     second = geovario.load("geoclip")
     assert calls == [1] and second.predictor.weights_sha256 == first.predictor.weights_sha256  # converted once
+
+
+def test_arrays_of_every_image_shape_and_a_missing_model_directory(tiny_model_dir, tiny_clip_dir, tmp_path):
+    """Grey (H, W), RGB and RGBA uint8 arrays are images; other shapes, an empty side or another dtype are refused
+    by position. A model path that is not there is refused by name: only "geoclip" itself fetches GeoCLIP."""
+    g = geovario.load(tiny_model_dir, backbone=str(tiny_clip_dir))
+    rng = np.random.default_rng(4)
+    for shape in ((40, 30), (40, 30, 3), (40, 30, 4), (1, 1), (1, 1, 3)):
+        assert len(g.predict(rng.integers(0, 256, shape, dtype=np.uint8), top_k=2)) == 2
+    for bad in (np.zeros((40, 30, 2), np.uint8), np.zeros((40, 30, 5), np.uint8), np.zeros((0, 30, 3), np.uint8),
+                np.zeros((40, 0), np.uint8), np.zeros((2, 40, 30, 3), np.uint8), np.zeros((40,), np.uint8),
+                np.zeros((40, 30, 3), np.uint16)):
+        with pytest.raises(GeovarioError, match=r"images\[1\]: an image array must be"):
+            g.predict([rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), bad])
+    with pytest.raises(GeovarioError, match="no-such-model"):
+        geovario.load(tmp_path / "no-such-model")
+
+
+def test_text_queries_through_the_api(tiny_model_dir, tiny_clip_text_dir):
+    g = geovario.load(tiny_model_dir, backbone=str(tiny_clip_text_dir))
+    expected = Predictor(tiny_model_dir, progress=False).predict_texts(["a snowy street", "a beach"], top_k=3,
+                                                                        backbone=str(tiny_clip_text_dir))
+    one = g.predict_text("a snowy street", top_k=3)
+    assert all(isinstance(p, Prediction) for p in one) and same(one, expected[0])
+    both = g.predict_text(["a snowy street", "a beach"], top_k=3)
+    assert len(both) == 2 and same(both[0], expected[0]) and same(both[1], expected[1])

@@ -19,11 +19,13 @@ from geovario.predict import Predictor
 
 
 def test_expected_calibration_error_on_a_hand_case():
-    """Two bins used: forecasts 0.15 (outcomes 1 of 2: |0.5 - 0.15|) and 0.95 / 1.0 (outcomes 2 of 2: |1 - 0.975|),
-    each holding half the photos."""
-    forecast = np.array([0.15, 0.15, 0.95, 1.0])
-    outcome = np.array([True, False, True, True])
-    assert expected_calibration_error(forecast, outcome) == pytest.approx(0.5 * 0.35 + 0.5 * 0.025)
+    """Ten bins of width 0.1; deviations of both signs (so the sum of |.| is not |sum|), two forecasts that share a
+    bin of ten but not of eleven (0.62, 0.68), and a forecast of 1.0, which falls in the last bin with 0.95:
+    bin 1: 2 photos, 2 hits, mean 0.15 -> 0.85; bin 5: 2, 0, 0.55 -> 0.55; bin 6: 2, 1, 0.65 -> 0.15;
+    bin 8: 1, 1, 0.85 -> 0.15; bin 9: 2, 1, 0.975 -> 0.475."""
+    forecast = np.array([0.15, 0.15, 0.55, 0.55, 0.62, 0.68, 0.85, 0.95, 1.0])
+    outcome = np.array([True, True, False, False, False, True, True, True, False])
+    assert expected_calibration_error(forecast, outcome) == pytest.approx((2 * 0.85 + 2 * 0.55 + 2 * 0.15 + 0.15 + 2 * 0.475) / 9)
     assert expected_calibration_error(np.array([0.3, 0.7]), np.array([False, True]), bins=1) == pytest.approx(0.0)
 
 
@@ -230,3 +232,121 @@ def test_evaluate_reports_the_calibration_streamed_and_draws_the_reliability_dia
     assert main(["evaluate", "--model", str(tiny_model_dir), "--store", str(store.folder), "--out", str(out), "--plots",
                  str(tmp_path / "plain"), "--no-admin", "--no-progress"]) == 0
     assert "calibration" not in json.loads(out.read_text()) and not (tmp_path / "plain" / "reliability.png").exists()
+
+
+def test_forecasts_stay_finite_at_the_sharpest_temperature_searched(tiny_model_dir):
+    """At T = 1/30 with a logit scale of 100 the scaled logits span thousands: the softmax must subtract each row's
+    largest before exponentiating, or it overflows."""
+    predictor = Predictor(tiny_model_dir, progress=False)
+    predictor.model.logit_scale.data.fill_(np.log(100.0))
+    predictor.logit_scale = 100.0
+    rng = np.random.default_rng(10)
+    features = (3 * rng.normal(size=(5, 32))).astype(np.float32)
+    truth = predictor.gallery[:5].astype(np.float64)
+    forecasts, _ = within_forecasts(predictor, features, truth, np.array([1 / 30]))
+    prob = model_softmax(predictor, features, 1 / 30)
+    gallery = predictor.gallery.astype(np.float64)
+    assert np.isfinite(forecasts).all()
+    for i, row in enumerate(prob):
+        best = gallery[np.argmax(row)]
+        distance = haversine_km(best[0], best[1], gallery[:, 0], gallery[:, 1])
+        assert forecasts[0, i] == pytest.approx([row[distance <= t].sum() for t in WITHIN_KM], rel=1e-6, abs=1e-12)
+
+
+def test_the_refined_temperature_is_as_good_as_a_fine_brute_force_scan(tiny_model_dir):
+    """The coarse grid, then 21 points between the best one's neighbours: the fitted temperature's cross-entropy is
+    within 1e-4 (relative) of the best of 400 temperatures spaced evenly in log over the same range."""
+    predictor = Predictor(tiny_model_dir, progress=False)
+    rng = np.random.default_rng(11)
+    features = (3 * rng.normal(size=(600, 32))).astype(np.float32)
+    prob = model_softmax(predictor, features, 0.7)
+    truth = predictor.gallery[[rng.choice(300, p=row / row.sum()) for row in prob]].astype(np.float64)
+    fitted = fit_temperature(predictor, features, truth)
+    scan = np.exp(np.linspace(np.log(1 / 30), np.log(30), 400))
+
+    def cross_entropy(temperatures):
+        forecasts, outcomes = within_forecasts(predictor, features, truth, np.asarray(temperatures))
+        p = np.clip(forecasts, 1e-12, 1 - 1e-12)
+        return -(outcomes * np.log(p) + (~outcomes) * np.log1p(-p)).mean(axis=(1, 2))
+
+    assert cross_entropy([fitted])[0] <= cross_entropy(scan).min() * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("true_temperature, bound", [(float("inf"), "30"), (0.0, "0.0333")])
+def test_a_fit_at_the_searchs_bound_warns_and_one_inside_does_not(tiny_model_dir, tmp_path, true_temperature, bound):
+    """Photos placed as no temperature searched (1/30 to 30) can explain, as if drawn at infinity or at zero: the fit
+    ends at the bound and says so; a fit inside the range is silent."""
+    import warnings
+
+    predictor = Predictor(tiny_model_dir, progress=False)
+    rng = np.random.default_rng(12)
+    features = (3 * rng.normal(size=(300, 32))).astype(np.float32)
+    best = predictor.gallery[model_softmax(predictor, features, 1.0).argmax(axis=1)].astype(np.float64)
+    if true_temperature > 1:  # every photo at the antipode of the best guess: no mass is ever near enough
+        truth = np.stack([-best[:, 0], (best[:, 1] + 360) % 360 - 180], 1)
+    else:  # every photo at the best guess: all the mass belongs there
+        truth = best
+    store = write_store(tmp_path / "bound", features, truth, dtype="float32")
+    with pytest.warns(UserWarning, match=f"the fitted temperature is the search's bound \\({bound}"):
+        calibrate(predictor, store)
+    prob = model_softmax(predictor, features, 0.5)
+    truth = predictor.gallery[[rng.choice(300, p=row / row.sum()) for row in prob]].astype(np.float64)
+    store = write_store(tmp_path / "inside", features, truth, dtype="float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        calibrate(predictor, store)
+
+
+def test_calibrate_draws_distinct_photos_reports_before_at_temperature_one_and_needs_ten(tiny_model_dir, tmp_path):
+    predictor = Predictor(tiny_model_dir, progress=False)
+    rng = np.random.default_rng(13)
+    features = (3 * rng.normal(size=(40, 32))).astype(np.float32)
+    truth = predictor.gallery[rng.integers(0, 300, 40)].astype(np.float64)
+    store = write_store(tmp_path / "val", features, truth, dtype="float32")
+    asked = []
+    original = type(store).rows
+    store.rows = lambda rows: asked.append(np.array(rows)) or original(store, rows)
+    predictor.temperature = 3.0  # whatever it was, "before" is temperature 1
+    record = calibrate(predictor, store, max_photos=39)
+    assert len(asked[0]) == 39 and len(set(asked[0].tolist())) == 39 and list(asked[0]) == sorted(asked[0])
+    fresh = Predictor(tiny_model_dir, progress=False)
+    before = calibration_report(fresh, original(store, asked[0]), truth[asked[0]])
+    for t in WITHIN_KM:
+        assert record["before"]["within_km"][str(t)] == pytest.approx(before["within_km"][str(t)], rel=1e-9)
+    small = write_store(tmp_path / "ten", features[:10], truth[:10], dtype="float32")
+    assert calibrate(predictor, small)["fitted_on"]["photos"] == 10
+    nine = write_store(tmp_path / "nine", features[:9], truth[:9], dtype="float32")
+    with pytest.raises(GeovarioError, match="9 photos are too few to calibrate on"):
+        calibrate(predictor, nine)
+
+
+def test_a_photo_exactly_t_km_or_radius_away_counts_as_within():
+    """As the accuracy metric counts d <= t: errors of exactly 25 and 2,500 km are hits at those distances, and an
+    error equal to the radius is covered."""
+    forecasts = np.full((4, len(WITHIN_KM)), 0.5)
+    guesses = BestGuesses(forecasts, np.array([25.0, 2500.0, 700.0, 3000.0]), np.array([100.0, 2500.0, 700.0, 10.0]))
+    report = guesses.report(1.0)
+    assert report["within_km"]["25"]["observed"] == 0.25 and report["within_km"]["2500"]["observed"] == 0.75
+    assert report["radius"]["coverage"] == 0.75  # 25 <= 100, 2,500 <= 2,500, 700 <= 700; not 3,000 <= 10
+    curves = guesses.reliability()
+    assert curves["25"]["observed"][5] == 0.25 and curves["2500"]["observed"][5] == 0.75
+
+
+@pytest.mark.parametrize("fitted, warns", [(1 / 30, True), (0.035, False), (0.0384, False), (29.9, False), (30.0, True)])
+def test_only_a_temperature_at_either_bound_of_the_search_warns(tiny_model_dir, tmp_path, monkeypatch, fitted, warns):
+    import warnings
+
+    from geovario import calibration
+
+    monkeypatch.setattr(calibration, "fit_temperature", lambda *a: calibration.COARSE[0] if fitted == 1 / 30 else
+                        calibration.COARSE[-1] if fitted == 30.0 else fitted)
+    rng = np.random.default_rng(14)
+    store = write_store(tmp_path / "val", (3 * rng.normal(size=(20, 32))).astype(np.float32), random_truth(rng, 20), dtype="float32")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        calibrate(Predictor(tiny_model_dir, progress=False), store)
+    assert any("search's bound" in str(w.message) for w in caught) is warns
+
+
+def random_truth(rng, n):
+    return np.stack([rng.uniform(-60, 60, n), rng.uniform(-180, 180, n)], 1)

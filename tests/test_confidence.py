@@ -176,3 +176,82 @@ def model_softmax_row(model_dir, feature):
         image = F.normalize(predictor.model.encode_images(torch.from_numpy(feature[None])), dim=-1)
         places = F.normalize(predictor.model.encode_locations(torch.from_numpy(predictor.gallery)), dim=-1)
     return torch.softmax(float(predictor.model.logit_scale.detach().exp()) * image @ places.T, dim=1)[0].numpy()
+
+
+def isolated_and_cluster(n_isolated: int, seed: int = 7):
+    """``n_isolated`` lone points 1,000+ km apart, each more probable than any point of a tight 300-point cluster
+    whose mass (0.6) outweighs them all: the cluster is the best place exactly when a peak candidate reaches it."""
+    rng = np.random.default_rng(seed)
+    lat = np.linspace(-70, 70, 15)
+    lone = np.array([[a, b] for a in lat for b in np.linspace(-170, 170, 12)])[:n_isolated]
+    cluster = np.array([-35.0, 149.0]) + rng.normal(0, 0.01, (300, 2))
+    prob = np.concatenate([np.full(n_isolated, 0.4 / n_isolated), np.full(300, 0.6 / 300)])
+    assert prob[:n_isolated].min() > prob[n_isolated:].max()
+    return np.concatenate([lone, cluster]), prob
+
+
+@pytest.mark.parametrize("k, n_isolated, found", [(1, 63, True), (1, 64, False), (10, 79, True), (10, 80, False)])
+def test_peaks_are_looked_for_among_the_max_of_64_and_8k_most_probable_points(k, n_isolated, found):
+    """The documented search: the first max(64, 8 k) most probable points are the peak candidates; a place none of
+    them reaches is not looked for once k places exist (here a heavy cluster just past the candidates)."""
+    gallery, prob = isolated_and_cluster(n_isolated)
+    places = GalleryPlaces(gallery).places(prob, k=k)
+    assert (places[0].gallery_index >= n_isolated) is found
+    assert len(places) == k
+
+
+def test_the_search_stops_at_exactly_k_places_and_goes_on_only_while_fewer():
+    """Candidates that form exactly k places end the search, even with a heavier place further down the ranking;
+    a later chunk of m points is searched only while fewer than k places exist, and stops as soon as k do."""
+    rng = np.random.default_rng(8)
+    a = np.array([10.0, 10.0]) + rng.normal(0, 0.01, (32, 2))
+    b = np.array([-20.0, -60.0]) + rng.normal(0, 0.01, (32, 2))
+    heavy = np.array([50.0, 100.0]) + rng.normal(0, 0.01, (400, 2))
+    gallery = np.concatenate([a, b, heavy])
+    prob = np.concatenate([np.full(64, 0.3 / 64), np.full(400, 0.7 / 400)])
+    two = GalleryPlaces(gallery).places(prob, k=2)  # the 64 candidates are exactly A and B
+    assert sorted(p.gallery_index // 32 for p in two) == [0, 1]
+    # Sharp: the 64 candidates are one place (A), the next chunk of 64 holds B, the chunk after it a heavier C.
+    c = np.array([-40.0, 170.0]) + rng.normal(0, 0.01, (300, 2))
+    gallery = np.concatenate([np.array([10.0, 10.0]) + rng.normal(0, 0.01, (64, 2)), np.array([-20.0, -60.0]) + rng.normal(0, 0.01, (64, 2)), c])
+    prob = np.concatenate([np.full(64, 0.5 / 64), np.full(64, 0.2 / 64 - 1e-9), np.full(300, 0.3 / 300)])
+    assert prob[64:128].min() > prob[128:].max()
+    places = GalleryPlaces(gallery).places(prob, k=2)
+    assert [p.gallery_index // 64 for p in places] == [0, 1]  # C (0.3) is never reached: B made the second place
+    # Fewer points beyond the candidates than a chunk: they are still searched.
+    gallery = np.concatenate([np.array([10.0, 10.0]) + rng.normal(0, 0.01, (64, 2)), [[-20.0, -60.0], [40.0, 40.0], [-50.0, 120.0]]])
+    prob = np.concatenate([np.full(64, 0.97 / 64), [0.01, 0.01, 0.01]])
+    assert len(GalleryPlaces(gallery).places(prob, k=3)) == 3
+
+
+def test_antipodal_points_are_half_the_earth_apart_not_nan():
+    """Rounding puts some antipodal unit vectors' dot product just below -1; the distance is still half the Earth's
+    circumference (the clip to [0, 1] keeps the arcsine defined)."""
+    rng = np.random.default_rng(0)
+    lat, lon = rng.uniform(-89, 89, 200), rng.uniform(-179, 0, 200)
+    places = GalleryPlaces(np.concatenate([np.stack([lat, lon], 1), np.stack([-lat, lon + 180], 1)]))
+    for i in range(200):
+        distance = places.distances_km(i)
+        assert np.isfinite(distance).all() and distance[200 + i] == pytest.approx(math.pi * EARTH_RADIUS_KM, abs=0.01)
+
+
+def test_level_is_a_share_of_the_whole_mass_and_must_lie_in_zero_to_one():
+    rng = np.random.default_rng(9)
+    gallery = np.stack([rng.uniform(-60, 60, 200), rng.uniform(-180, 180, 200)], 1)
+    prob = rng.dirichlet(np.ones(200))
+    places = GalleryPlaces(gallery)
+    # Unnormalised weights: the radius holds `level` of their sum, the same circle as for the normalised ones.
+    assert [p.radius_km for p in places.places(3 * prob, k=2)] == [p.radius_km for p in places.places(prob, k=2)]
+    assert places.places(prob, k=1, level=1.0)[0].radius_km > places.places(prob, k=1, level=0.9)[0].radius_km
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="level must lie in"):
+            places.places(prob, k=1, level=bad)
+
+
+def test_at_pool_km_zero_only_points_at_the_same_coordinates_pool():
+    """Three points at one position and one a metre away: the three are one place with their summed mass, the
+    fourth is its own place; every point claimed once (the masses sum to 1)."""
+    gallery = np.array([[48.85, 2.35], [48.85, 2.35], [48.85, 2.35], [48.85001, 2.35], [10.0, 10.0]])
+    prob = np.array([0.3, 0.2, 0.1, 0.25, 0.15])
+    places = GalleryPlaces(gallery).places(prob, k=5, pool_km=0.0)
+    assert [p.prob for p in places] == pytest.approx([0.6, 0.25, 0.15]) and [p.gallery_index for p in places] == [0, 3, 4]

@@ -60,7 +60,9 @@ def test_each_format_reads_back_with_a_standard_reader(photo_folder, tmp_path, t
         assert len(ranked) == 30 and set(ranked["rank"]) == {1, 2, 3}
         first = ranked[ranked["rank"] == 1].set_index("input")
         assert np.allclose([first.loc[k, "prob"] for k in best], [p.prob for p in best.values()], rtol=1e-4)
-        assert {"within_25km", "within_2500km", "radius_km", "exif_lat", "error_km"} <= set(frame.columns)
+        assert list(frame.columns) == ["input", "rank", "lat", "lon", "prob", "within_25km", "within_200km", "within_750km",
+                                       "within_2500km", "radius_km", "level", "exif_lat", "exif_lon", "error_km", "error"]
+        assert frame.loc[ranked.index, "exif_lat"].notna().sum() >= 24  # each rank row of a photo with EXIF carries it
         assert frame.loc[frame["input"].str.endswith("broken.jpg"), "error"].str.contains("broken.jpg").all()
     elif suffix == ".jsonl":
         records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -83,7 +85,8 @@ def test_each_format_reads_back_with_a_standard_reader(photo_folder, tmp_path, t
             assert len(f["properties"]["places"]) == 3
         ring = regions[0]["geometry"]["coordinates"][0]
         centre = next(f for f in points if f["properties"]["input"] == regions[0]["properties"]["input"])["geometry"]["coordinates"]
-        assert ring[0] == ring[-1] and len(ring) == 65
+        assert ring[0] == ring[-1] and len(ring) == 65 and len({tuple(v) for v in ring}) == 64  # 64 distinct vertices
+        assert {f["properties"]["rank"] for f in points} == {1} and {f["properties"]["region"] for f in regions} == {True}
     else:
         root = ET.parse(out).getroot()
         ns = {"k": "http://www.opengis.net/kml/2.2"}
@@ -91,8 +94,11 @@ def test_each_format_reads_back_with_a_standard_reader(photo_folder, tmp_path, t
         points = [m for m in marks if m.find("k:Point", ns) is not None]
         assert len(points) == 10 and len(marks) == 20
         lon, lat = map(float, points[0].find("k:Point/k:coordinates", ns).text.split(","))
-        name = points[0].find("k:description", ns).text.splitlines()[0]
+        description = points[0].find("k:description", ns).text.splitlines()
+        name = description[0]
         assert (lat, lon) == pytest.approx((best[name].lat, best[name].lon))
+        assert [line.split(".")[0] for line in description[1:4]] == ["1", "2", "3"]  # the ranked places, numbered from 1
+        assert sum("km off" in m.find("k:description", ns).text for m in points) >= 8  # the EXIF error, where known
 
 
 def test_a_confidence_circle_lies_at_its_radius(tmp_path):
@@ -195,3 +201,75 @@ def test_a_heatmap_draws_each_inputs_probability_over_the_gallery(tiny_model_dir
     assert np.allclose(result["points"], predictor.gallery[order][:, ::-1])
     assert np.allclose(result["values"], np.maximum(np.log10(prob[order]), np.log10(prob.max()) - maps.DECADES), rtol=1e-4)
     assert result["coastlines"] > 100  # Natural Earth's 1:110m land outline
+
+
+def test_regions_only_where_asked_and_outputs_in_a_new_folder(photo_folder, tmp_path, tiny_model_dir, tiny_clip_dir):
+    predictor = Predictor(tiny_model_dir, progress=False)
+    out = tmp_path / "new" / "deeper" / "places.geojson"  # folders that do not exist yet are made
+    predict_folder(predictor, photo_folder / "a", out, top_k=2, backbone=str(tiny_clip_dir), progress=False)
+    kinds = {f["geometry"]["type"] for f in geojson.loads(out.read_text())["features"]}
+    assert kinds == {"Point"}  # no --regions, no polygons
+
+
+def test_a_journal_from_other_settings_names_every_key_that_differs(photo_folder, tmp_path, tiny_model_dir, tiny_clip_dir):
+    """A journal written by an older geovario, without some keys, or with a damaged line, is refused by name."""
+    from geovario.errors import GeovarioError
+
+    predictor = Predictor(tiny_model_dir, progress=False)
+    out = tmp_path / "places.jsonl"
+    journal = journal_path(out)
+    journal.write_text(json.dumps({"settings": {"top_k": 2}}) + "\n")
+    # Every key the journal lacks or holds otherwise (platt is None both ways: the same)
+    with pytest.raises(GeovarioError, match=r"\(backbone, folder, gallery_sha256, level, pool_km, temperature, tta, weights_sha256 differ\)"):
+        predict_folder(predictor, photo_folder, out, top_k=2, backbone=str(tiny_clip_dir), resume=True, progress=False)
+    settings = {"folder": str(photo_folder.resolve())}
+    journal.write_text(json.dumps({"settings": settings}) + "\n" + json.dumps({"input": "x"}) + "\n{broken\n" + "\n")
+    with pytest.raises(GeovarioError, match=r"partial.jsonl:3: damaged line"):
+        predict_folder(predictor, photo_folder, out, top_k=2, backbone=str(tiny_clip_dir), resume=True, progress=False)
+
+
+def test_a_kill_loses_at_most_the_chunk_being_encoded(tmp_path):
+    """predict_folder in a process of its own, killed with SIGKILL while its second chunk is being encoded: the
+    journal holds every record of the first chunk (each chunk is flushed before the next starts)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k in range(6):
+        (folder / f"{k}.jpg").write_bytes(b"x")
+    script = tmp_path / "run.py"
+    script.write_text(f"""
+import time
+from pathlib import Path
+import numpy as np
+from geovario.predict_folder import predict_folder
+
+class Slow:
+    weights_sha256, temperature, platt = "w", 1.0, None
+    gallery = np.zeros((1, 2), np.float32)
+    calls = 0
+    def predict_images(self, paths, *args):
+        Slow.calls += 1
+        if Slow.calls == 2:
+            Path({str(tmp_path / "second")!r}).write_text("started")
+            time.sleep(600)
+        return ["unreadable: " + p for p in paths]
+
+predict_folder(Slow(), {str(folder)!r}, {str(tmp_path / "out.jsonl")!r}, batch_size=3, workers=0, progress=False)
+""")
+    process = subprocess.Popen([sys.executable, str(script)])
+    try:
+        for _ in range(600):
+            if (tmp_path / "second").exists() or process.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert (tmp_path / "second").exists(), "the second chunk never started"
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    lines = journal_path(tmp_path / "out.jsonl").read_text().splitlines()
+    assert len(lines) == 1 + 3 and [json.loads(line)["input"] for line in lines[1:]] == [str(folder / f"{k}.jpg") for k in range(3)]

@@ -105,12 +105,9 @@ class GalleryPlaces:
         for peak, members in zip(candidates, neighbourhoods):
             if claimed[peak]:
                 continue
-            members = members[~claimed[members]]
+            members = members[~claimed[members]]  # the peak among them: its distance to itself is exactly 0
             claimed[members] = True
             mass = float(prob[members].sum())
-            if not claimed[peak]:  # at radius 0 the tree may miss the point itself by rounding
-                claimed[peak] = True
-                mass += float(prob[peak])
             found.append(Prediction(float(self.latlon[peak, 0]), float(self.latlon[peak, 1]), mass, int(peak), level=level))
         return found
 

@@ -86,9 +86,10 @@ class Predictor:
     @torch.inference_mode()
     def encode_queries(self, features: np.ndarray, first_row: int = 0) -> torch.Tensor:
         """Unit image embeddings of a block of feature rows; a row the image head cannot encode (features so large
-        that float32 overflows to infinity or NaN) is a one-line error naming it, never a silent answer."""
+        that float32 overflows to infinity or NaN, or that the norm overflows and the embedding comes out zero) is
+        a one-line error naming it, never a silent answer."""
         queries = self.model.encode_images(torch.tensor(features, device=self.device)).float()  # a copy: stores are read-only
-        finite = torch.isfinite(queries).all(dim=1)
+        finite = torch.isfinite(queries).all(dim=1) & ((queries.norm(dim=1) - 1).abs() < 1e-3)
         if not bool(finite.all()):
             row = int(torch.argmin(finite.int()))
             largest = float(np.max(np.abs(np.asarray(features[row], dtype=np.float64))))
