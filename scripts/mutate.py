@@ -82,8 +82,8 @@ TEST_FILES = {
               "test_bad_input.py", "test_ssl.py"],
     "sim": ["test_sim.py"],
     "study": ["test_study.py"],
-    "confidence": ["test_confidence.py", "test_calibration.py", "test_api.py", "test_cli_predict.py", "test_evaluate.py"],
-    "predict": ["test_api.py", "test_predict_folder.py", "test_tta.py", "test_cli_predict.py", "test_confidence.py",
+    "confidence": ["test_confidence.py", "test_calibration.py", "test_api.py", "test_cli_predict.py", "test_evaluate.py", "test_predictor.py"],
+    "predict": ["test_api.py", "test_predictor.py", "test_predict_folder.py", "test_tta.py", "test_cli_predict.py", "test_confidence.py",
                 "test_calibration.py", "test_text_queries.py", "test_evaluate.py", "test_serve.py", "test_bad_input.py"],
 }
 
