@@ -42,3 +42,24 @@ def test_forward_is_scaled_cosine_and_trains():
 def test_config_roundtrip_ignores_unknown_keys():
     config = tiny_config()
     assert ModelConfig.from_dict({**config.to_dict(), "future_option": 1}) == config
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fourier_features_stay_float32_under_autocast(dtype):
+    """At sigma = 2^8 the phases reach thousands of radians; in bfloat16 (or float16) they would be rounded by whole
+    radians. Under autocast the encoding must be the float32 one, bit for bit, and the encoder close to float32."""
+    from geovario.model import GeoLocModel, ModelConfig, RandomFourierFeatures
+
+    torch.manual_seed(0)
+    rff = RandomFourierFeatures(2.0**8)
+    v = torch.rand(500, 2) * 2 - 1
+    plain = rff(v)
+    with torch.autocast("cpu", dtype=dtype):
+        mixed = rff(v)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)
+    model = GeoLocModel(ModelConfig(hidden_dim=64, rff_dim=32))
+    latlon = torch.stack([torch.rand(300) * 170 - 85, torch.rand(300) * 360 - 180], 1)
+    full = model.encode_locations(latlon)
+    with torch.autocast("cpu", dtype=dtype):
+        reduced = model.encode_locations(latlon).float()
+    assert torch.nn.functional.cosine_similarity(full, reduced, dim=1).min() > 0.99

@@ -226,6 +226,53 @@ def test_only_float16_autocast_on_cuda_scales_the_loss():
         assert uses_loss_scaling(SimpleNamespace(amp=amp, amp_dtype=dtype), SimpleNamespace(type=device)) is expected, (amp, dtype, device)
 
 
+@pytest.mark.parametrize("dtype, accumulate", [("bfloat16", 1), ("float16", 1), ("float16", 2)])
+def test_the_cuda_only_precision_branches_run_on_cpu_when_forced(tmp_path, stores, monkeypatch, dtype, accumulate):
+    """What only CUDA runs (autocast; for float16 the loss scaler: scaled backward, unscale before clipping, step,
+    update; the GradCache micro-batches under autocast), forced on CPU, where torch.autocast("cpu") takes both
+    dtypes: finite losses, weights that follow float32 training's to reduced precision, and an enabled scaler whose
+    scale reaches the checkpoint."""
+    import json
+
+    from geovario.train import loop
+
+    monkeypatch.setattr(loop, "autocast_enabled", lambda t, device: bool(t.amp))
+    options = ["train.device=cpu", f"train.accumulate={accumulate}", "optim.grad_clip=1.0", "optim.lr=1e-3"]
+    forced = trainer(tmp_path / "amp", stores, f"train.amp_dtype={dtype}", *options)
+    plain = trainer(tmp_path / "fp32", stores, "train.amp=false", *options)
+    assert forced.amp._enabled and forced.scaler.is_enabled() is (dtype == "float16") and not plain.amp._enabled
+    if dtype == "float16":
+        # 65,536, the scaler's first scale, overflows float16's gradients here (the scaler would skip the step and
+        # halve it, below); a scale that fits compares the gradients of one real step
+        default, forced.scaler = forced.scaler, torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    forced.step()
+    plain.step()
+    reduced, full = _gradients(forced.model), _gradients(plain.model)  # after the scaler's unscale_, at true scale
+    assert reduced.keys() == full.keys() and len(full) > 4 and all(torch.isfinite(g).all() for g in reduced.values())
+    a, b = (torch.cat([g[name].flatten() for name in sorted(full)]) for g in (full, reduced))
+    # The whole gradient: bfloat16 keeps 8 bits of mantissa, float16 11, and a contrastive gradient is a difference of
+    # near-equal terms, so single small tensors (a bias) can differ a lot while the whole points the same way.
+    cosine, rel = (0.9, 0.2) if dtype == "bfloat16" else (0.98, 0.05)
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > cosine
+    assert float(b.norm()) == pytest.approx(float(a.norm()), rel=rel)
+    for _ in range(2):
+        assert np.isfinite(float(forced.step().loss))
+    if dtype == "float16":
+        from geovario.train.checkpoints import save_checkpoint
+
+        assert forced.scaler.get_scale() == 256.0  # no overflow at 256 in three steps: the scale kept
+        save_checkpoint(forced.run_dir, forced.model, forced.optimizer, forced.scheduler, forced.negatives, forced.state, forced.scaler)
+        latest = forced.run_dir / "checkpoints" / (forced.run_dir / "checkpoints" / "latest").read_text().strip()
+        assert json.loads((latest / "state.json").read_text())["grad_scaler"]["scale"] == 256.0
+        # The trainer's own scaler from 65,536: overflowing steps are skipped (the weights stay finite) and the scale
+        # halves until the gradients fit.
+        forced.scaler = default
+        for _ in range(6):
+            forced.step()
+        assert all(torch.isfinite(p).all() for p in forced.model.parameters())
+        assert forced.scaler.get_scale() in [2.0**k for k in range(17)]
+
+
 def _kept_bytes(model, latlon: torch.Tensor, features: torch.Tensor) -> int:
     """Bytes of the tensors autograd keeps for backward through one contrastive forward pass (each storage once),
     plus the embeddings and their gradients: what a step holds at its peak, measured, not estimated."""

@@ -81,9 +81,15 @@ def validation_row(summary: dict) -> dict:
             | {"val_median_km": summary["median_km"], "val_mean_km": summary["mean_km"], "val_geoscore": summary["geoscore"]})
 
 
+def autocast_enabled(train, device) -> bool:
+    """Autocast (``train.amp``) on CUDA only: on CPU, bfloat16 matmuls are slower than float32 ones on the machines
+    geovario is built on, and float16 ones slower still. (Tests force it on CPU to run the CUDA-only branches.)"""
+    return bool(train.amp and device.type == "cuda")
+
+
 def uses_loss_scaling(train, device) -> bool:
-    """float16 autocast (CUDA only) needs loss scaling for its narrow range; bfloat16 has float32's exponent and does not."""
-    return bool(train.amp and device.type == "cuda" and train.amp_dtype == "float16")
+    """float16 autocast needs loss scaling for its narrow range; bfloat16 has float32's exponent and does not."""
+    return autocast_enabled(train, device) and train.amp_dtype == "float16"
 
 
 class Trainer:
@@ -153,8 +159,7 @@ class Trainer:
         self.trained = self.model if self.ssl_heads is None else torch.nn.ModuleDict({"model": self.model, "ssl": self.ssl_heads})
         self.optimizer = build_optimizer(self.trained, config.optim)
         self.scheduler = Schedule(self.optimizer, config.optim, self.total)
-        on_cuda = t.amp and self.device.type == "cuda"
-        self.amp = torch.autocast(self.device.type, dtype=getattr(torch, t.amp_dtype), enabled=on_cuda)
+        self.amp = torch.autocast(self.device.type, dtype=getattr(torch, t.amp_dtype), enabled=autocast_enabled(t, self.device))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=uses_loss_scaling(t, self.device))
         self.state = TrainState()
         self.learned_space = False
