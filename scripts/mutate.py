@@ -67,8 +67,10 @@ MODULES = {
     "predict": ["predict.py", "predict_folder.py", "api.py"],
 }
 # Tests that run geovario in subprocesses (torchrun's ranks): no coverage reaches them, so they run for a group's
-# survivors only, as a second stage. They catch what only a job of several processes exercises (local_loss, DDP).
-SUBPROCESS_TESTS = {"negatives": ["tests/test_distributed.py"], "train": ["tests/test_distributed.py"]}
+# survivors only, as a second stage. They catch what only a job of several processes exercises (local_loss, DDP), or a kill.
+SUBPROCESS_TESTS = {"negatives": ["tests/test_distributed.py"], "train": ["tests/test_distributed.py"],
+                    # a folder prediction killed with SIGKILL in a process of its own
+                    "predict": ["tests/test_predict_folder.py::test_a_kill_loses_at_most_the_chunk_being_encoded"]}
 TEST_FILES = {
     "losses": ["test_losses.py", "test_losses_variants.py", "test_ssl.py", "test_negatives.py", "test_train.py", "test_train_options.py"],
     "negatives": ["test_negatives.py", "test_losses.py", "test_train.py", "test_train_options.py"],

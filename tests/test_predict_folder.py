@@ -273,3 +273,23 @@ predict_folder(Slow(), {str(folder)!r}, {str(tmp_path / "out.jsonl")!r}, batch_s
         process.wait(timeout=30)
     lines = journal_path(tmp_path / "out.jsonl").read_text().splitlines()
     assert len(lines) == 1 + 3 and [json.loads(line)["input"] for line in lines[1:]] == [str(folder / f"{k}.jpg") for k in range(3)]
+
+
+@pytest.mark.parametrize("lat, lon", [(35.6812, 139.7671), (-33.8568, 151.2153), (64.1466, -21.9426), (91.0, 10.0)])
+def test_a_photos_exif_position_is_its_truth_when_valid(tmp_path, lat, lon):
+    """Latitude and longitude checked each against its own range: Tokyo's longitude (139.8) is no latitude; a
+    latitude of 91 is not a position, so that photo has no truth (and no error)."""
+    from PIL import Image
+
+    from geovario.confidence import Prediction
+    from geovario.predict_folder import image_record
+    from test_data_readers import gps_exif
+
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (16, 16)).save(path, exif=gps_exif(lat, lon))
+    record = image_record(path, [Prediction(0.0, 0.0, 1.0, 0)])
+    if lat > 90:
+        assert record["exif"] is None and record["error_km"] is None
+    else:
+        assert (record["exif"]["lat"], record["exif"]["lon"]) == pytest.approx((lat, lon), abs=1e-4)
+        assert record["error_km"] == pytest.approx(haversine_km(lat, lon, 0.0, 0.0), rel=1e-6)
