@@ -37,6 +37,15 @@ def model_softmax(predictor, features, temperature):
     return torch.softmax(logits / temperature, dim=1).numpy()
 
 
+def drawn_photos(predictor, n: int, temperature: float, seed: int):
+    """n random feature rows, each photo placed at a gallery point drawn from the model's own softmax at
+    ``temperature``: forecasts at that temperature are calibrated by construction."""
+    rng = np.random.default_rng(seed)
+    features = (3 * rng.normal(size=(n, 32))).astype(np.float32)
+    prob = model_softmax(predictor, features, temperature)
+    return features, predictor.gallery[[rng.choice(len(row), p=row / row.sum()) for row in prob]].astype(np.float64)
+
+
 def test_within_forecasts_are_the_mass_near_the_most_probable_point(tiny_model_dir):
     predictor = Predictor(tiny_model_dir, progress=False)
     rng = np.random.default_rng(0)
@@ -68,10 +77,7 @@ def test_the_fitted_temperature_is_the_one_the_photos_were_drawn_at(tiny_model_d
 
 def test_calibrate_saves_a_temperature_that_the_next_predictor_uses_and_refuses_what_does_not_fit(tiny_model_dir, tmp_path):
     predictor = Predictor(tiny_model_dir, progress=False)
-    rng = np.random.default_rng(2)
-    features = (3 * rng.normal(size=(300, 32))).astype(np.float32)
-    prob = model_softmax(predictor, features, 0.5)
-    truth = predictor.gallery[[rng.choice(300, p=row / row.sum()) for row in prob]].astype(np.float64)
+    features, truth = drawn_photos(predictor, 300, 0.5, seed=2)
     store = write_store(tmp_path / "val", features, truth, dtype="float32")
     record = calibrate(predictor, store)
     assert record["before"]["temperature"] == 1.0 and record["after"]["temperature"] == record["temperature"]
@@ -132,10 +138,7 @@ def test_the_calibrate_command_saves_and_prints_its_record_and_refuses_a_store_o
     from geovario.cli import main
 
     predictor = Predictor(tiny_model_dir, progress=False)
-    rng = np.random.default_rng(3)
-    features = (3 * rng.normal(size=(120, 32))).astype(np.float32)
-    prob = model_softmax(predictor, features, 0.5)
-    truth = predictor.gallery[[rng.choice(300, p=row / row.sum()) for row in prob]].astype(np.float64)
+    features, truth = drawn_photos(predictor, 120, 0.5, seed=3)
     write_store(tmp_path / "val", features, truth, dtype="float32")
     assert main(["calibrate", "--model", str(tiny_model_dir), "--store", str(tmp_path / "val"), "--json", "--no-progress"]) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -143,7 +146,7 @@ def test_the_calibrate_command_saves_and_prints_its_record_and_refuses_a_store_o
     assert main(["calibrate", "--model", str(tiny_model_dir), "--store", str(tmp_path / "val"), "--max-photos", "50"]) == 0
     out = capsys.readouterr().out
     assert "on 50 photos" in out and "P(within 2,500 km)" in out and "90 % radius holds" in out
-    write_store(tmp_path / "wide", rng.normal(size=(20, 16)).astype(np.float32), truth[:20])
+    write_store(tmp_path / "wide", np.random.default_rng(3).normal(size=(20, 16)).astype(np.float32), truth[:20])
     assert main(["calibrate", "--model", str(tiny_model_dir), "--store", str(tmp_path / "wide")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "wide: 16-d features, but the model expects 32-d" in err
@@ -204,10 +207,7 @@ def test_evaluate_reports_the_calibration_streamed_and_draws_the_reliability_dia
     from geovario.evaluate import calibration_of
 
     predictor = Predictor(tiny_model_dir, progress=False)
-    rng = np.random.default_rng(6)
-    features = (3 * rng.normal(size=(150, 32))).astype(np.float32)
-    prob = model_softmax(predictor, features, 0.5)
-    truth = predictor.gallery[[rng.choice(300, p=row / row.sum()) for row in prob]].astype(np.float64)
+    features, truth = drawn_photos(predictor, 150, 0.5, seed=6)
     store = write_store(tmp_path / "val", features, truth, dtype="float32")
     save_calibration(tiny_model_dir, calibrate(predictor, store))
     calibrated = Predictor(tiny_model_dir, progress=False)
@@ -257,10 +257,7 @@ def test_the_refined_temperature_is_as_good_as_a_fine_brute_force_scan(tiny_mode
     """The coarse grid, then 21 points between the best one's neighbours: the fitted temperature's cross-entropy is
     within 1e-4 (relative) of the best of 400 temperatures spaced evenly in log over the same range."""
     predictor = Predictor(tiny_model_dir, progress=False)
-    rng = np.random.default_rng(11)
-    features = (3 * rng.normal(size=(600, 32))).astype(np.float32)
-    prob = model_softmax(predictor, features, 0.7)
-    truth = predictor.gallery[[rng.choice(300, p=row / row.sum()) for row in prob]].astype(np.float64)
+    features, truth = drawn_photos(predictor, 600, 0.7, seed=11)
     fitted = fit_temperature(predictor, features, truth)
     scan = np.exp(np.linspace(np.log(1 / 30), np.log(30), 400))
 
