@@ -59,6 +59,9 @@ class ModelConfig:
         return asdict(self)
 
 
+AUTOCAST_DEVICES = ("cpu", "cuda", "mps", "xpu")  # where torch.autocast may be on (the meta device has none)
+
+
 class RandomFourierFeatures(nn.Module):
     """gamma(v) = [cos(2 pi B v), sin(2 pi B v)] with a fixed B ~ N(0, sigma^2) (Tancik et al. 2020)."""
 
@@ -68,12 +71,17 @@ class RandomFourierFeatures(nn.Module):
         self.register_buffer("b", torch.randn(n_frequencies, in_dim) * sigma)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        # Same expression as GeoCLIP's rff.functional.gaussian_encoding, for bitwise-equal float32. Always in float32,
-        # autocast or not: at sigma = 2^8 the phases reach thousands of radians, and bfloat16's 8-bit mantissa (or
-        # float16's 11) would round them by whole radians, turning the finest branch's features into noise.
-        with torch.autocast(v.device.type, enabled=False):
-            vp = 2 * math.pi * v.float() @ self.b.T
-            return torch.cat((torch.cos(vp), torch.sin(vp)), dim=-1)
+        # Always in float32, autocast or not: at sigma = 2^8 the phases reach thousands of radians, and bfloat16's
+        # 8-bit mantissa (or float16's 11) would round them by whole radians, turning the finest branch into noise.
+        if v.device.type in AUTOCAST_DEVICES and torch.is_autocast_enabled(v.device.type):
+            with torch.autocast(v.device.type, enabled=False):
+                return self._encode(v.float())
+        return self._encode(v)
+
+    def _encode(self, v: torch.Tensor) -> torch.Tensor:
+        # Same expression as GeoCLIP's rff.functional.gaussian_encoding, for bitwise-equal float32.
+        vp = 2 * math.pi * v @ self.b.T
+        return torch.cat((torch.cos(vp), torch.sin(vp)), dim=-1)
 
 
 class LocationBranch(nn.Module):
