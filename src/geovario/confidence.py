@@ -75,7 +75,7 @@ class GalleryPlaces:
             raise ValueError(f"pool_km must not be negative, got {pool_km}")
         m = max(PEAK_CANDIDATES, 8 * k)
         claimed = np.zeros(len(prob), dtype=bool)
-        found = self._claim(self._most_probable(prob, m), prob, claimed, pool_km, level)
+        found = self._claim(self.most_probable(prob, m), prob, claimed, pool_km, level)
         if len(found) < k and not claimed.all():
             # A sharp prediction: its most probable points are all one place or few. Later peaks, in order, until
             # k places exist (the gallery sorted once, only in this case).
@@ -112,7 +112,7 @@ class GalleryPlaces:
         return found
 
     @staticmethod
-    def _most_probable(prob: np.ndarray, m: int) -> np.ndarray:
+    def most_probable(prob: np.ndarray, m: int) -> np.ndarray:
         """The indices of the ``m`` most probable points, most probable first, equal ones by index (deterministic
         where duplicated gallery coordinates tie); in O(N), not a sort of the whole gallery."""
         if m < len(prob):

@@ -11,16 +11,16 @@ import numpy as np
 DECADES = 4  # the colour scale spans this many powers of ten below the most probable point
 # Where a place's label may sit, in points from its star, tried in order until it overlaps no label placed before.
 LABEL_OFFSETS = [(6, 6), (6, -16), (-52, 6), (-52, -16), (6, 20), (-52, 20), (6, -30), (-52, -30), (20, 34), (20, -44)]
-
-
 HEAT_POINTS = 2000  # the most probable gallery points the page shades (about 60 KB of JSON)
 
 
 def heat_points(gallery_latlon: np.ndarray, prob: np.ndarray, most: int = HEAT_POINTS) -> list[list[float]]:
     """The page's shading: the ``most`` most probable gallery points down to 10^-DECADES of the most probable, each
     [lat, lon, log10 p], the most probable last (drawn on top), as the PNG draws them."""
+    from geovario.confidence import GalleryPlaces
+
     prob = np.asarray(prob, dtype=np.float64)
-    top = np.argsort(-prob, kind="stable")[:most]
+    top = GalleryPlaces.most_probable(prob, most)  # in O(N), not a sort of the whole gallery on every upload
     top = top[prob[top] >= prob[top[0]] * 10.0 ** -DECADES][::-1]
     return [[float(gallery_latlon[i, 0]), float(gallery_latlon[i, 1]), round(float(np.log10(prob[i])), 3)] for i in top]
 
