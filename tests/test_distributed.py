@@ -69,7 +69,9 @@ def scenarios(store, view_store, small_store) -> list[dict]:
         {"name": "own_entries_local", "overrides": small + ["loss.name=semivariogram", "train.local_loss=true"], "steps": 5,
          "record": True},
     ]
-    return wrapped + long + geometry + own
+    # A loss that is NaN on rank 1 only (its own rows, with the local loss): every rank must stop, none may wait for ever.
+    diverged = [{"name": "nan_one_rank", "overrides": queue + ["loss.name=infonce", "train.local_loss=true"], "steps": 1, "nan_on_rank": 1}]
+    return wrapped + long + geometry + own + diverged
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +165,14 @@ def test_queues_identical_after_20_steps(two_ranks):
         assert torch.equal(rank0[key], rank1[key]), key
         assert torch.equal(rank0[key], single[key]), key  # the gathered batch is the single-process batch, in order
     assert int(single["queue.ptr"]) == (20 * GLOBAL_BATCH) % 40 and int(single["queue.count"]) == 40
+
+
+def test_a_loss_that_diverges_on_one_rank_stops_every_rank(two_ranks):
+    ranks, single = two_ranks["nan_one_rank"]
+    messages = [bytes(r["stopped"].tolist()).decode() for r in ranks]
+    assert messages[1].startswith("step 1: the loss is nan, not finite; stopped before updating the weights")
+    assert messages[0].startswith("step 1: another process's loss is not finite; stopped before updating the weights")
+    assert single["stopped"].numel() == 0  # one process, without the NaN, goes on
 
 
 def test_refit_variogram_is_shared_and_matches_single_process(two_ranks):

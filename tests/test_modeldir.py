@@ -110,3 +110,33 @@ def test_read_gallery_reports_the_bad_line(tmp_path):
         read_gallery(path)
     with pytest.raises(GeovarioError, match="gallery file not found"):
         read_gallery(tmp_path / "missing.csv")
+
+
+@pytest.mark.parametrize("text", [
+    "LAT,LON\n1.5,2.5\n-33.8688,151.2093\n",
+    "lat,lon,name\n10,20,a\n-90,180,b\n",  # integers, the extremes, an extra text column
+    "Latitude , Longitude\n1e1,-2.5E+1\n0.1,0.2\n",  # names with spaces, scientific notation
+    "id,lng,lat\n7,179.999999999,-0.000001\n8,-180,90\n",  # lng first, many digits
+    "\ufeffLAT,LON\n48.8566,2.3522\n",  # a UTF-8 byte-order mark
+])
+def test_a_clean_coordinate_csv_reads_as_the_strict_reader_reads_it(tmp_path, text):
+    """read_latlon_csv parses a clean file with pandas' numbers at once (ten times faster on GeoCLIP's 100K
+    gallery) and falls back to the strict line-by-line reader otherwise: both give the same float64 values."""
+    from geovario.data import latlon_csv
+
+    path = tmp_path / "g.csv"
+    path.write_text(text, encoding="utf-8")
+    strict = latlon_csv.read_latlon_table(path, "gallery", np.float64)[1]
+    assert latlon_csv._clean_numbers(path, "gallery") is not None
+    np.testing.assert_array_equal(latlon_csv.read_latlon_csv(path, dtype=np.float64), strict)
+    np.testing.assert_array_equal(latlon_csv._clean_numbers(path, "gallery"), strict)
+
+
+@pytest.mark.parametrize("text", ["LAT,LON\n1,2\n\n3,4\n", "LAT,LON\n1,2\n3,x\n", "LAT,LON\n1,2\n91,4\n", "LAT,LON\n1,2\nNA,4\n",
+                                  "LAT,LON,LATITUDE\n1,2,3\n"])
+def test_anything_unclean_goes_to_the_strict_reader(tmp_path, text):
+    from geovario.data import latlon_csv
+
+    path = tmp_path / "g.csv"
+    path.write_text(text)
+    assert latlon_csv._clean_numbers(path, "gallery") is None

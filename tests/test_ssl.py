@@ -183,3 +183,23 @@ def test_the_heads_have_the_theses_sizes():
     assert [(m.in_features, m.out_features) for m in linear] == [(64, 512), (512, 512), (512, 512), (512, 256), (256, 512)]
     norms = [m.num_features for m in heads.projector if isinstance(m, torch.nn.BatchNorm1d)]
     assert norms == [512, 512, 512] and [m.num_features for m in heads.predictor if isinstance(m, torch.nn.BatchNorm1d)] == [256]
+
+
+def test_view_zero_is_the_plain_centre_crop_and_view_k_the_kth_stored_one():
+    """StoreData._view's numbering, as the store documents it: 0 the plain features, k the k-th augmented view."""
+    plain = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    views = torch.stack([torch.full((2, 2), 10.0 * (i + 1)) + torch.tensor([[0.0], [1.0]]) for i in range(3)])  # (3, K=2, 2)
+    out = StoreData._view(plain, views, torch.tensor([0, 1, 2]))
+    assert out.tolist() == [[1.0, 1.0], [20.0, 20.0], [31.0, 31.0]]
+
+
+def test_a_non_finite_ssl_loss_stops_the_run_before_the_weights_change(tmp_path, view_store):
+    config = load_config(None, SMALL + [f"data.train={view_store.folder}", "loss.name=ssl", "model.queue_size=32", "train.batch_size=16",
+                                        "train.max_steps=2"])
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    with torch.no_grad():
+        trainer.ssl_heads.predictor[0].weight[0, 0] = float("nan")  # only the SimSiam term diverges
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(GeovarioError, match="step 1: the loss is nan, not finite; stopped before updating the weights"):
+        trainer.run()
+    torch.testing.assert_close(trainer.model.state_dict(), before, rtol=0, atol=0)

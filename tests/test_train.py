@@ -271,7 +271,7 @@ def test_resume_removes_half_written_checkpoints_and_refuses_a_changed_store(tmp
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--set", "train.max_steps=7", "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "training data changed since the run started" in err and f"fingerprint {started[:12]} then" in err
+    assert f"geovario: error: {store}: the training data changed since the run started" in err and f"fingerprint {started[:12]} then" in err
 
 
 def test_resume_refuses_a_store_whose_features_changed_under_the_same_index(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Training options beyond GeoCLIP's recipe: gradient accumulation, warmup + cosine, parameter groups,
 validation every N steps, the best/ model, fp16's settings and Weights & Biases."""
 
+import math
 import sys
 import types
 
@@ -188,8 +189,9 @@ def test_wandb_logs_every_metrics_row_and_resumes_the_same_run(tmp_path, stores,
         def finish(self):
             calls.append(("finish",))
 
+    ids = iter(["abc123", "def456"])  # a new id on every call: a resume must read back the first
     fake = types.SimpleNamespace(init=lambda **kw: calls.append(("init", kw)) or FakeRun(),
-                                 util=types.SimpleNamespace(generate_id=lambda: "abc123"))
+                                 util=types.SimpleNamespace(generate_id=lambda: next(ids)))
     monkeypatch.setitem(sys.modules, "wandb", fake)
     overrides = SMALL + [f"data.train={stores[0]}", "train.max_steps=6", "train.log_every=2", "train.wandb=true", "train.wandb_project=p"]
     train(load_config(None, overrides), tmp_path / "run", progress=False)
@@ -198,7 +200,8 @@ def test_wandb_logs_every_metrics_row_and_resumes_the_same_run(tmp_path, stores,
     assert [c[1] for c in logged] == metrics["step"].tolist() == [2, 4, 6]
     assert [c[2]["loss"] for c in logged] == pytest.approx(metrics["loss"].tolist(), rel=1e-5)
     init = calls[0][1]
-    assert (init["project"], init["id"], init["resume"]) == ("p", "abc123", "allow") and calls[-1] == ("finish",)
+    assert (init["project"], init["id"], init["resume"], init["name"]) == ("p", "abc123", "allow", "experiment") and calls[-1] == ("finish",)
+    assert all("step" not in c[2] and c[2]["epoch"] == 0 for c in logged)  # the step is W&B's own axis, not a metric
     calls.clear()
     assert main(["train", "--resume", str(tmp_path / "run"), "--set", "train.max_steps=8", "--no-progress"]) == 0
     assert calls[0][1]["id"] == "abc123"  # the same W&B run continues
@@ -400,29 +403,112 @@ def test_a_validation_that_only_ties_the_best_keeps_the_earlier_model(tmp_path):
             written.append(extra["best"]["step"])
 
         run_dir = tmp_path / metric
-        run_dir.mkdir()
+        (run_dir / ".best.tmp").mkdir(parents=True)  # left by a run killed while it wrote best/: cleared first
+        (run_dir / ".best.tmp" / "half-written").write_text("")
         fake = SimpleNamespace(config=SimpleNamespace(train=SimpleNamespace(keep_best=metric)), state=SimpleNamespace(best=None),
                                run_dir=run_dir, _save_model=save)
         for step, value in enumerate(values, 1):
             Trainer._keep_if_best(fake, {f"val_{metric}": value}, step)
         assert written == [1, 2] and fake.state.best["step"] == 2 and (run_dir / "best" / "step").read_text() == "2", metric
+        assert sorted(p.name for p in (run_dir / "best").iterdir()) == ["step"]
 
 
-def test_a_large_stores_variogram_is_fitted_on_half_precision_features(tmp_path, monkeypatch):
+def test_a_large_stores_variogram_reads_only_the_rows_it_needs(tmp_path, monkeypatch):
     """store_variogram (what a run without loss.variogram, the lab's benchmarks and its study fit) reads a store of
-    more than HALF_PRECISION_ROWS rows (20,000) as float16, to halve the memory, and a smaller one as it is stored;
-    here the limit is lowered to 300 rows so that the test stays small."""
-    from geovario.data.store import write_store
+    more than EXACT_MAX rows lazily (store.lazy(): never the whole store in memory, issue 28) and a smaller one
+    whole; both give the fit of the same features held in memory. The limit is lowered to 300 rows here."""
+    from geovario.data.store import FeatureStore, write_store
     from geovario.train import build
-    from geovario.variogram import empirical_for_loss, fit_for_loss
+    from geovario.variogram import choices, empirical_for_loss, fit_for_loss
 
-    monkeypatch.setattr(build, "HALF_PRECISION_ROWS", 300)
+    monkeypatch.setattr(choices, "EXACT_MAX", 300)
+    lazy_reads = []
+    original = FeatureStore.lazy
+    monkeypatch.setattr(FeatureStore, "lazy", lambda self, *a: lazy_reads.append(len(self)) or original(self, *a))
     rng = np.random.default_rng(0)
     latlon = np.stack([rng.uniform(-60, 60, 301), rng.uniform(-180, 180, 301)], 1)
     features = (rng.normal(size=(301, 8)) + latlon[:, :1] / 30).astype(np.float32)
     for rows in (300, 301):
-        store = write_store(tmp_path / str(rows), features[:rows], latlon[:rows], dtype="float32")
-        fits = {dtype: fit_for_loss(empirical_for_loss(store.features(dtype=dtype), store.gps)).to_dict()
-                for dtype in (np.float32, np.float16)}
-        assert fits[np.float32] != fits[np.float16]  # the precision shows in the fit
-        assert build.store_variogram(store).to_dict() == fits[np.float16 if rows > 300 else np.float32]
+        store = write_store(tmp_path / str(rows), features[:rows], latlon[:rows], dtype="float32", shard_size=128)
+        expected = fit_for_loss(empirical_for_loss(features[:rows], latlon[:rows])).to_dict()
+        assert build.store_variogram(store).to_dict() == expected
+    assert lazy_reads == [301]
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_non_finite_loss_stops_a_plain_or_accumulated_step_before_the_weights_change(tmp_path, stores, accumulate):
+    run = trainer(tmp_path / "run", stores, "train.max_steps=2", f"train.accumulate={accumulate}")
+    with torch.no_grad():
+        run.model.image_head.mlp[0].weight[0, 0] = float("nan")
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    with pytest.raises(GeovarioError, match="step 1: the loss is nan, not finite; stopped before updating the weights"):
+        run.run()
+    torch.testing.assert_close(run.model.state_dict(), before, rtol=0, atol=0, equal_nan=True)
+
+
+def test_metrics_log_every_log_every_steps_and_the_last_with_the_rate_of_its_window(tmp_path, stores, monkeypatch):
+    """metrics.csv has a row every train.log_every steps and at the last step (7 steps, log_every 3: 3, 6, 7); each
+    row's samples_per_s is the samples since the previous row over the seconds since it, read here off a clock that
+    advances 0.5 s per reading (the loop reads it at the start, then twice per row: the rate, the next window)."""
+    from geovario.train import loop
+
+    readings = iter(np.arange(1, 100) * 0.5)
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: float(next(readings))))
+    trainer(tmp_path / "run", stores, "train.max_steps=7", "train.log_every=3").run()  # 320 samples, batch 16: no epoch end
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert metrics["step"].tolist() == [3, 6, 7]
+    assert metrics["samples_per_s"].tolist() == [3 * 16 / 0.5, 3 * 16 / 0.5, 1 * 16 / 0.5]
+
+
+def test_a_resume_drops_the_rows_logged_after_its_checkpoint_even_the_only_one(tmp_path):
+    from geovario.train.metrics_log import _truncate
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,epoch,loss\n5,0,1.5\n")
+    _truncate(path, 2)
+    assert path.read_text() == "step,epoch,loss\n"
+    path.write_text("step,epoch,loss\n2,0,1.5\n4,0,1.25\n6,0,1.0\n")
+    _truncate(path, 4)
+    assert path.read_text() == "step,epoch,loss\n2,0,1.5\n4,0,1.25\n"
+
+
+def test_metrics_rows_round_floats_to_6_digits_and_leave_everything_else_as_is(tmp_path):
+    from geovario.train.metrics_log import _append_row
+
+    path = tmp_path / "metrics.csv"
+    _append_row(path, {"step": 1234567, "loss": 0.123456789, "lr": float("nan"), "note": "warm"})
+    assert path.read_text().splitlines() == ["step,loss,lr,note", "1234567,0.123457,nan,warm"]
+
+
+@pytest.mark.parametrize("total", [2, 3, 10])
+def test_the_cosine_schedule_reaches_its_floor_at_the_last_step(total):
+    from geovario.train.optim import cosine_factor
+
+    assert cosine_factor(0, 0, total, 0.1) == 1.0  # the peak at the first step after (no) warmup
+    assert cosine_factor(total - 1, 0, total, 0.1) == pytest.approx(0.1)
+    assert cosine_factor(3, 2, 2 + total, 0.25) == pytest.approx(0.25 + 0.75 * 0.5 * (1 + math.cos(math.pi / (total - 1))))
+
+
+def test_tensorboard_gets_every_numeric_metric_at_its_step_when_installed(tmp_path, stores, monkeypatch):
+    """With the tensorboard package installed (faked here: it is optional), every metrics row's numbers go to a
+    SummaryWriter in RUN/tensorboard at the row's step, and the writer is closed at the end."""
+    calls = []
+
+    class FakeWriter:
+        def __init__(self, folder):
+            calls.append(("open", folder))
+
+        def add_scalar(self, key, value, step):
+            calls.append(("scalar", key, value, step))
+
+        def close(self):
+            calls.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    train(load_config(None, SMALL + [f"data.train={stores[0]}", "train.max_steps=4", "train.log_every=2"]), tmp_path / "run", progress=False)
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert calls[0] == ("open", str(tmp_path / "run" / "tensorboard")) and calls[-1] == ("close",)
+    losses = [(c[3], c[2]) for c in calls if c[0] == "scalar" and c[1] == "loss"]
+    assert [s for s, _ in losses] == metrics["step"].tolist() == [2, 4]
+    assert [v for _, v in losses] == pytest.approx(metrics["loss"].tolist(), rel=1e-5)
+    assert not any(c[0] == "scalar" and c[1] in ("step", "epoch") for c in calls)

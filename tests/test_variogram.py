@@ -624,3 +624,35 @@ def test_an_estimate_reads_float32_features_up_to_exact_max_and_reports_the_othe
     assert "compare" not in estimates_report([result], "spherical")
     assert [e["label"] for e in estimates_report([result, others[0]], "spherical")["compare"]] == ["b"]
     assert [e["label"] for e in estimates_report([result, *others], "spherical")["compare"]] == ["b", "c"]
+
+
+def test_a_store_bigger_than_exact_max_is_sampled_through_lazy_reads_with_the_in_memory_result(tmp_path, monkeypatch):
+    """estimate() hands a store above exact_max to the sampler as store.lazy(): rows read as the pairs need them,
+    across shard boundaries and in any order, never the whole store (issue 28: 5M rows would be 7.7 GB). The
+    estimate is the one of the same float32 features in memory, to the last bit; a NaN row is still named."""
+    from geovario.data.store import write_store
+    from geovario.variogram.estimate import EstimateSettings, estimate
+
+    latlon, features = sphere_points(300, seed=5), np.random.default_rng(5).normal(size=(300, 8)).astype(np.float32)
+    store = write_store(tmp_path / "s", features, latlon, dtype="float32", shard_size=64)
+    lazy = store.lazy()
+    assert lazy.shape == (300, 8) and len(lazy) == 300
+    np.testing.assert_array_equal(lazy[50:200], features[50:200])
+    index = np.array([299, 3, 64, 63, 3, 128])
+    np.testing.assert_array_equal(lazy[index], features[index])
+    whole = []
+    monkeypatch.setattr(type(store), "features", lambda self, start=0, stop=None, dtype=np.float32: whole.append((start, stop)) or
+                        self._finite(self._gather(self._shards, start, stop, dtype), np.arange(start, start + 1)))
+    settings = EstimateSettings(bins=6, log_bins=False, exact_max=100, max_pairs=20_000, short_lag_km=2000.0)
+    result = estimate(store, "s", settings, progress=False)
+    direct = empirical_variogram(features, latlon, bins=6, log_bins=False, exact_max=100, max_pairs=20_000, short_lag_km=2000.0)
+    assert result.empirical.sampling == "stratified"
+    np.testing.assert_array_equal(result.empirical.gamma, direct.gamma)
+    np.testing.assert_array_equal(result.empirical.n, direct.n)
+    assert (0, None) not in whole  # the row-norm pass reads slices; nothing asks for the whole store
+
+    bad = features.copy()
+    bad[77, 2] = np.nan
+    with pytest.raises(GeovarioError, match="row 77"):
+        empirical_variogram(write_store(tmp_path / "bad", bad, latlon, dtype="float32", shard_size=64).lazy(), latlon,
+                            exact_max=100, max_pairs=1000)

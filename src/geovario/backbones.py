@@ -30,6 +30,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Test-time augmentation: the options, and the views each gives per image.
 TTA_VIEWS = {"none": 1, "ten-crop": 10}
+HALF_PRECISION_DEVICES = ("cuda",)  # where the frozen backbone runs under float16 autocast (tests add "cpu" to run it here)
 TEN_CROP_SCALE = 256 / 224  # ten crops of 224 from an image resized to 256 (ImageNet practice)
 
 
@@ -314,8 +315,8 @@ class ClipBackbone:
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) normalised pixels -> (N, feature_dim) float32 features."""
-        pixels = pixels.to(self.device)
-        autocast = torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda")
+        pixels = pixels.to(self.device, non_blocking=pixels.is_pinned())  # pinned by the loader on CUDA: an async copy
+        autocast = torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type in HALF_PRECISION_DEVICES)
         with autocast:
             out = self.model(pixel_values=pixels).image_embeds
         return out.float()

@@ -172,6 +172,7 @@ def topk_softmax(
         raise ParameterError("top_k", f"must be between 1 and the gallery size {n}, got {k}")
     device = queries.device
     rows = chunk_rows or _chunk_rows(len(queries))
+    scaled = queries * logit_scale  # the scale folded into the queries: one pass over (B, D), not over every logit
     best_logits = torch.full((len(queries), 0), float("-inf"), device=device)
     best_index = torch.zeros((len(queries), 0), dtype=torch.long, device=device)
     log_norm = torch.full((len(queries),), float("-inf"), device=device)
@@ -180,9 +181,11 @@ def topk_softmax(
         if isinstance(block, np.ndarray):
             block = torch.from_numpy(np.ascontiguousarray(block))
         block = block.to(device=device, dtype=queries.dtype)
-        logits = logit_scale * (queries @ block.T)
-        log_norm = torch.logaddexp(log_norm, torch.logsumexp(logits, dim=1))
+        logits = scaled @ block.T
         top = torch.topk(logits, min(k, logits.shape[1]), dim=1)
+        # The block's log-sum-exp, shifted by its largest logit (topk's first): exp in place, no second max pass.
+        largest = top.values[:, :1]
+        log_norm = torch.logaddexp(log_norm, largest[:, 0] + logits.sub_(largest).exp_().sum(dim=1).log())
         best_logits = torch.cat([best_logits, top.values], dim=1)
         best_index = torch.cat([best_index, top.indices + start], dim=1)
         if best_logits.shape[1] > k:

@@ -132,8 +132,16 @@ class FeatureSource:
     def dim(self) -> int:
         return int(self.features(0, 1).shape[1])
 
-    def features(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+    def features(self, start: int = 0, stop: int | None = None, dtype=np.float32) -> np.ndarray:
         raise NotImplementedError
+
+    def rows(self, index: np.ndarray, dtype=np.float32) -> np.ndarray:
+        """Features of arbitrary rows, in the order given."""
+        raise NotImplementedError
+
+    def lazy(self, dtype=np.float32) -> "LazyFeatures":
+        """The features as an (N, D) array-like that reads only the rows asked for (see :class:`LazyFeatures`)."""
+        return LazyFeatures(self, dtype)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, str]:
         if not -len(self) <= i < len(self):
@@ -298,6 +306,32 @@ class ArrayFeatures(FeatureSource):
 
     def features(self, start: int = 0, stop: int | None = None, dtype=np.float32) -> np.ndarray:
         return np.asarray(self._features[start:stop], dtype=dtype)
+
+    def rows(self, index: np.ndarray, dtype=np.float32) -> np.ndarray:
+        return np.asarray(self._features[np.asarray(index, dtype=np.int64)], dtype=dtype)
+
+
+class LazyFeatures:
+    """A feature source as an (N, D) array that is never read whole: ``x[a:b]`` reads rows a..b and ``x[index]``
+    the rows listed, each through the source's own (checked) readers. For work that visits a sample of a store
+    bigger than memory, such as the semivariogram's sampled pairs on millions of rows."""
+
+    ndim = 2
+
+    def __init__(self, source: FeatureSource, dtype=np.float32):
+        self.source, self.dtype = source, np.dtype(dtype)
+        self.shape = (len(source), source.dim)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                raise IndexError("LazyFeatures reads contiguous slices and index arrays only")
+            return self.source.features(start, max(start, stop), dtype=self.dtype)
+        return self.source.rows(np.asarray(key), dtype=self.dtype)
 
 
 def open_feature_source(store: str | Path | None = None, features: str | Path | None = None, gps: str | Path | None = None) -> FeatureSource:

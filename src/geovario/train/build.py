@@ -135,14 +135,13 @@ def initial_variogram(config: Config, data, run_dir: Path, resume: bool = False)
     return store_variogram(data.store, config.loss.variogram_bins, config.loss.variogram_model)
 
 
-# A store of more rows is read as float16 for its variogram: half the memory, dissimilarities moved in the 4th decimal.
-HALF_PRECISION_ROWS = 20_000
-
-
 def store_variogram(store, bins: int = 40, model: str = "stable") -> VariogramModel:
     """The semivariogram loss's fit on a feature store's frozen features: what a run without loss.variogram uses,
-    and what the lab's benchmarks and study give their runs."""
-    features = store.features(dtype=np.float16) if len(store) > HALF_PRECISION_ROWS else store.features()
+    and what the lab's benchmarks and study give their runs. Above the exact path's size only the sampled pairs'
+    rows are read (``store.lazy()``), so a store of millions of rows is never loaded whole."""
+    from geovario.variogram.choices import EXACT_MAX
+
+    features = store.lazy() if len(store) > EXACT_MAX else store.features()
     return fit_for_loss(empirical_for_loss(features, store.gps, bins), model)
 
 

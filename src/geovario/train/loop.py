@@ -298,7 +298,8 @@ class Trainer:
         if bad:
             latest = self.run_dir / "checkpoints" / "latest"
             kept = f"checkpoints/{latest.read_text().strip()}" if latest.is_file() else "no checkpoint yet"
-            raise GeovarioError(f"step {step + 1}: the loss is {value:g}, not finite; stopped before updating the weights "
+            what = f"the loss is {value:g}, not finite" if not math.isfinite(value) else "another process's loss is not finite"
+            raise GeovarioError(f"step {step + 1}: {what}; stopped before updating the weights "
                                 f"(the last good state: {kept} in {self.run_dir}). Lower optim.lr or check the data, then --resume")
 
     # --- the run ---

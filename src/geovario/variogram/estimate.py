@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from geovario.variogram.choices import EstimateSettings  # noqa: F401 (re-exported: its home is importable without torch)
 from geovario.variogram.empirical import EmpiricalVariogram, empirical_variogram
 from geovario.variogram.fit import VariogramFitError, fit_variogram
@@ -32,9 +30,11 @@ class Estimate:
 
 def estimate(source, label: str, settings: EstimateSettings, progress: bool = True) -> Estimate:
     """The empirical semivariogram of a feature source and its fitted model (or why the fit failed)."""
-    large = len(source) > settings.exact_max  # sampled pairs: float16 features halve the memory
+    # Every pair: all rows in memory. Sampled pairs: only the rows each chunk of pairs needs, read as it goes, so
+    # a store of millions of rows is never loaded whole.
+    sampled = len(source) > settings.exact_max
     empirical = empirical_variogram(
-        source.features(dtype=np.float16 if large else np.float32), source.gps,
+        source.lazy() if sampled else source.features(), source.gps,
         bins=settings.bins, max_lag_km=settings.max_lag_km, log_bins=settings.log_bins, min_lag_km=settings.min_lag_km,
         estimator=settings.estimator, exact_max=settings.exact_max, max_pairs=settings.max_pairs,
         short_lag_km=settings.short_lag_km, seed=settings.seed, progress=progress,
