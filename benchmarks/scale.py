@@ -2,7 +2,7 @@
 
 Stores of float16 768-d features (CLIP ViT-L/14's width, GeoCLIP's input) at random, with positions clustered
 around GeoNames places like real photos. Every command runs as ``geovario ...`` in a fresh process, so its peak
-resident memory (ru_maxrss: the largest resident set, heap and touched memory-mapped pages alike) is its own:
+resident memory (VmHWM: the largest resident set, heap and touched memory-mapped pages alike) is its own:
 
 1. ``train``, GeoCLIP's shape (768-d, batch 512, GPS queue 4,096, InfoNCE), a fixed number of steps, on a small
    store [reference] and on each big one: samples/s in the steady state (after the queue is full), peak memory,
@@ -31,7 +31,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -89,9 +88,11 @@ class AnonymousPeak:
         self._thread.join()
 
     def report(self) -> str:
-        """The last line a child prints: peak resident memory (ru_maxrss, mapped file pages included) and the
-        anonymous peak, in MiB."""
-        return json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "anon_mib": self.peak_kib / 1024})
+        """The last line a child prints: its peak resident memory (VmHWM, mapped file pages included; not ru_maxrss,
+        which Linux carries over from the parent across exec) and the anonymous peak, in MiB."""
+        status = Path("/proc/self/status").read_text().splitlines()
+        hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+        return json.dumps({"peak_mib": hwm / 1024, "anon_mib": self.peak_kib / 1024})
 
 
 def child(args: list[str]) -> int:
