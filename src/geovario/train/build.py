@@ -137,12 +137,9 @@ def initial_variogram(config: Config, data, run_dir: Path, resume: bool = False)
 
 def store_variogram(store, bins: int = 40, model: str = "stable") -> VariogramModel:
     """The semivariogram loss's fit on a feature store's frozen features: what a run without loss.variogram uses,
-    and what the lab's benchmarks and study give their runs. Above the exact path's size only the sampled pairs'
-    rows are read (``store.lazy()``), so a store of millions of rows is never loaded whole."""
-    from geovario.variogram.choices import EXACT_MAX
-
-    features = store.lazy() if len(store) > EXACT_MAX else store.features()
-    return fit_for_loss(empirical_for_loss(features, store.gps, bins), model)
+    and what the lab's benchmarks and study give their runs. The store is read lazily (``store.lazy()``): above the
+    exact path's size only the sampled pairs' rows, so a store of millions of rows is never loaded whole."""
+    return fit_for_loss(empirical_for_loss(store.lazy(), store.gps, bins), model)
 
 
 def set_variogram(loss_fn, variogram: VariogramModel) -> None:

@@ -30,11 +30,10 @@ class Estimate:
 
 def estimate(source, label: str, settings: EstimateSettings, progress: bool = True) -> Estimate:
     """The empirical semivariogram of a feature source and its fitted model (or why the fit failed)."""
-    # Every pair: all rows in memory. Sampled pairs: only the rows each chunk of pairs needs, read as it goes, so
+    # Read lazily: the exact path loads every row once, the sampled one only the rows each chunk of pairs needs, so
     # a store of millions of rows is never loaded whole.
-    sampled = len(source) > settings.exact_max
     empirical = empirical_variogram(
-        source.lazy() if sampled else source.features(), source.gps,
+        source.lazy(), source.gps,
         bins=settings.bins, max_lag_km=settings.max_lag_km, log_bins=settings.log_bins, min_lag_km=settings.min_lag_km,
         estimator=settings.estimator, exact_max=settings.exact_max, max_pairs=settings.max_pairs,
         short_lag_km=settings.short_lag_km, seed=settings.seed, progress=progress,
