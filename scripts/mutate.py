@@ -65,6 +65,8 @@ MODULES = {
     "study": ["lab/study.py"],
     "confidence": ["confidence.py", "calibration.py"],
     "predict": ["predict.py", "predict_folder.py", "api.py"],
+    "store": ["data/store.py", "data/latlon_csv.py"],
+    "places": ["places.py", "geonames.py"],
 }
 # Tests that run geovario in subprocesses (torchrun's ranks): no coverage reaches them, so they run for a group's
 # survivors only, as a second stage. They catch what only a job of several processes exercises (local_loss, DDP), or a kill.
@@ -85,6 +87,9 @@ TEST_FILES = {
     "sim": ["test_sim.py"],
     "study": ["test_study.py"],
     "confidence": ["test_confidence.py", "test_calibration.py", "test_api.py", "test_cli_predict.py", "test_evaluate.py", "test_predictor.py"],
+    "store": ["test_store_data.py", "test_store_extract.py", "test_data_readers.py", "test_modeldir.py", "test_variogram.py",
+              "test_evaluate.py", "test_bad_input.py"],
+    "places": ["test_places.py", "test_metrics.py", "test_geo.py", "test_sim.py", "test_cli_predict.py"],
     "predict": ["test_api.py", "test_predictor.py", "test_predict_folder.py", "test_tta.py", "test_cli_predict.py", "test_confidence.py",
                 "test_calibration.py", "test_text_queries.py", "test_evaluate.py", "test_serve.py", "test_bad_input.py"],
 }

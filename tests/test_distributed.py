@@ -230,6 +230,18 @@ def test_sampler_splits_each_global_batch_into_contiguous_rank_rows():
     assert not np.array_equal(one.batch(0)[0], one.batch(6)[0])  # a new order each epoch
 
 
+def test_sampler_orders_do_not_depend_on_the_order_epochs_are_asked_for():
+    """The store's read-ahead asks for the next epoch before the last steps of this one: any order of asking gives
+    each epoch its own seeded permutation, and at most two are kept."""
+    import torch
+
+    sampler = DistributedBatchSampler(100, 16, seed=3, world=Dist())
+    for epoch in (0, 1, 0, 2, 1, 1, 5, 0):
+        alone = DistributedBatchSampler(100, 16, seed=3, world=Dist()).epoch_order(epoch)  # a sampler asked for it first
+        assert torch.equal(sampler.epoch_order(epoch), alone) and len(sampler._orders) <= 2
+    assert not torch.equal(sampler.epoch_order(0), sampler.epoch_order(1))
+
+
 def test_shares_padded_and_gathered_rebuild_the_items_in_order():
     for n in (0, 1, 5, 40, 4000, 4001):
         for world_size in (1, 2, 3, 4, 8):

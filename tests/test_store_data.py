@@ -93,3 +93,58 @@ def test_gallery_negatives_from_training_positions_take_distinct_rows(tmp_path):
         latlon, rows = training_positions(data, load_config(None, ["data.train=unused", f"data.gallery_max={gallery_max}"]))
         assert len(rows) == expected and len(set(rows.tolist())) == expected and (np.diff(rows) > 0).all()
         np.testing.assert_allclose(latlon, store.gps[rows], atol=1e-4)
+
+
+def _numbered_store(folder, n=40, k=0):
+    """Row i's plain features are all i (and its view v all 1000 v + i), so a read says which rows it holds."""
+    latlon = np.stack([np.linspace(-60, 60, n), np.linspace(-170, 170, n)], 1)
+    plain = np.repeat(np.arange(n, dtype=np.float32)[:, None], 3, 1)
+    views = (plain[:, None] + 1000 * np.arange(1, k + 1, dtype=np.float32)[None, :, None]) if k else None
+    return write_store(folder, plain, latlon, views=views, dtype="float32")
+
+
+def test_store_rows_read_ahead_are_the_planned_steps_rows_read_in_the_background(tmp_path, monkeypatch):
+    """prefetch: a thread reads the next steps' rows (and views) while a step runs; each step gets its own rows,
+    exactly what a read in the step would give, the plan stops at its last step, and leaving the plan reads here."""
+    import threading
+
+    from geovario.train import data as training_data
+
+    store = _numbered_store(tmp_path / "s", k=2)
+    data = StoreData(store, use_views=True)
+    readers = []
+    original = store.rows
+    monkeypatch.setattr(store, "rows", lambda own, *a: readers.append(threading.current_thread().name) or original(own, *a))
+    orders = [np.random.default_rng(step).permutation(40)[:8] for step in range(6)]
+    plan = lambda step: (orders[step], slice(2, 6))  # noqa: E731  this rank's rows 2..5 of each global batch
+    data.prefetch(plan, 0, 1, 5)  # steps 1..4, as a run resumed at step 1 of 5
+    assert len(data._ahead) == training_data.READ_AHEAD_STEPS == 2
+    for step in range(1, 5):
+        batch = data.batch(*plan(step), torch.Generator().manual_seed(step), "cpu")
+        assert torch.equal(batch.reference[:, 0], torch.from_numpy(orders[step][2:6]).float())
+        assert torch.equal(batch.features.remainder(1000), batch.reference)  # a view of the same rows
+        assert len(data._ahead) == min(2, 4 - step)  # never past the plan's last step
+    assert data.steps_read_ahead == 4 and readers == ["geovario-store-rows_0"] * 4
+    data.prefetch(plan, 0, 0, 6)
+    batch = data.batch(orders[3], slice(2, 6), torch.Generator(), "cpu")  # not step 0's rows
+    assert torch.equal(batch.reference[:, 0], torch.from_numpy(orders[3][2:6]).float())
+    assert readers[-1] == threading.current_thread().name and data._reader is None and not data._ahead
+    data.prefetch(plan, 0, 3, 3)  # nothing to read
+    assert data._reader is None
+
+
+def test_a_bad_row_read_ahead_fails_the_step_that_reads_it(tmp_path):
+    import pytest
+
+    from geovario.errors import GeovarioError
+
+    store = _numbered_store(tmp_path / "s")
+    store._shards[0] = np.array(store._shards[0])  # an in-memory copy of the shard, its row 7 then spoilt
+    store._shards[0][7] = np.nan
+    data = StoreData(store, use_views=False)
+    plan = lambda step: (np.array([[0, 1], [2, 3], [7, 4]][step]), slice(0, 2))  # noqa: E731
+    data.prefetch(plan, 0, 0, 3)
+    for step in (0, 1):  # step 2's read has already failed in the thread; steps 0 and 1 train
+        assert torch.equal(data.batch(*plan(step), torch.Generator(), "cpu").reference[:, 0], torch.tensor(plan(step)[0], dtype=torch.float32))
+    with pytest.raises(GeovarioError, match="feature row 7 .* contains NaN"):
+        data.batch(*plan(2), torch.Generator(), "cpu")

@@ -189,6 +189,21 @@ def test_image_level_training_with_decoding_workers_equals_training_without(tmp_
     assert len(pd.read_csv(tmp_path / "run2" / "metrics.csv")) == 6
 
 
+def test_training_with_store_rows_read_ahead_equals_training_without(tmp_path, stores, monkeypatch):
+    """Across an epoch's end (the read-ahead asks for the next epoch's order first): the same weights, bit for bit."""
+    from geovario.train import StoreData
+
+    config = load_config(None, SMALL + [f"data.train={stores[0]}", "train.epochs=2", "loss.name=semivariogram"])
+    ahead = Trainer(config, tmp_path / "ahead", progress=False)
+    weights_ahead = load_file(ahead.run() / "model.safetensors")
+    assert ahead.data.steps_read_ahead == ahead.total == 40
+    monkeypatch.setattr(StoreData, "prefetch", lambda self, *args: None)
+    here = Trainer(config, tmp_path / "here", progress=False)
+    weights_here = load_file(here.run() / "model.safetensors")
+    assert here.data.steps_read_ahead == 0
+    assert all(torch.equal(weights_ahead[k], weights_here[k]) for k in weights_here)
+
+
 def test_image_level_reference_features_are_the_plain_centre_crop(tmp_path, tiny_clip_dir):
     """The dissimilarity reads what extraction stores as view 0, whatever augmentation the head is fed."""
     from test_data_readers import jpeg

@@ -190,13 +190,15 @@ class DistributedBatchSampler:
                                 f"the {world.world_size} processes")
         self.n, self.global_batch, self.seed, self.world = n_samples, global_batch, seed, world
         self.steps_per_epoch = n_samples // global_batch  # the last partial batch is dropped
-        self._epoch, self._order = -1, None
+        self._orders: dict[int, torch.Tensor] = {}
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
-        if epoch != self._epoch:
+        if epoch not in self._orders:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._order = epoch, torch.randperm(self.n, generator=generator)
-        return self._order
+            # Two epochs kept: the store's read-ahead asks for the next epoch's first steps before the last of this one.
+            self._orders = {e: order for e, order in self._orders.items() if e == epoch - 1}
+            self._orders[epoch] = torch.randperm(self.n, generator=generator)
+        return self._orders[epoch]
 
     def batch(self, step: int) -> tuple[np.ndarray, slice]:
         """(the global batch's sample indices, this rank's rows of it) for a step counted from 0."""

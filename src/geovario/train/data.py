@@ -8,7 +8,9 @@ centre-crop features the frozen dissimilarity compares, and the true GPS.
 
 from __future__ import annotations
 
+import collections
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,17 @@ from geovario.errors import GeovarioError
 from geovario.negatives import Batch
 
 
+# Steps whose store rows a background thread reads ahead of the step being trained.
+READ_AHEAD_STEPS = 2
+
+
 class StoreData:
-    """Training samples from a feature store; one stored view per sample per step when there are views."""
+    """Training samples from a feature store; one stored view per sample per step when there are views.
+
+    After :meth:`prefetch`, a background thread reads the coming steps' rows while the current step runs: the random
+    rows of a store larger than the page cache are disk reads (memory-map page faults, which release the GIL), and
+    can take as long as a whole training step on a GPU. The rows are the same either way.
+    """
 
     def __init__(self, store: FeatureStore, use_views: bool, view_noise: float = 0.0):
         self.store = store
@@ -29,21 +40,63 @@ class StoreData:
         self.views = store.n_views if use_views else 0
         self.view_noise = view_noise  # synthetic views for a store without stored ones (data.view_noise)
         self.dim = store.dim
+        self._ahead: collections.deque = collections.deque()  # (rows, future of their (plain, views)), in step order
+        self._reader = None
+        self.steps_read_ahead = 0
 
     def __len__(self) -> int:
         return len(self.gps)
+
+    def prefetch(self, plan, seed: int, first_step: int, last_step: int) -> None:
+        """Read steps ``first_step`` … ``last_step - 1`` ahead; ``plan(step)`` gives a step's (index, rows)."""
+        self.stop_prefetch()
+        if first_step >= last_step:
+            return
+        self._plan, self._next_step, self._last_step = plan, first_step, last_step
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="geovario-store-rows")
+        self._read_ahead()
+
+    def _read_ahead(self) -> None:
+        while self._next_step < self._last_step and len(self._ahead) < READ_AHEAD_STEPS:
+            index, rows = self._plan(self._next_step)
+            own = index[rows]
+            self._ahead.append((own, self._reader.submit(self._read, own)))
+            self._next_step += 1
+
+    def stop_prefetch(self) -> None:
+        if self._reader is not None:
+            self._reader.shutdown(wait=True, cancel_futures=True)
+        self._reader = None
+        self._ahead.clear()
+
+    def _read(self, own: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.store.rows(own), self.store.view_rows(own) if self.views else None
+
+    def _rows(self, own: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The plain features (and stored views) of ``own``: read ahead when the step is the planned one."""
+        if self._ahead:
+            planned, future = self._ahead.popleft()
+            if np.array_equal(planned, own):
+                self._read_ahead()
+                self.steps_read_ahead += 1
+                if not self._ahead:
+                    self._reader.shutdown(wait=False)  # the plan is used up; this read was its last
+                return future.result()  # a bad row raises here, at the step that reads it
+            self.stop_prefetch()  # the caller left the planned order: read here from now on
+        return self._read(own)
 
     def batch(self, index: np.ndarray, rows: slice, generator: torch.Generator, device, second_view: bool = False) -> Batch:
         """``index[rows]``, this process's rows of the global batch ``index``; with ``second_view``, also another
         stored view of each row (the ssl loss's second augmentation), never the same one."""
         own = index[rows]
-        plain = torch.from_numpy(self.store.rows(own))
+        plain, stored_views = self._rows(own)
+        plain = torch.from_numpy(plain)
         features, second = plain, None
         if self.views:
             # View 0 is the plain centre crop, 1..K the augmented ones (GeoCLIP samples one per step),
             # drawn for the whole global batch so that every process count picks the same views.
             choice = torch.randint(0, self.views + 1, (len(index),), generator=generator)
-            views = torch.from_numpy(self.store.view_rows(own))
+            views = torch.from_numpy(stored_views)
             features = self._view(plain, views, choice[rows])
             if second_view:
                 other = (choice + torch.randint(1, self.views + 1, (len(index),), generator=generator)) % (self.views + 1)

@@ -332,8 +332,8 @@ class Trainer:
         self.model.train()
         bar = progress(self.total, config.name, "step", initial=self.state.step, enabled=self.progress)
         window_start, window_samples = time.perf_counter(), 0
-        if hasattr(self.data, "prefetch"):  # image-level training: decode the coming steps in worker processes
-            self.data.prefetch(self.sampler.batch, t.seed, self.state.step, self.total)
+        # Store rows read by a thread, or images decoded by worker processes, for the coming steps.
+        self.data.prefetch(self.sampler.batch, t.seed, self.state.step, self.total)
         while self.state.step < self.total:
             epoch = self.state.step // self.sampler.steps_per_epoch
             out = self.step()
