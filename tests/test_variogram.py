@@ -435,6 +435,8 @@ def test_a_lag_exactly_on_an_edge_belongs_to_the_bin_above_on_linear_and_log_edg
         lags = torch.tensor(np.concatenate([edges[:-1], (edges[:-1] + edges[1:]) / 2, [edges[-1], 1e6]]), dtype=torch.float64)
         expected = np.minimum(np.searchsorted(edges, lags.numpy(), side="right") - 1, 5)  # 5: beyond the last edge
         np.testing.assert_array_equal(_Bins(edges).index(lags).numpy(), expected)
+    # The linear edges take the arithmetic path (a multiply, no search), the log edges the search.
+    assert _Bins(bin_edges(5, 500.0)).linear and not _Bins(bin_edges(5, 500.0, log=True, min_lag_km=1.0)).linear
 
 
 def test_photos_at_the_same_place_are_at_lag_zero():
