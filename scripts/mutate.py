@@ -87,7 +87,7 @@ TEST_FILES = {
     "sim": ["test_sim.py"],
     "study": ["test_study.py"],
     "confidence": ["test_confidence.py", "test_calibration.py", "test_api.py", "test_cli_predict.py", "test_evaluate.py", "test_predictor.py"],
-    "store": ["test_store_data.py", "test_store_extract.py", "test_data_readers.py", "test_modeldir.py", "test_variogram.py",
+    "store": ["test_store_reads.py", "test_latlon_csv.py", "test_store_data.py", "test_store_extract.py", "test_data_readers.py", "test_modeldir.py", "test_variogram.py",
               "test_evaluate.py", "test_bad_input.py"],
     "places": ["test_places.py", "test_metrics.py", "test_geo.py", "test_sim.py", "test_cli_predict.py"],
     "predict": ["test_api.py", "test_predictor.py", "test_predict_folder.py", "test_tta.py", "test_cli_predict.py", "test_confidence.py",
@@ -630,11 +630,13 @@ def run_mutant(mutant: Mutant, scratch: Path, coverage: dict, group: str) -> dic
         status = "survived" if tests else "uncovered"
     elif code in (1, 2, 3) or collection_error:  # a failure, an error, or a test module the mutant breaks on import
         status = "killed"
+    elif code < 0:  # the tests' process died of a signal before the time limit: a crash, or the kernel's OOM killer
+        status = "killed"
     else:
         status = f"error-{code}"
     result = {"status": status, "tests": len(tests), "seconds": round(seconds, 2)}
     if status == "killed":
-        result["killed_by"] = _first_failure(log)
+        result["killed_by"] = _first_failure(log) if code > 0 else f"the tests' process died of signal {-code} (a crash, or out of memory)"
     return result
 
 

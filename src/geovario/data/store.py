@@ -48,6 +48,10 @@ def read_manifest(folder: Path) -> dict:
     manifest = read_json(path, "manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
         raise GeovarioError(f"{path}: not a geovario feature store manifest")
+    version = manifest.get("format_version", STORE_VERSION)
+    if not isinstance(version, int) or version > STORE_VERSION:
+        raise GeovarioError(f"{path}: store format version {version}; this geovario reads up to version {STORE_VERSION}. "
+                            "Upgrade geovario, or re-extract the store with this one")
     return manifest
 
 
@@ -259,7 +263,7 @@ class FeatureStore(FeatureSource):
 
         ``rows`` holds the store row of each array row, or just the first row when they are consecutive.
         """
-        finite = np.isfinite(array).reshape(len(array), -1).all(axis=1)
+        finite = np.isfinite(array).all(axis=tuple(range(1, array.ndim)))  # per row; an empty read has none
         if not finite.all():
             bad = int(np.argmin(finite))
             row = int(rows[bad]) if len(rows) == len(array) else int(rows[0]) + bad
