@@ -41,8 +41,14 @@ def test_the_strict_reader_quotes_the_cells_as_written_and_counts_the_other_bad_
     path.write_text("LAT,LON\n1,2\nNA,4\n")  # "NA" is a cell to quote, not a missing value
     with pytest.raises(GeovarioError, match=r"g.csv: line 3: .*\['NA', '4'\]$"):
         latlon_csv.read_latlon_csv(path)
+    path.write_text("LAT,LON\n1,2\n\n\n5,6\n91,4\n")  # blank lines are skipped, and still counted in the line number
+    with pytest.raises(GeovarioError, match=r"g.csv: line 6: latitude 91.0 is outside"):
+        latlon_csv.read_latlon_csv(path)
     path.write_text("LAT,LON\n1,2\n91,4\n3,x\n-95,0\n")
     with pytest.raises(GeovarioError, match=r"line 3: latitude 91.0 is outside .*\['91', '4'\] \(2 more bad rows\)$"):
+        latlon_csv.read_latlon_csv(path)
+    path.write_text("LAT,LON\n1,2\n91,4\n-95,0\n")
+    with pytest.raises(GeovarioError, match=r"line 3: latitude 91.0 is outside .*\['91', '4'\] \(1 more bad rows\)$"):
         latlon_csv.read_latlon_csv(path)
 
 

@@ -123,7 +123,7 @@ def test_bad_coordinates_in_the_index_name_the_first_row_and_count_the_rest(tmp_
     _store(tmp_path / "s")
     index = tmp_path / "s" / "index.csv"
     lines = index.read_text().splitlines()
-    for bad_rows, suffix in (([2], ""), ([2, 4, 5], " (and 2 more rows)")):
+    for bad_rows, suffix in (([2], ""), ([2, 5], " (and 1 more rows)"), ([2, 4, 5], " (and 2 more rows)")):
         edited = [line.replace(line.split(",")[1], "95.0", 1) if k - 1 in bad_rows else line for k, line in enumerate(lines)]
         index.write_text("\n".join(edited) + "\n")
         with pytest.raises(GeovarioError) as error:
@@ -131,3 +131,15 @@ def test_bad_coordinates_in_the_index_name_the_first_row_and_count_the_rest(tmp_
         message = str(error.value)
         assert message.startswith(f"{index}:4: ") and "latitude" in message.lower()
         assert message.endswith(suffix) and message.count("more rows") == (1 if suffix else 0)
+
+
+def test_a_store_written_from_arrays_reports_nothing_left_out(tmp_path, capsys):
+    """Like an extracted store it lists its skipped images (none) and says, in `data info`, that no row was bad."""
+    from geovario.cli import main
+
+    _store(tmp_path / "s")
+    assert (tmp_path / "s" / "skipped.csv").read_text() == "file,line,id,kind,reason\n"
+    assert main(["data", "info", "--store", str(tmp_path / "s")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].endswith(": 7 rows, 7 usable, 0 bad")
+    assert lines[3] == "  left out  0 unreadable images and 0 bad rows"
