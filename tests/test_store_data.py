@@ -95,14 +95,6 @@ def test_gallery_negatives_from_training_positions_take_distinct_rows(tmp_path):
         np.testing.assert_allclose(latlon, store.gps[rows], atol=1e-4)
 
 
-def _numbered_store(folder, n=40, k=0):
-    """Row i's plain features are all i (and its view v all 1000 v + i), so a read says which rows it holds."""
-    latlon = np.stack([np.linspace(-60, 60, n), np.linspace(-170, 170, n)], 1)
-    plain = np.repeat(np.arange(n, dtype=np.float32)[:, None], 3, 1)
-    views = (plain[:, None] + 1000 * np.arange(1, k + 1, dtype=np.float32)[None, :, None]) if k else None
-    return write_store(folder, plain, latlon, views=views, dtype="float32")
-
-
 def test_store_rows_read_ahead_are_the_planned_steps_rows_read_in_the_background(tmp_path, monkeypatch):
     """prefetch: a thread reads the next steps' rows (and views) while a step runs; each step gets its own rows,
     exactly what a read in the step would give, the plan stops at its last step, and leaving the plan reads here."""
@@ -110,7 +102,9 @@ def test_store_rows_read_ahead_are_the_planned_steps_rows_read_in_the_background
 
     from geovario.train import data as training_data
 
-    store = _numbered_store(tmp_path / "s", k=2)
+    from test_store_reads import numbered_store
+
+    store = numbered_store(tmp_path / "s", n=40, views=2)[0]  # row i reads i in column 0, its view v 100 v more
     data = StoreData(store, use_views=True)
     readers = []
     original = store.rows
@@ -122,7 +116,7 @@ def test_store_rows_read_ahead_are_the_planned_steps_rows_read_in_the_background
     for step in range(1, 5):
         batch = data.batch(*plan(step), torch.Generator().manual_seed(step), "cpu")
         assert torch.equal(batch.reference[:, 0], torch.from_numpy(orders[step][2:6]).float())
-        assert torch.equal(batch.features.remainder(1000), batch.reference)  # a view of the same rows
+        assert torch.equal(batch.features.remainder(100), batch.reference)  # a view of the same rows
         assert len(data._ahead) == min(2, 4 - step)  # never past the plan's last step
     assert data.steps_read_ahead == 4 and readers == ["geovario-store-rows_0"] * 4
     data.prefetch(plan, 0, 0, 6)
@@ -138,7 +132,9 @@ def test_a_bad_row_read_ahead_fails_the_step_that_reads_it(tmp_path):
 
     from geovario.errors import GeovarioError
 
-    store = _numbered_store(tmp_path / "s")
+    from test_store_reads import numbered_store
+
+    store = numbered_store(tmp_path / "s", n=40, shard_size=100)[0]  # one shard; row i reads i in column 0
     store._shards[0] = np.array(store._shards[0])  # an in-memory copy of the shard, its row 7 then spoilt
     store._shards[0][7] = np.nan
     data = StoreData(store, use_views=False)

